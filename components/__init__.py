@@ -1,0 +1,1 @@
+"""Pulumi components that make up a workspace, one module per backend."""

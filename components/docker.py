@@ -1,0 +1,142 @@
+"""The Docker backend: one workspace as a named volume, an init container and
+the workspace container, on the runtime's Docker Engine (local socket, TLS
+tcp:// or ssh://).
+
+The volume is protected unless the delete path asked otherwise; its inputs are
+fixed at create (labels from owner and name only), so no update can replace it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from components.base import WorkspaceInputs, cpu_cores, memory_bytes
+from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
+from components.runtime import DockerRuntime
+from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID
+
+HARDENING = {
+    "capabilities": {"drops": ["ALL"]},
+    "security_opts": ["no-new-privileges:true"],
+    "privileged": False,
+}
+
+
+class InitFailed(Exception):
+    """The init container exited non-zero (clone or file write failed)."""
+
+
+def _check_init_exit(code: int | None) -> int | None:
+    if code not in (None, 0):
+        raise InitFailed(f"workspace init failed with exit code {code}; "
+                         "see the init container's logs")
+    return code
+
+
+def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provider:
+    tls: dict = {}
+    if runtime.host.startswith("tcp://"):
+        tls = {
+            "ca_material": Path(runtime.ca_file or "").read_text(),
+            "cert_material": Path(runtime.cert_file or "").read_text(),
+            "key_material": pulumi.Output.secret(Path(runtime.key_file or "").read_text()),
+        }
+    ssh_opts = (["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+                if runtime.host.startswith("ssh://") else None)
+    return docker.Provider("docker", host=runtime.host, ssh_opts=ssh_opts,
+                           opts=pulumi.ResourceOptions(parent=parent), **tls)
+
+
+class DockerWorkspace(pulumi.ComponentResource):
+    def __init__(self, name: str, inputs: WorkspaceInputs, runtime: DockerRuntime,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("stackspace:docker:Workspace", name, None, opts)
+        spec = inputs.spec
+        base = inputs.base_name
+        provider = _provider(runtime, self)
+        popts = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        def labels(role: str) -> list[dict]:
+            return [{"label": k, "value": v} for k, v in inputs.labels_with(role).items()]
+
+        self.volume = docker.Volume(
+            "storage",
+            name=f"{base}-home",
+            labels=labels("storage"),
+            opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
+                protect=not inputs.deleting,
+                # Any change here would replace the volume: never apply one.
+                ignore_changes=["labels", "driver", "driverOpts", "name"],
+            )),
+        )
+        # Ensures the image is present; keep_locally so destroy never deletes
+        # an image other workspaces may use.
+        image = docker.RemoteImage("image", name=spec.image, keep_locally=True, opts=popts)
+
+        mounts = [{"target": WORKSPACE_ROOT, "source": self.volume.name, "type": "volume"}]
+        user = f"{WORKSPACE_UID}:{WORKSPACE_GID}"
+        plain_env, secret_env = init_env(spec)
+        envs = [f"{k}={v}" for k, v in plain_env.items()]
+        envs += [pulumi.Output.secret(f"{k}={v}") for k, v in sorted(secret_env.items())]
+
+        # Named by its fingerprint: start/stop leave it alone, a new repository
+        # or files spec runs a new init. The provider attaches and waits for it
+        # to exit; a non-zero exit code fails the update.
+        self.init = docker.Container(
+            "init",
+            name=f"{base}-init-{init_fingerprint(spec)}",
+            image=spec.image,
+            command=["/bin/sh", "-c", INIT_SCRIPT],
+            envs=envs,
+            mounts=mounts,
+            user=user,
+            working_dir=WORKSPACE_ROOT,
+            attach=True,
+            must_run=False,
+            network_mode=runtime.network_mode,
+            labels=labels("init"),
+            **HARDENING,
+            opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
+                depends_on=[image], delete_before_replace=True)),
+        )
+        self.init_exit_code = self.init.exit_code.apply(_check_init_exit)
+
+        self.container = None
+        if inputs.running:
+            self.container = docker.Container(
+                "workspace",
+                name=base,
+                hostname=spec.name,
+                image=spec.image,
+                command=list(spec.command),
+                envs=[f"{k}={v}" for k, v in spec.env.items()],
+                mounts=mounts,
+                user=user,
+                working_dir=WORKSPACE_ROOT,
+                # tini as PID 1: the default `sleep` command then stops on SIGTERM.
+                init=True,
+                memory=max(memory_bytes(spec) // 2**20, 16),
+                cpus=f"{cpu_cores(spec):g}",
+                restart="unless-stopped",
+                destroy_grace_seconds=10,
+                network_mode=runtime.network_mode,
+                # Waiting on the init exit code keeps a failed init from starting
+                # the workspace (the check raises, the update fails).
+                labels=labels("workspace") + [{"label": "stackspace.dev/init-exit",
+                                               "value": self.init_exit_code.apply(str)}],
+                **HARDENING,
+                opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
+                    depends_on=[self.init],
+                    # Named containers must be removed before their replacement.
+                    delete_before_replace=True,
+                )),
+            )
+
+        self.register_outputs({
+            "storage": self.volume.name,
+            "container": self.container.name if self.container else None,
+            "init_exit_code": self.init_exit_code,
+        })

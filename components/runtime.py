@@ -1,0 +1,86 @@
+"""Runtimes: the operator-configured places where workspaces run (SPEC §2).
+
+A runtime is configuration, not a secret holder: TLS key material and
+kubeconfigs are referenced by path on the service host, never copied into
+stack config.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from components.spec import SpecError, validate_name
+
+_DOCKER_HOST = re.compile(r"^(unix:///\S+|tcp://[A-Za-z0-9.-]+:[0-9]+|ssh://[\w.-]+@[\w.-]+(:[0-9]+)?)$")
+_NETWORK_MODE = re.compile(r"^(bridge|none|host|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class DockerRuntime:
+    name: str
+    host: str = "unix:///var/run/docker.sock"
+    type: Literal["docker"] = "docker"
+    network_mode: str = "bridge"
+    # For tcp:// hosts: paths to the client TLS material on the service host.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesRuntime:
+    name: str
+    type: Literal["kubernetes"] = "kubernetes"
+    kubeconfig: str | None = None  # path; None means in-cluster / default
+    context: str | None = None
+    namespace: str = "stackspace"
+    storage_class: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+
+
+Runtime = DockerRuntime | KubernetesRuntime
+
+
+def parse_runtime(data: Any) -> Runtime:
+    """Validate one runtime entry from the service config or stack config."""
+    if not isinstance(data, dict):
+        raise SpecError({"runtime": "must be an object"})
+    kind = data.get("type")
+    validate_name(data.get("name"), "runtime.name")
+    if kind == "docker":
+        allowed = {"name", "type", "host", "network_mode", "ca_file", "cert_file", "key_file"}
+        _reject_unknown(data, allowed)
+        rt = DockerRuntime(**{k: v for k, v in data.items() if k != "type"})
+        if not _DOCKER_HOST.match(rt.host):
+            raise SpecError({"runtime.host": "must be unix:///path, tcp://host:port or "
+                             "ssh://user@host"})
+        if not _NETWORK_MODE.match(rt.network_mode):
+            raise SpecError({"runtime.network_mode": "must be bridge, none, host or a network"})
+        if rt.host.startswith("tcp://") and not (rt.ca_file and rt.cert_file and rt.key_file):
+            raise SpecError({"runtime.host": "tcp:// hosts need ca_file, cert_file and key_file "
+                             "(the daemon must require TLS)"})
+        return rt
+    if kind == "kubernetes":
+        allowed = {"name", "type", "kubeconfig", "context", "namespace", "storage_class",
+                   "node_selector"}
+        _reject_unknown(data, allowed)
+        rt = KubernetesRuntime(**{k: v for k, v in data.items() if k != "type"})
+        validate_name(rt.namespace, "runtime.namespace")
+        for k, v in rt.node_selector.items():
+            if not _LABEL_VALUE.match(k) or not (v == "" or _LABEL_VALUE.match(v)):
+                raise SpecError({"runtime.node_selector": f"bad label {k}={v}"})
+        return rt
+    raise SpecError({"runtime.type": f"unknown runtime type {kind!r} (docker|kubernetes)"})
+
+
+def runtime_dict(rt: Runtime) -> dict[str, Any]:
+    return {k: v for k, v in asdict(rt).items() if v is not None}
+
+
+def _reject_unknown(data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpecError({f"runtime.{k}": "unknown field" for k in unknown})

@@ -1,0 +1,353 @@
+"""The workspace spec model shared by the Pulumi program, the service and the CLI.
+
+Everything a user sends passes through `WorkspaceSpec.parse`, which rejects
+unknown fields and bad values with a `SpecError` naming the field. Values that
+survive validation are safe to place in resource names, labels and container
+environments; none of them ever reaches a shell as code (the init script reads
+them from its environment).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# The unprivileged user every workspace and init step runs as. The default
+# image (images/workspace/recipe.sh) creates it with this uid/gid.
+WORKSPACE_UID = 1000
+WORKSPACE_GID = 1000
+WORKSPACE_ROOT = "/workspace"
+DEFAULT_IMAGE = "stackspace/workspace:bookworm"
+# Keeps the container alive until stopped, without a shell loop to kill.
+DEFAULT_COMMAND = ["sleep", "infinity"]
+
+MAX_NAME = 40
+MAX_FILES = 64
+MAX_FILE_BYTES = 256 * 1024
+MAX_ENV = 128
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Docker reference grammar (distribution/reference), simplified: optional
+# registry host[:port], lowercase path components, optional tag and digest.
+_IMAGE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
+)
+_GIT_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+-]{1,200}$")
+_SSH_SCP = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~+-]+$")
+_URL = re.compile(r"^(https|ssh|file)://[^\s'\"`$\\;|&<>]+$")
+# Kubernetes quantities: plain or binary/decimal suffixed numbers.
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_MODE = re.compile(r"^0?[0-7]{3}$")
+
+_SUFFIX = {
+    None: 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}
+
+
+class SpecError(ValueError):
+    """A spec was rejected. `errors` maps a dotted field path to a message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+def quantity_value(text: str) -> float:
+    """Numeric value of a Kubernetes quantity such as '2Gi' or '500m'."""
+    m = _QUANTITY.match(text)
+    if not m:
+        raise ValueError(f"not a quantity: {text!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(3)]
+
+
+def validate_name(name: Any, field_name: str = "name") -> str:
+    if not isinstance(name, str) or not name:
+        raise SpecError({field_name: "required string"})
+    if len(name) > MAX_NAME or not _DNS_LABEL.match(name):
+        raise SpecError(
+            {field_name: f"must be a DNS-1123 label (a-z, 0-9, '-'), at most {MAX_NAME} chars"}
+        )
+    return name
+
+
+def validate_relative_path(path: Any, field_name: str) -> str:
+    """A path under the workspace root: relative, normalised, no '..' escape."""
+    if not isinstance(path, str) or not path:
+        raise SpecError({field_name: "required string"})
+    parts = path.split("/")
+    if (
+        path.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or len(path) > 255
+        or any(ord(c) < 32 for c in path)
+        or parts[0] == ".stackspace"
+    ):
+        raise SpecError(
+            {field_name: "must be a relative path under the workspace root "
+             "(no leading '/', no '.', '..' or empty parts, not under .stackspace/)"}
+        )
+    return path
+
+
+def _check_keys(obj: Any, allowed: set[str], where: str, errors: dict[str, str]) -> dict:
+    if not isinstance(obj, dict):
+        errors[where or "body"] = "must be an object"
+        return {}
+    for key in obj:
+        if key not in allowed:
+            errors[f"{where}.{key}" if where else key] = "unknown field"
+    return obj
+
+
+@dataclass(frozen=True)
+class Repository:
+    url: str
+    ref: str = "main"
+    credential: str | None = None  # secret: token (https) or never echoed
+
+
+@dataclass(frozen=True)
+class WorkspaceFile:
+    path: str
+    content: str
+    mode: str = "0644"
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str = "1"
+    memory: str = "1Gi"
+    storage: str = "1Gi"
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    name: str
+    image: str = DEFAULT_IMAGE
+    runtime: str | None = None
+    repository: Repository | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    files: tuple[WorkspaceFile, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    command: tuple[str, ...] = tuple(DEFAULT_COMMAND)
+
+    FIELDS = frozenset(
+        {"name", "image", "runtime", "repository", "env", "files", "resources", "command"}
+    )
+
+    @classmethod
+    def parse(cls, data: Any) -> WorkspaceSpec:
+        """Validate a create request (or stored spec) into a spec."""
+        errors: dict[str, str] = {}
+        data = _check_keys(data, set(cls.FIELDS), "", errors)
+        if errors.get("body"):
+            raise SpecError(errors)
+
+        name = _collect(errors, lambda: validate_name(data.get("name")))
+        image = data.get("image", DEFAULT_IMAGE)
+        if not isinstance(image, str) or len(image) > 255 or not _IMAGE.match(image):
+            errors["image"] = "must be an image reference like 'registry/name:tag'"
+        runtime = data.get("runtime")
+        if runtime is not None:
+            _collect(errors, lambda: validate_name(runtime, "runtime"))
+
+        repository = None
+        if data.get("repository") is not None:
+            repository = _parse_repository(data["repository"], errors)
+        env = _parse_env(data.get("env", {}), errors)
+        files = _parse_files(data.get("files", []), errors)
+        resources = _parse_resources(data.get("resources", {}), errors)
+
+        command = data.get("command", DEFAULT_COMMAND)
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(c, str) and c and "\0" not in c for c in command)
+            or len(command) > 64
+        ):
+            errors["command"] = "must be a non-empty list of strings"
+
+        if errors:
+            raise SpecError(errors)
+        return cls(
+            name=name,
+            image=image,
+            runtime=runtime,
+            repository=repository,
+            env=env,
+            files=files,
+            resources=resources,
+            command=tuple(command),
+        )
+
+    def to_dict(self, redact: bool = False) -> dict[str, Any]:
+        """JSON form. With `redact`, secrets are replaced by a marker."""
+        out = asdict(self)
+        out["files"] = [dict(f) for f in out["files"]]
+        out["command"] = list(self.command)
+        if self.repository is None:
+            out.pop("repository")
+        elif redact and self.repository.credential is not None:
+            out["repository"]["credential"] = "[secret]"
+        elif self.repository.credential is None:
+            out["repository"].pop("credential")
+        if redact:
+            for f in out["files"]:
+                if f["secret"]:
+                    f["content"] = "[secret]"
+        if self.runtime is None:
+            out.pop("runtime")
+        return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec without any secret values (safe for plain stack config)."""
+        out = self.to_dict()
+        if "repository" in out:
+            out["repository"].pop("credential", None)
+        out["files"] = [
+            {k: v for k, v in f.items() if not (f["secret"] and k == "content")}
+            for f in out["files"]
+        ]
+        return out
+
+    def secret_values(self) -> dict[str, str]:
+        """Secret values by key: 'credential' and 'file:<path>' for secret files."""
+        out: dict[str, str] = {}
+        if self.repository and self.repository.credential is not None:
+            out["credential"] = self.repository.credential
+        for f in self.files:
+            if f.secret:
+                out[f"file:{f.path}"] = f.content
+        return out
+
+    @classmethod
+    def from_public(cls, public: dict[str, Any], secrets: dict[str, str]) -> WorkspaceSpec:
+        """Inverse of public_dict + secret_values (used by the stack program)."""
+        data = dict(public)
+        if "repository" in data and "credential" in secrets:
+            data["repository"] = {**data["repository"], "credential": secrets["credential"]}
+        data["files"] = [
+            {**f, "content": secrets.get(f"file:{f['path']}", "")} if f.get("secret") else f
+            for f in data.get("files", [])
+        ]
+        return cls.parse(data)
+
+    def merged(self, patch: Any) -> WorkspaceSpec:
+        """Apply a PATCH body (top-level keys replace) and validate the result.
+
+        The name, runtime and repository are fixed at create: changing them
+        would mean different storage, which only delete may remove.
+        """
+        if not isinstance(patch, dict):
+            raise SpecError({"body": "must be an object"})
+        errors: dict[str, str] = {}
+        _check_keys(patch, {"image", "env", "files", "resources", "command"}, "", errors)
+        for key in ("name", "runtime", "repository"):
+            if key in patch:
+                errors[key] = "cannot be changed after create"
+        if errors:
+            raise SpecError(errors)
+        current = self.to_dict()
+        new = self.parse({**current, **patch})
+        old_size = quantity_value(self.resources.storage)
+        if quantity_value(new.resources.storage) < old_size:
+            raise SpecError(
+                {"resources.storage": f"cannot shrink below {self.resources.storage}; "
+                 "storage can only grow"}
+            )
+        return new
+
+
+def _collect(errors: dict[str, str], fn):  # noqa: ANN001, ANN202
+    try:
+        return fn()
+    except SpecError as e:
+        errors.update(e.errors)
+        return None
+
+
+def _parse_repository(obj: Any, errors: dict[str, str]) -> Repository | None:
+    obj = _check_keys(obj, {"url", "ref", "credential"}, "repository", errors)
+    url = obj.get("url")
+    if not isinstance(url, str) or not (_URL.match(url) or _SSH_SCP.match(url)) or len(url) > 2048:
+        errors["repository.url"] = "must be an https://, ssh://, user@host:path or file:// URL"
+    elif url.startswith("https://") and "@" in url.split("/", 3)[2]:
+        errors["repository.url"] = "must not embed credentials; use repository.credential"
+    ref = obj.get("ref", "main")
+    if not isinstance(ref, str) or not _GIT_REF.match(ref):
+        errors["repository.ref"] = "must be a branch, tag or commit name"
+    credential = obj.get("credential")
+    if credential is not None and (
+        not isinstance(credential, str) or not credential or len(credential) > 16384
+    ):
+        errors["repository.credential"] = "must be a non-empty string"
+    if any(k.startswith("repository") for k in errors):
+        return None
+    return Repository(url=url, ref=ref, credential=credential)
+
+
+def _parse_env(obj: Any, errors: dict[str, str]) -> dict[str, str]:
+    if not isinstance(obj, dict):
+        errors["env"] = "must be an object of NAME: value"
+        return {}
+    if len(obj) > MAX_ENV:
+        errors["env"] = f"at most {MAX_ENV} variables"
+    for k, v in obj.items():
+        if not isinstance(k, str) or not _ENV_NAME.match(k) or k.startswith("STACKSPACE_"):
+            errors[f"env.{k}"] = "must be a name like FOO_BAR (not STACKSPACE_*)"
+        elif not isinstance(v, str) or "\0" in v or len(v) > 32768:
+            errors[f"env.{k}"] = "must be a string"
+    return dict(obj)
+
+
+def _parse_files(obj: Any, errors: dict[str, str]) -> tuple[WorkspaceFile, ...]:
+    if not isinstance(obj, list) or len(obj) > MAX_FILES:
+        errors["files"] = f"must be a list of at most {MAX_FILES} files"
+        return ()
+    out: list[WorkspaceFile] = []
+    seen: set[str] = set()
+    for i, item in enumerate(obj):
+        where = f"files[{i}]"
+        item = _check_keys(item, {"path", "content", "mode", "secret"}, where, errors)
+        path = _collect(errors, lambda item=item, where=where: validate_relative_path(
+            item.get("path"), f"{where}.path"))
+        if path in seen:
+            errors[f"{where}.path"] = "duplicate path"
+        seen.add(path)
+        content = item.get("content", "")
+        if not isinstance(content, str) or len(content.encode()) > MAX_FILE_BYTES:
+            errors[f"{where}.content"] = f"must be a string of at most {MAX_FILE_BYTES} bytes"
+        mode = item.get("mode", "0644")
+        if not isinstance(mode, str) or not _MODE.match(mode):
+            errors[f"{where}.mode"] = "must be an octal mode like '0644'"
+        secret = item.get("secret", False)
+        if not isinstance(secret, bool):
+            errors[f"{where}.secret"] = "must be true or false"
+        if path and isinstance(content, str) and isinstance(mode, str) and isinstance(secret, bool):
+            out.append(WorkspaceFile(path=path, content=content, mode=mode.rjust(4, "0"),
+                                     secret=secret))
+    return tuple(out)
+
+
+def _parse_resources(obj: Any, errors: dict[str, str]) -> Resources:
+    obj = _check_keys(obj, {"cpu", "memory", "storage"}, "resources", errors)
+    values = {**asdict(Resources()), **{k: v for k, v in obj.items() if k in ("cpu", "memory",
+                                                                               "storage")}}
+    for key, value in values.items():
+        if not isinstance(value, str) or not _QUANTITY.match(value) or quantity_value(value) <= 0:
+            errors[f"resources.{key}"] = "must be a positive quantity like '2', '500m' or '4Gi'"
+    if not any(k.startswith("resources.") for k in errors):
+        if quantity_value(values["memory"]) < 16 * 2**20:
+            errors["resources.memory"] = "must be at least 16Mi"
+        if quantity_value(values["storage"]) < 2**20:
+            errors["resources.storage"] = "must be at least 1Mi"
+    return Resources(**values) if not any(k.startswith("resources") for k in errors) else \
+        Resources()

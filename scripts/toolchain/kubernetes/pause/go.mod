@@ -1,0 +1,3 @@
+module stackspace.dev/toolchain/kubernetes/pause
+
+go 1.24.0

@@ -1,0 +1,1 @@
+"""Workspace stacks: the Pulumi program and the helpers that manage its stacks."""

@@ -1,0 +1,54 @@
+"""The `stackspace:*` stack config keys: what the service asks a stack to be.
+
+Keeping the whole request in stack config means `pulumi config --stack <ws>`
+shows it and `pulumi preview --stack <ws>` reproduces the service's plan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from components.runtime import Runtime, parse_runtime, runtime_dict
+from components.spec import WorkspaceSpec
+
+NAMESPACE = "stackspace"
+KEY_OWNER = "owner"
+KEY_SPEC = "spec"
+KEY_SECRETS = "secrets"
+KEY_RUNNING = "running"
+KEY_DELETING = "deleting"
+KEY_RUNTIME = "runtime"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    owner: str
+    spec: WorkspaceSpec
+    runtime: Runtime
+    running: bool
+    deleting: bool = False
+
+    def to_config(self) -> dict[str, tuple[str, bool]]:
+        """Config values as key -> (text, is_secret), keys without the namespace."""
+        return {
+            KEY_OWNER: (self.owner, False),
+            KEY_SPEC: (json.dumps(self.spec.public_dict(), sort_keys=True), False),
+            KEY_SECRETS: (json.dumps(self.spec.secret_values(), sort_keys=True), True),
+            KEY_RUNNING: ("true" if self.running else "false", False),
+            KEY_DELETING: ("true" if self.deleting else "false", False),
+            KEY_RUNTIME: (json.dumps(runtime_dict(self.runtime), sort_keys=True), False),
+        }
+
+    @classmethod
+    def from_values(cls, get: Any) -> StackConfig:
+        """Build from a getter `get(key) -> str | None` (Pulumi Config or a dict)."""
+        secrets = json.loads(get(KEY_SECRETS) or "{}")
+        return cls(
+            owner=get(KEY_OWNER),
+            spec=WorkspaceSpec.from_public(json.loads(get(KEY_SPEC)), secrets),
+            runtime=parse_runtime(json.loads(get(KEY_RUNTIME))),
+            running=(get(KEY_RUNNING) or "true") == "true",
+            deleting=(get(KEY_DELETING) or "false") == "true",
+        )

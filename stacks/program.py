@@ -1,0 +1,45 @@
+"""The Pulumi program: one stack's `stackspace:*` config -> one workspace.
+
+Run by the Pulumi CLI through the Python language host (Pulumi.yaml points
+here), whether the service drives it with the Automation API or an operator
+runs `pulumi preview --stack <ws>` by hand.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.base import WorkspaceInputs
+from components.docker import DockerWorkspace
+from components.kubernetes import KubernetesWorkspace
+from components.runtime import DockerRuntime
+from stacks.config import NAMESPACE, StackConfig
+from stacks.naming import resource_base
+
+
+def build(cfg: StackConfig) -> pulumi.ComponentResource:
+    """Declare the workspace's components for the given config."""
+    inputs = WorkspaceInputs(
+        owner=cfg.owner,
+        spec=cfg.spec,
+        running=cfg.running and not cfg.deleting,
+        deleting=cfg.deleting,
+        base_name=resource_base(cfg.owner, cfg.spec.name),
+    )
+    if isinstance(cfg.runtime, DockerRuntime):
+        ws: pulumi.ComponentResource = DockerWorkspace(cfg.spec.name, inputs, cfg.runtime)
+        pulumi.export("storage", ws.volume.name)
+        pulumi.export("container", ws.container.name if ws.container else None)
+    else:
+        ws = KubernetesWorkspace(cfg.spec.name, inputs, cfg.runtime)
+        pulumi.export("storage", ws.pvc_name)
+        pulumi.export("namespace", cfg.runtime.namespace)
+        pulumi.export("pod", ws.pod_name)
+    pulumi.export("runtime", cfg.runtime.name)
+    pulumi.export("running", inputs.running)
+    return ws
+
+
+def main() -> None:
+    config = pulumi.Config(NAMESPACE)
+    build(StackConfig.from_values(config.get))

@@ -1,0 +1,211 @@
+"""Component properties on Pulumi's mock runtime, for both backends and every
+lifecycle state: what is declared, how storage is protected, how secrets travel."""
+
+import base64
+
+import pytest
+
+from components.docker import InitFailed
+from components.init_script import INIT_SCRIPT
+from components.runtime import DockerRuntime, KubernetesRuntime
+from components.spec import WorkspaceSpec
+from stacks.config import StackConfig
+from stacks.program import build
+from tests.unit.pulumi_mocks import plain_strings, run_program
+
+TOKEN = "ghp-very-secret-token"
+KEY = "-----BEGIN KEY----- secret-file-body"
+DOCKER = DockerRuntime(name="local", host="unix:///run/test-docker.sock", network_mode="none")
+KUBE = KubernetesRuntime(name="cluster", kubeconfig="/tmp/kubeconfig", namespace="ws",
+                         storage_class="fast", node_selector={"pool": "dev"})
+
+
+def spec(**extra) -> WorkspaceSpec:
+    return WorkspaceSpec.parse({
+        "name": "app",
+        "image": "stackspace/workspace:bookworm",
+        "repository": {"url": "https://git.example.test/team/app.git", "ref": "main",
+                       "credential": TOKEN},
+        "env": {"EDITOR": "vim"},
+        "files": [{"path": ".ssh/id", "content": KEY, "mode": "0600", "secret": True},
+                  {"path": "notes.txt", "content": "hello"}],
+        "resources": {"cpu": "2", "memory": "2Gi", "storage": "5Gi"},
+        **extra,
+    })
+
+
+def cfg(runtime, running=True, deleting=False, **extra) -> StackConfig:
+    return StackConfig(owner="alice", spec=spec(**extra), runtime=runtime, running=running,
+                       deleting=deleting)
+
+
+def assert_no_plain_secret(run):
+    for reg in run.registrations:
+        for text in plain_strings(reg.inputs):
+            for secret in (TOKEN, KEY, base64.b64encode(KEY.encode()).decode()):
+                assert secret not in text, f"{reg.type} {reg.name} carries a secret in plain"
+
+
+# --- Kubernetes -------------------------------------------------------------
+
+def test_kubernetes_running_declares_storage_init_pod_policy_secret():
+    run = run_program(build, cfg(KUBE))
+    assert {"kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:batch/v1:Job",
+            "kubernetes:core/v1:Pod", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+            "kubernetes:core/v1:Secret", "pulumi:providers:kubernetes",
+            "stackspace:kubernetes:Workspace"} <= run.types()
+
+    pvc = run.one("PersistentVolumeClaim")
+    assert pvc.protect
+    assert "spec.storageClassName" in pvc.ignore_changes
+    p = pvc.plain()
+    assert p["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert p["spec"]["storageClassName"] == "fast"
+    assert p["metadata"]["namespace"] == "ws"
+    assert p["metadata"]["labels"]["stackspace.dev/workspace"] == "app"
+    assert p["metadata"]["labels"]["stackspace.dev/owner"] == "alice"
+
+    provider = run.one("providers:kubernetes").plain()
+    assert provider["clusterIdentifier"] == "cluster"
+    assert provider["upsertExistingObjects"] in (True, "true")
+
+
+def test_kubernetes_pod_is_unprivileged_and_mounts_storage():
+    run = run_program(build, cfg(KUBE))
+    pod = run.one("core/v1:Pod")
+    assert pod.delete_before_replace
+    assert any("Job" in d or "init" in d for d in pod.dependencies)
+    s = pod.plain()["spec"]
+    assert s["automountServiceAccountToken"] is False
+    assert s["nodeSelector"] == {"pool": "dev"}
+    c = s["containers"][0]
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["privileged"] is False
+    assert c["volumeMounts"] == [{"name": "home", "mountPath": "/workspace"}]
+    assert s["volumes"][0]["persistentVolumeClaim"]["claimName"].endswith("-home")
+    assert c["resources"]["limits"] == {"cpu": "2000m", "memory": str(2 * 2**30)}
+    assert c["env"] == [{"name": "EDITOR", "value": "vim"}]
+    assert c["command"] == ["sleep", "infinity"]
+    for labels in (pod.plain()["metadata"]["labels"],):
+        assert labels["stackspace.dev/workspace"] == "app"
+
+
+def test_kubernetes_init_job_clones_with_secret_refs_only():
+    run = run_program(build, cfg(KUBE))
+    job = run.one("batch/v1:Job").plain()
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["/bin/sh", "-c", INIT_SCRIPT]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["STACKSPACE_REPO_URL"]["value"] == "https://git.example.test/team/app.git"
+    assert "valueFrom" in env["STACKSPACE_REPO_CREDENTIAL"]
+    assert "valueFrom" in env["STACKSPACE_FILE_0_DATA"]
+    assert env["STACKSPACE_FILE_1_DATA"]["value"] == base64.b64encode(b"hello").decode()
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert_no_plain_secret(run)
+
+
+def test_kubernetes_network_policy_admits_no_ingress():
+    run = run_program(build, cfg(KUBE))
+    np = run.one("NetworkPolicy").plain()["spec"]
+    assert np["policyTypes"] == ["Ingress"]
+    assert np.get("ingress", []) == []
+    assert np["podSelector"]["matchLabels"]["stackspace.dev/workspace"] == "app"
+
+
+def test_kubernetes_stopped_keeps_storage_and_removes_pod():
+    run = run_program(build, cfg(KUBE, running=False))
+    assert run.by_type("core/v1:Pod") == []
+    assert run.one("PersistentVolumeClaim").protect
+    assert run.exports["running"] is False
+
+
+def test_kubernetes_delete_path_lifts_protection_only_then():
+    run = run_program(build, cfg(KUBE, running=True, deleting=True))
+    assert run.one("PersistentVolumeClaim").protect is False
+    assert run.by_type("core/v1:Pod") == []
+
+
+def test_kubernetes_no_secret_object_without_secrets():
+    c = StackConfig(owner="alice", spec=WorkspaceSpec.parse({"name": "plain"}), runtime=KUBE,
+                    running=True)
+    run = run_program(build, c)
+    assert run.by_type("core/v1:Secret") == []
+
+
+def test_init_name_is_stable_across_stop_start_and_changes_with_files():
+    names = {run_program(build, cfg(KUBE, running=r)).one("Job").plain()["metadata"]["name"]
+             for r in (True, False)}
+    assert len(names) == 1
+    changed = run_program(build, cfg(KUBE, files=[{"path": "x", "content": "y"}]))
+    assert changed.one("Job").plain()["metadata"]["name"] not in names
+
+
+# --- Docker -----------------------------------------------------------------
+
+def test_docker_running_declares_volume_init_and_workspace():
+    run = run_program(build, cfg(DOCKER))
+    vol = run.one("docker:index/volume:Volume")
+    assert vol.protect
+    assert "labels" in vol.ignore_changes
+    labels = {x["label"]: x["value"] for x in vol.plain()["labels"]}
+    assert labels["stackspace.dev/workspace"] == "app"
+    assert labels["stackspace.dev/owner"] == "alice"
+    provider = run.one("providers:docker").plain()
+    assert provider["host"] == "unix:///run/test-docker.sock"
+    image = run.one("RemoteImage").plain()
+    assert image["keepLocally"] in (True, "true")
+
+    containers = {r.plain()["name"]: r for r in run.by_type("docker:index/container:Container")}
+    assert len(containers) == 2
+    ws = next(r for n, r in containers.items() if "-init-" not in n)
+    init = next(r for n, r in containers.items() if "-init-" in n)
+    w = ws.plain()
+    assert w["user"] == "1000:1000"
+    assert w["capabilities"] == {"drops": ["ALL"]}
+    assert w["securityOpts"] == ["no-new-privileges:true"]
+    assert w.get("privileged") in (False, None, "false")
+    assert w["networkMode"] == "none"
+    assert w["memory"] == 2048 and w["cpus"] == "2"
+    assert w["mounts"] == [{"target": "/workspace", "source": vol.plain()["name"],
+                            "type": "volume"}]
+    assert ws.delete_before_replace
+    assert "EDITOR=vim" in w["envs"]
+    i = init.plain()
+    assert i["mustRun"] in (False, "false") and i["attach"] in (True, "true")
+    assert i["command"] == ["/bin/sh", "-c", INIT_SCRIPT]
+    assert_no_plain_secret(run)
+
+
+def test_docker_stopped_keeps_volume_and_removes_container():
+    run = run_program(build, cfg(DOCKER, running=False))
+    names = [r.plain()["name"] for r in run.by_type("Container")]
+    assert len(names) == 1 and "-init-" in names[0]
+    assert run.one("Volume").protect
+    assert run.exports["container"] is None
+
+
+def test_docker_delete_path_lifts_protection():
+    run = run_program(build, cfg(DOCKER, deleting=True))
+    assert run.one("Volume").protect is False
+    assert len(run.by_type("Container")) == 1
+
+
+def test_docker_failed_init_fails_the_update():
+    c = cfg(DOCKER)
+    init_name = "init"
+    with pytest.raises(InitFailed, match="exit code 12"):
+        run_program(build, c, outputs={init_name: {"exitCode": 12}})
+
+
+def test_tls_runtime_reads_key_material_as_secret(tmp_path):
+    for name in ("ca", "cert", "key"):
+        (tmp_path / name).write_text(f"{name}-pem-{'secret' if name == 'key' else 'public'}")
+    rt = DockerRuntime(name="remote", host="tcp://docker.example.test:2376",
+                       ca_file=str(tmp_path / "ca"), cert_file=str(tmp_path / "cert"),
+                       key_file=str(tmp_path / "key"))
+    run = run_program(build, cfg(rt))
+    provider = run.one("providers:docker")
+    assert provider.plain()["keyMaterial"] == "key-pem-secret"
+    assert "key-pem-secret" not in plain_strings(provider.inputs)

@@ -1,0 +1,119 @@
+"""Validation of the workspace spec: every field, bad values named, secrets kept apart."""
+
+import pytest
+
+from components.spec import SpecError, WorkspaceSpec, quantity_value
+from stacks.naming import resource_base, stack_name
+
+
+def parse(**fields):
+    return WorkspaceSpec.parse({"name": "dev", **fields})
+
+
+def errors_of(**fields) -> dict[str, str]:
+    with pytest.raises(SpecError) as exc:
+        WorkspaceSpec.parse(fields)
+    return exc.value.errors
+
+
+def test_defaults_keep_workspace_alive_with_default_image():
+    spec = parse()
+    assert spec.image == "stackspace/workspace:bookworm"
+    assert spec.command == ("sleep", "infinity")
+    assert spec.resources.storage == "1Gi"
+
+
+@pytest.mark.parametrize("name", ["", "Dev", "-dev", "dev-", "a" * 41, "d_v", "dév", 7])
+def test_bad_names_are_rejected(name):
+    assert "name" in errors_of(name=name)
+
+
+def test_unknown_fields_are_rejected_with_their_path():
+    errs = errors_of(name="dev", colour="red", repository={"url": "https://x.test/r", "depth": 1})
+    assert errs == {"colour": "unknown field", "repository.depth": "unknown field"}
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x", "a/../../x", "a//b", ".", "a/./b",
+                                  ".stackspace/initialized", "a\nb", ""])
+def test_file_paths_cannot_escape_the_workspace_root(path):
+    errs = errors_of(name="dev", files=[{"path": path, "content": "x"}])
+    assert "files[0].path" in errs
+
+
+@pytest.mark.parametrize("url", ["http://x.test/r", "https://user:tok@x.test/r", "ftp://x/r",
+                                 "https://x.test/r;rm -rf /", "$(id)", "file:///r`id`"])
+def test_repository_urls_are_validated(url):
+    assert "repository.url" in errors_of(name="dev", repository={"url": url})
+
+
+@pytest.mark.parametrize("url", ["https://git.example.test/team/app.git", "ssh://git@h.test/a.git",
+                                 "git@h.test:team/app.git", "file:///srv/repos/app"])
+def test_good_repository_urls(url):
+    assert parse(repository={"url": url}).repository.url == url
+
+
+@pytest.mark.parametrize("ref", ["-x", "a..b", "a b", "$(x)"])
+def test_bad_refs(ref):
+    errs = errors_of(name="dev", repository={"url": "https://h.test/a", "ref": ref})
+    assert "repository.ref" in errs
+
+
+@pytest.mark.parametrize("image", ["UPPER:tag", "a b", "x:", "-x", "a:b:c"])
+def test_bad_images(image):
+    assert "image" in errors_of(name="dev", image=image)
+
+
+def test_good_images():
+    for image in ["debian:12", "registry.test:5000/team/ws:v1", "a/b@sha256:" + "0" * 64]:
+        assert parse(image=image).image == image
+
+
+@pytest.mark.parametrize("env", [{"1X": "v"}, {"A-B": "v"}, {"STACKSPACE_ROOT": "/"}, {"A": 1}])
+def test_bad_env(env):
+    assert any(k.startswith("env") for k in errors_of(name="dev", env=env))
+
+
+@pytest.mark.parametrize("res", [{"cpu": "lots"}, {"memory": "1Mi"}, {"storage": "0"},
+                                 {"storage": "-1Gi"}, {"gpu": "1"}])
+def test_bad_resources(res):
+    assert any(k.startswith("resources") for k in errors_of(name="dev", resources=res))
+
+
+def test_quantities():
+    assert quantity_value("2Gi") == 2 * 2**30
+    assert quantity_value("500m") == 0.5
+    assert quantity_value("1k") == 1000
+
+
+def test_secrets_are_redacted_and_kept_out_of_public_form():
+    spec = parse(repository={"url": "https://h.test/a", "credential": "tok-123"},
+                 files=[{"path": ".netrc", "content": "pw-456", "secret": True, "mode": "600"},
+                        {"path": "README", "content": "hi"}])
+    assert "tok-123" not in str(spec.to_dict(redact=True))
+    assert "pw-456" not in str(spec.to_dict(redact=True))
+    public = spec.public_dict()
+    assert "tok-123" not in str(public) and "pw-456" not in str(public)
+    assert spec.secret_values() == {"credential": "tok-123", "file:.netrc": "pw-456"}
+    assert WorkspaceSpec.from_public(public, spec.secret_values()) == spec
+    assert spec.files[0].mode == "0600"
+
+
+def test_patch_cannot_change_identity_or_shrink_storage():
+    spec = parse(resources={"storage": "2Gi"})
+    with pytest.raises(SpecError) as exc:
+        spec.merged({"name": "other", "repository": {"url": "https://h.test/b"}})
+    assert set(exc.value.errors) == {"name", "repository"}
+    with pytest.raises(SpecError) as exc:
+        spec.merged({"resources": {"storage": "1Gi"}})
+    assert "resources.storage" in exc.value.errors
+    grown = spec.merged({"resources": {"storage": "4Gi"}, "env": {"A": "1"}})
+    assert grown.resources.storage == "4Gi" and grown.env == {"A": "1"}
+
+
+def test_stack_names_are_stable_valid_and_collision_free():
+    a = stack_name("al-ice", "app")
+    assert a == stack_name("al-ice", "app")
+    assert stack_name("al", "ice-app") != a
+    assert len(stack_name("o" * 40, "n" * 40)) <= 100
+    base = resource_base("o" * 40, "n" * 40)
+    assert len(base) + len("-init-01234567") <= 63
