@@ -63,8 +63,6 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             namespace=ns,
             # A renamed kubeconfig context must not replace every resource.
             cluster_identifier=runtime.name,
-            # Deterministic names: after a crash, adopt what a lost run created.
-            upsert_existing_objects=True,
             opts=child,
         )
         popts = pulumi.ResourceOptions(parent=self, provider=provider)

@@ -21,6 +21,9 @@ KEY_RUNNING = "running"
 KEY_DELETING = "deleting"
 KEY_RUNTIME = "runtime"
 
+# key (without namespace) -> (text, is_secret)
+ConfigValues = dict[str, tuple[str, bool]]
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -30,7 +33,7 @@ class StackConfig:
     running: bool
     deleting: bool = False
 
-    def to_config(self) -> dict[str, tuple[str, bool]]:
+    def to_config(self) -> ConfigValues:
         """Config values as key -> (text, is_secret), keys without the namespace."""
         return {
             KEY_OWNER: (self.owner, False),

@@ -119,7 +119,10 @@ LDVER="-X $VERSION_PKG.Version=$PLUGIN_VERSION"
 cd "$SRC"
 run "go build pulumi-tfgen-docker" go build -tags "$BUILD_TAGS" -ldflags "$LDVER" \
   -o "$BUILD/pulumi-tfgen-docker" ./cmd/pulumi-tfgen-docker
-run "pulumi-tfgen-docker schema" "$BUILD/pulumi-tfgen-docker" schema --out "$SRC/cmd/pulumi-resource-docker"
+# --skip-examples: converting HCL examples needs the pulumi CLI and its
+# terraform converter plugin; schema descriptions still come from upstream docs/.
+run "pulumi-tfgen-docker schema" "$BUILD/pulumi-tfgen-docker" schema --skip-examples \
+  --out "$SRC/cmd/pulumi-resource-docker"
 for f in schema.json bridge-metadata.json; do
   [ -s "$SRC/cmd/pulumi-resource-docker/$f" ] || die "tfgen did not write $f (log: $LOG)"
 done

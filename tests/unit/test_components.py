@@ -67,7 +67,6 @@ def test_kubernetes_running_declares_storage_init_pod_policy_secret():
 
     provider = run.one("providers:kubernetes").plain()
     assert provider["clusterIdentifier"] == "cluster"
-    assert provider["upsertExistingObjects"] in (True, "true")
 
 
 def test_kubernetes_pod_is_unprivileged_and_mounts_storage():

@@ -1,0 +1,1 @@
+"""The stackspace service: HTTP API, operation runner, store, exec proxy and CLI."""

@@ -1,0 +1,331 @@
+"""The HTTP API (SPEC §4) as a Flask app. Long work answers 202 with the
+operation; the operation runner does the Pulumi work in worker processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from components.spec import SpecError, WorkspaceSpec
+from service import openapi
+from service.config import ServiceConfig
+from service.problems import Problem
+from service.runner import OperationRunner, Submission
+from service.store import Conflict, Store, User
+from stacks.config import KEY_SPEC, StackConfig
+from stacks.naming import stack_name
+
+log = logging.getLogger("stackspace.api")
+PREFIX = "/api/v1"
+
+
+def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
+               terminals: Callable[[User, dict[str, Any], dict[str, Any]], dict] | None = None
+               ) -> Flask:
+    app = Flask("stackspace")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    counters: dict[str, int] = {}
+
+    @app.errorhandler(Problem)
+    def _problem(p: Problem) -> Response:
+        return p.response()
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException) -> Response:
+        kind = {404: "not-found", 405: "method-not-allowed", 415: "unsupported-media-type"}.get(
+            e.code or 400, "bad-request")
+        return Problem(kind, e.description or kind).response()
+
+    @app.errorhandler(Exception)
+    def _internal(e: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.path})
+        return Problem("internal", "unexpected error; see the service log").response()
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        key = f'{request.method} {request.url_rule.rule if request.url_rule else "unmatched"} ' \
+              f'{resp.status_code}'
+        counters[key] = counters.get(key, 0) + 1
+        return resp
+
+    def authed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            user = store.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+            if user is None:
+                raise Problem("unauthorized", "send Authorization: Bearer <token>",
+                              headers={"WWW-Authenticate": "Bearer"})
+            g.user = user
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def body() -> Any:
+        if not request.is_json:
+            raise Problem("unsupported-media-type", "send a JSON body (application/json)")
+        data = request.get_json(silent=True)
+        if data is None:
+            raise Problem("bad-request", "the body is not valid JSON")
+        return data
+
+    def owner_scope() -> str:
+        """Whose workspace a path names: the caller's, or ?owner= for admins."""
+        owner = request.args.get("owner")
+        if owner and owner != g.user.name:
+            if not g.user.admin:
+                raise Problem("not-found", "no such workspace")
+            return owner
+        return g.user.name
+
+    def find_workspace(name: str) -> dict[str, Any]:
+        ws = store.workspace(owner_scope(), name)
+        if ws is None:  # another user's workspace looks exactly like a missing one
+            raise Problem("not-found", f"no workspace named {name!r}")
+        return ws
+
+    def accepted(op: dict[str, Any]) -> Response:
+        resp = app.response_class(json.dumps(op_view(op)), status=202,
+                                  mimetype="application/json")
+        resp.headers["Location"] = f"{PREFIX}/operations/{op['id']}"
+        return resp
+
+    def enqueue(ws: dict[str, Any], kind: str, submission: Submission | None = None
+                ) -> dict[str, Any]:
+        queue = request.args.get("queue") in ("1", "true")
+        try:
+            op, created = store.add_operation(
+                ws["owner"], ws["name"], kind, queue=queue,
+                idempotency_key=request.headers.get("Idempotency-Key"))
+        except Conflict as e:
+            raise Problem("conflict", f"{e}; retry later or add ?queue=true") from e
+        if created:
+            runner.submit(op, submission)
+        return op
+
+    def replay(owner: str) -> dict[str, Any] | None:
+        """The operation an earlier request with this Idempotency-Key created."""
+        key = request.headers.get("Idempotency-Key")
+        if not key:
+            return None
+        row = store.db.execute("SELECT id FROM operations WHERE owner=? AND idempotency_key=?",
+                               (owner, key)).fetchone()
+        return store.operation(row["id"]) if row else None
+
+    # --- workspaces -----------------------------------------------------------
+    @app.post(f"{PREFIX}/workspaces")
+    @authed
+    def create_workspace() -> Response:
+        data = body()
+        if (op := replay(g.user.name)) is not None:
+            return accepted(op)
+        try:
+            spec = WorkspaceSpec.parse(data)
+        except SpecError as e:
+            raise Problem("validation", "the workspace spec is not valid", e.errors) from e
+        runtime = cfg.runtime(spec.runtime)
+        if runtime is None:
+            raise Problem("validation", "unknown runtime",
+                          {"runtime": f"no runtime named {spec.runtime!r}"})
+        if store.count_workspaces(g.user.name) >= cfg.quota:
+            raise Problem("quota-exceeded", f"at most {cfg.quota} workspaces per user")
+        stack = stack_name(g.user.name, spec.name)
+        try:
+            store.insert_workspace(g.user.name, spec.name, stack, runtime.name,
+                                   spec.public_dict())
+        except Conflict as e:
+            raise Problem("conflict", str(e)) from e
+        ws = store.workspace(g.user.name, spec.name)
+        assert ws is not None
+        values = StackConfig(owner=g.user.name, spec=spec, runtime=runtime,
+                             running=True).to_config()
+        return accepted(enqueue(ws, "create", Submission(values=values)))
+
+    @app.get(f"{PREFIX}/workspaces")
+    @authed
+    def list_workspaces() -> Response:
+        owner = request.args.get("owner")
+        if g.user.admin:
+            rows = store.workspaces(owner) if owner else store.workspaces()
+        else:
+            rows = store.workspaces(g.user.name)
+        return app.response_class(json.dumps({"items": [ws_view(w, store) for w in rows]}),
+                                  mimetype="application/json")
+
+    @app.get(f"{PREFIX}/workspaces/<name>")
+    @authed
+    def get_workspace(name: str) -> Response:
+        return app.response_class(json.dumps(ws_view(find_workspace(name), store)),
+                                  mimetype="application/json")
+
+    @app.patch(f"{PREFIX}/workspaces/<name>")
+    @authed
+    def update_workspace(name: str) -> Response:
+        data = body()
+        ws = find_workspace(name)
+        if (op := replay(ws["owner"])) is not None:
+            return accepted(op)
+        current = WorkspaceSpec.parse(ws["spec"])
+        try:
+            new = current.merged(data)
+        except SpecError as e:
+            raise Problem("validation", "the update is not valid", e.errors) from e
+        secret_files = None
+        if "files" in data:
+            secret_files = {f"file:{f.path}": f.content for f in new.files if f.secret}
+        op = enqueue(ws, "update", Submission(
+            values={KEY_SPEC: (json.dumps(new.public_dict(), sort_keys=True), False)},
+            secret_files=secret_files))
+        store.update_workspace(ws["owner"], name, spec=new.public_dict(), desired="running")
+        return accepted(op)
+
+    def lifecycle(name: str, kind: str, desired: str) -> Response:
+        ws = find_workspace(name)
+        if (op := replay(ws["owner"])) is not None:
+            return accepted(op)
+        op = enqueue(ws, kind)
+        store.update_workspace(ws["owner"], name, desired=desired)
+        return accepted(op)
+
+    @app.post(f"{PREFIX}/workspaces/<name>/start")
+    @authed
+    def start_workspace(name: str) -> Response:
+        return lifecycle(name, "start", "running")
+
+    @app.post(f"{PREFIX}/workspaces/<name>/stop")
+    @authed
+    def stop_workspace(name: str) -> Response:
+        return lifecycle(name, "stop", "stopped")
+
+    @app.delete(f"{PREFIX}/workspaces/<name>")
+    @authed
+    def delete_workspace(name: str) -> Response:
+        return lifecycle(name, "delete", "deleted")
+
+    @app.post(f"{PREFIX}/workspaces/<name>/terminals")
+    @authed
+    def open_terminal(name: str) -> Response:
+        ws = find_workspace(name)
+        if terminals is None:
+            raise Problem("conflict", "the exec proxy is not configured")
+        if ws["state"] != "running":
+            raise Problem("conflict", f"workspace is {ws['state']}, not running")
+        data = request.get_json(silent=True) or {}
+        if not isinstance(data, dict):
+            raise Problem("validation", "body must be an object")
+        return app.response_class(json.dumps(terminals(g.user, ws, data)), status=201,
+                                  mimetype="application/json")
+
+    # --- operations -----------------------------------------------------------
+    def find_operation(op_id: str) -> dict[str, Any]:
+        op = store.operation(op_id)
+        if op is None or (op["owner"] != g.user.name and not g.user.admin):
+            raise Problem("not-found", "no such operation")
+        return op
+
+    @app.get(f"{PREFIX}/operations/<op_id>")
+    @authed
+    def get_operation(op_id: str) -> Response:
+        return app.response_class(json.dumps(op_view(find_operation(op_id))),
+                                  mimetype="application/json")
+
+    @app.post(f"{PREFIX}/operations/<op_id>/cancel")
+    @authed
+    def cancel_operation(op_id: str) -> Response:
+        op = find_operation(op_id)
+        if not runner.cancel(op_id):
+            raise Problem("conflict", f"operation is already {op['status']}")
+        return accepted(store.operation(op_id) or op)
+
+    @app.get(f"{PREFIX}/operations/<op_id>/events")
+    @authed
+    def operation_events(op_id: str) -> Response:
+        find_operation(op_id)
+        last = int(request.headers.get("Last-Event-ID", "0") or 0)
+
+        def stream() -> Iterator[str]:
+            after = last
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline:
+                for seq, event in store.events(op_id, after):
+                    after = seq
+                    yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                    if event["type"] == "end":
+                        return
+                op = store.operation(op_id)
+                if op and op["status"] in ("succeeded", "failed", "cancelled") and \
+                        not store.events(op_id, after):
+                    yield f"event: end\ndata: {json.dumps({'type': 'end', 'status': op['status']})}\n\n"  # noqa: E501
+                    return
+                yield ": keep-alive\n\n"
+                time.sleep(0.5)
+
+        return Response(stream(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
+
+    # --- service --------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz() -> Response:
+        store.db.execute("SELECT 1")
+        return app.response_class(json.dumps({"status": "ok"}), mimetype="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        lines = ["# TYPE stackspace_http_requests_total counter"]
+        for key, n in sorted(counters.items()):
+            method, rule, status = key.split(" ")
+            lines.append(f'stackspace_http_requests_total{{method="{method}",route="{rule}",'
+                         f'status="{status}"}} {n}')
+        lines.append("# TYPE stackspace_operations gauge")
+        for status, n in store.db.execute(
+                "SELECT status, COUNT(*) FROM operations GROUP BY status"):
+            lines.append(f'stackspace_operations{{status="{status}"}} {n}')
+        lines.append("# TYPE stackspace_workspaces gauge")
+        for state, n in store.db.execute("SELECT state, COUNT(*) FROM workspaces GROUP BY state"):
+            lines.append(f'stackspace_workspaces{{state="{state}"}} {n}')
+        return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return app.response_class(json.dumps(openapi.document()), mimetype="application/json")
+
+    return app
+
+
+def ws_view(ws: dict[str, Any], store: Store) -> dict[str, Any]:
+    spec = WorkspaceSpec.parse(ws["spec"])
+    last = store.last_operation(ws["owner"], ws["name"])
+    return {
+        "name": ws["name"],
+        "owner": ws["owner"],
+        "runtime": ws["runtime"],
+        "stack": ws["stack"],
+        "desired": ws["desired"],
+        "state": ws["state"],
+        "last_error": ws["last_error"],
+        "spec": spec.to_dict(redact=True),
+        "outputs": ws["outputs"],
+        "last_operation": op_view(last) if last else None,
+    }
+
+
+def op_view(op: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": op["id"],
+        "workspace": op["workspace"],
+        "owner": op["owner"],
+        "kind": op["kind"],
+        "status": op["status"],
+        "created": op["created"],
+        "started": op["started"],
+        "ended": op["ended"],
+        "timings": op["timings"],
+        "error": op["error"],
+    }

@@ -1,0 +1,101 @@
+"""Service configuration: embedded defaults, then a YAML/JSON file, then environment.
+
+    data_dir      STACKSPACE_DATA_DIR      ~/.local/share/stackspace
+    listen        STACKSPACE_LISTEN        127.0.0.1:8080
+    proxy_listen  STACKSPACE_PROXY_LISTEN  127.0.0.1:8081
+    backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state
+    passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <data_dir>/passphrase
+    pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
+    quota         STACKSPACE_QUOTA         10 workspaces per user
+    runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.runtime import Runtime, parse_runtime
+from service.runner import settings_from
+from stacks.automation import PulumiSettings
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "stackspace"
+PULUMI_VERSION = "3.259.0"
+
+
+@dataclass
+class ServiceConfig:
+    data_dir: Path = DEFAULT_DATA_DIR
+    listen: str = "127.0.0.1:8080"
+    proxy_listen: str = "127.0.0.1:8081"
+    backend_url: str | None = None
+    pool_size: int | None = None
+    quota: int = 10
+    operation_timeout: float = 1800.0
+    runtimes: list[Runtime] = field(default_factory=list)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "stackspace.db"
+
+    def secret_file(self, name: str, nbytes: int = 32) -> str:
+        """A secret generated on first use and kept (0600) in the data dir."""
+        path = self.data_dir / name
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(nbytes))
+        return path.read_text().strip()
+
+    def pulumi_settings(self) -> PulumiSettings:
+        cache = Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
+        bin_dir = Path(os.environ.get("STACKSPACE_PULUMI_BIN",
+                                      cache / "pulumi" / PULUMI_VERSION / "bin"))
+        if not (bin_dir / "pulumi").exists() and shutil.which("pulumi"):
+            bin_dir = Path(shutil.which("pulumi") or "").parent
+        home = Path(os.environ.get("PULUMI_HOME", cache / "pulumi-home"))
+        passphrase = os.environ.get("PULUMI_CONFIG_PASSPHRASE") or self.secret_file("passphrase")
+        (self.data_dir / "state").mkdir(parents=True, exist_ok=True)
+        return settings_from(self.data_dir, self.backend_url, passphrase, bin_dir, home,
+                             sys.executable)
+
+    def runtime(self, name: str | None) -> Runtime | None:
+        if name is None:
+            return self.runtimes[0] if self.runtimes else None
+        return next((r for r in self.runtimes if r.name == name), None)
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    env = os.environ
+    cfg = ServiceConfig(
+        data_dir=Path(env.get("STACKSPACE_DATA_DIR", data.get("data_dir", DEFAULT_DATA_DIR))),
+        listen=env.get("STACKSPACE_LISTEN", data.get("listen", "127.0.0.1:8080")),
+        proxy_listen=env.get("STACKSPACE_PROXY_LISTEN",
+                             data.get("proxy_listen", "127.0.0.1:8081")),
+        backend_url=env.get("PULUMI_BACKEND_URL", data.get("backend_url")),
+        pool_size=int(env["STACKSPACE_POOL_SIZE"]) if "STACKSPACE_POOL_SIZE" in env
+        else data.get("pool_size"),
+        quota=int(env.get("STACKSPACE_QUOTA", data.get("quota", 10))),
+        operation_timeout=float(data.get("operation_timeout", 1800)),
+        runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
+    )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, Path(value) if key == "data_dir" else value)
+    if not cfg.runtimes:
+        host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        cfg.runtimes = [parse_runtime({"name": "local", "type": "docker", "host": host})]
+    return cfg

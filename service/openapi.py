@@ -1,0 +1,139 @@
+"""The OpenAPI 3.1 document of the HTTP API (tests check it against the routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+
+
+def _op(summary: str, ok: str, schema: str | None = None, body: str | None = None,
+        params: list[str] | None = None, auth: bool = True) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}} \
+        if schema else None
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {ok: {"description": summary,
+                                             **({"content": content} if content else {})}}}
+    if auth:
+        op["responses"].update({"401": PROBLEM, "404": PROBLEM})
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        op["responses"]["422"] = PROBLEM
+    if ok == "202":
+        op["responses"]["409"] = PROBLEM
+        op["parameters"] = [{"name": "Idempotency-Key", "in": "header", "required": False,
+                             "schema": {"type": "string", "maxLength": 200}},
+                            {"name": "queue", "in": "query", "required": False,
+                             "schema": {"type": "string", "enum": ["true", "false"]}}]
+    for p in params or []:
+        op.setdefault("parameters", []).append(
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}})
+    if not auth:
+        op["security"] = []
+    return op
+
+
+def document() -> dict[str, Any]:
+    ws = ["name"]
+    op = ["op_id"]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "stackspace", "version": "1"},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/workspaces": {
+                "post": _op("Create a workspace", "202", "Operation", "WorkspaceSpec"),
+                "get": _op("List workspaces", "200", "WorkspaceList"),
+            },
+            "/api/v1/workspaces/{name}": {
+                "get": _op("Show a workspace", "200", "Workspace", params=ws),
+                "patch": _op("Update a workspace", "202", "Operation", "WorkspacePatch", ws),
+                "delete": _op("Delete a workspace and its storage", "202", "Operation",
+                              params=ws),
+            },
+            "/api/v1/workspaces/{name}/start": {
+                "post": _op("Start a workspace", "202", "Operation", params=ws)},
+            "/api/v1/workspaces/{name}/stop": {
+                "post": _op("Stop a workspace (storage kept)", "202", "Operation", params=ws)},
+            "/api/v1/workspaces/{name}/terminals": {
+                "post": _op("Mint a terminal ticket for the exec proxy", "201", "Ticket",
+                            params=ws)},
+            "/api/v1/operations/{op_id}": {
+                "get": _op("Show an operation", "200", "Operation", params=op)},
+            "/api/v1/operations/{op_id}/cancel": {
+                "post": _op("Cancel an operation", "202", "Operation", params=op)},
+            "/api/v1/operations/{op_id}/events": {
+                "get": {**_op("Engine events as Server-Sent Events", "200", params=op),
+                        "responses": {"200": {"description": "event stream", "content": {
+                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "401": PROBLEM, "404": PROBLEM}}},
+            "/healthz": {"get": _op("Health", "200", auth=False)},
+            "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
+                                 "responses": {"200": {"description": "metrics", "content": {
+                                     "text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": _op("This document", "200", auth=False)},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Problem": {"description": "RFC 9457 problem", "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }}},
+            "schemas": SCHEMAS,
+        },
+    }
+
+
+_NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 40}
+_FILE = {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
+    "path": {"type": "string"}, "content": {"type": "string"},
+    "mode": {"type": "string", "pattern": "^0?[0-7]{3}$"}, "secret": {"type": "boolean"}}}
+_RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
+    "cpu": {"type": "string"}, "memory": {"type": "string"}, "storage": {"type": "string"}}}
+_MUTABLE = {
+    "image": {"type": "string"},
+    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    "files": {"type": "array", "items": _FILE},
+    "resources": _RESOURCES,
+    "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+}
+_OPERATION = {"type": "object", "required": ["id", "kind", "status"], "properties": {
+    "id": {"type": "string"}, "workspace": {"type": "string"}, "owner": {"type": "string"},
+    "kind": {"enum": ["create", "start", "stop", "update", "delete", "refresh"]},
+    "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+    "created": {"type": "number"}, "started": {"type": ["number", "null"]},
+    "ended": {"type": ["number", "null"]}, "timings": {"type": "object"},
+    "error": {"type": ["string", "null"]}}}
+_WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properties": {
+    "name": {"type": "string"}, "owner": {"type": "string"}, "runtime": {"type": "string"},
+    "stack": {"type": "string"}, "desired": {"enum": ["running", "stopped", "deleted"]},
+    "state": {"enum": ["provisioning", "running", "stopping", "stopped", "starting",
+                       "deleting", "failed"]},
+    "last_error": {"type": ["string", "null"]}, "spec": {"type": "object"},
+    "outputs": {"type": "object"},
+    "last_operation": {"anyOf": [{"$ref": "#/components/schemas/Operation"},
+                                 {"type": "null"}]}}}
+SCHEMAS: dict[str, Any] = {
+    "WorkspaceSpec": {"type": "object", "additionalProperties": False, "required": ["name"],
+                      "properties": {
+                          "name": _NAME, "runtime": _NAME,
+                          "repository": {"type": "object", "additionalProperties": False,
+                                         "required": ["url"], "properties": {
+                                             "url": {"type": "string"}, "ref": {"type": "string"},
+                                             "credential": {"type": "string",
+                                                            "writeOnly": True}}},
+                          **_MUTABLE}},
+    "WorkspacePatch": {"type": "object", "additionalProperties": False, "properties": _MUTABLE},
+    "Operation": _OPERATION,
+    "Workspace": _WORKSPACE,
+    "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},
+    "Ticket": {"type": "object", "required": ["url", "ticket", "expires_at"], "properties": {
+        "url": {"type": "string"}, "ticket": {"type": "string"},
+        "expires_at": {"type": "number"}}},
+    "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "errors": {"type": "array", "items": {
+            "type": "object", "properties": {"field": {"type": "string"},
+                                             "message": {"type": "string"}}}}}},
+}

@@ -1,0 +1,135 @@
+"""One operation, run in a worker process (never on a thread of the Flask process:
+the Automation API and the gRPC servers of inline programs are not thread-safe,
+pulumi#7782). The worker writes progress straight into the store (SQLite WAL is
+multi-process safe) so events reach SSE clients while the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pulumi.automation import events
+
+from service.store import Store
+from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
+from stacks.config import KEY_RUNNING, KEY_SECRETS, ConfigValues
+
+log = logging.getLogger("stackspace.worker")
+
+_runner: StackRunner | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    op_id: str
+    kind: str  # create | start | stop | update | delete | refresh
+    stack: str
+    store_path: str
+    settings: PulumiSettings
+    # Config keys to write before the run (create/update); start/stop write `running`.
+    values: ConfigValues | None = None
+    # update: secret files of the new spec; merged with the stack's credential.
+    secret_files: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    op_id: str
+    ok: bool
+    error: str | None
+    error_type: str | None
+    outputs: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _runner_for(settings: PulumiSettings) -> StackRunner:
+    # One PulumiCommand/LocalWorkspace per worker process, reused across jobs.
+    global _runner
+    if _runner is None or _runner.settings != settings:
+        _runner = StackRunner(settings)
+    return _runner
+
+
+def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
+    """A client-safe digest of an engine event (no property values: they may hold secrets)."""
+    if event.resource_pre_event:
+        m = event.resource_pre_event.metadata
+        return {"type": "resource", "phase": "pre", "op": str(m.op.value), "urn": m.urn,
+                "resource_type": m.type}
+    if event.res_outputs_event:
+        m = event.res_outputs_event.metadata
+        return {"type": "resource", "phase": "done", "op": str(m.op.value), "urn": m.urn,
+                "resource_type": m.type}
+    if event.res_op_failed_event:
+        m = event.res_op_failed_event.metadata
+        return {"type": "resource", "phase": "failed", "op": str(m.op.value), "urn": m.urn,
+                "resource_type": m.type}
+    if event.summary_event:
+        changes = {str(getattr(k, "value", k)): v
+                   for k, v in (event.summary_event.resource_changes or {}).items()}
+        return {"type": "summary", "changes": changes,
+                "seconds": event.summary_event.duration_seconds}
+    if event.diagnostic_event and event.diagnostic_event.severity in ("error", "warning"):
+        # Diagnostics are engine text; Pulumi masks secret values as [secret].
+        return {"type": "diagnostic", "severity": event.diagnostic_event.severity,
+                "message": event.diagnostic_event.message.strip()[:2000]}
+    return None
+
+
+def run(job: Job) -> Outcome:
+    store = Store(Path(job.store_path))
+    runner = _runner_for(job.settings)
+    store.update_operation(job.op_id, worker_pid=os.getpid())
+
+    def on_event(event: events.EngineEvent) -> None:
+        digest = event_summary(event)
+        if digest is not None:
+            store.add_event(job.op_id, digest)
+
+    started = time.monotonic()
+    try:
+        if job.kind == "delete":
+            result = runner.delete(job.stack, on_event)
+        elif job.kind == "refresh":
+            runner.cancel(job.stack)
+            runner.refresh(job.stack, on_event)
+            result = None
+        else:
+            values: ConfigValues = dict(job.values or {})
+            if job.kind in ("start", "stop"):
+                values[KEY_RUNNING] = ("true" if job.kind == "start" else "false", False)
+            if job.kind == "update" and job.secret_files is not None:
+                current = runner.read_secrets(job.stack)
+                merged = {k: v for k, v in current.items() if not k.startswith("file:")}
+                merged.update(job.secret_files)
+                values[KEY_SECRETS] = (json.dumps(merged, sort_keys=True), True)
+            result = runner.apply(values, job.stack, on_event, guard=job.kind != "create")
+        timings = dict(result.timings) if result else {}
+        timings["total"] = time.monotonic() - started
+        return Outcome(job.op_id, True, None, None, dict(result.outputs) if result else {},
+                       timings)
+    except StorageAtRisk as e:
+        return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",
+                       {}, {"total": time.monotonic() - started})
+    except Exception as e:  # noqa: BLE001 - every failure becomes the operation's error
+        log.warning("operation failed", extra={"op": job.op_id, "kind": job.kind,
+                                               "error_type": type(e).__name__})
+        log.debug("operation traceback: %s", traceback.format_exc())
+        return Outcome(job.op_id, False, describe_error(e), type(e).__name__, {},
+                       {"total": time.monotonic() - started})
+
+
+def describe_error(error: Exception) -> str:
+    """A short, secret-free error text: the engine's diagnostics, not raw CLI output."""
+    text = str(error)
+    # CommandError carries the CLI's stderr; keep its error lines only.
+    lines = [ln.strip() for ln in text.splitlines()
+             if "error:" in ln.lower() and "stdout:" not in ln.lower()]
+    return "; ".join(dict.fromkeys(lines))[:1500] or type(error).__name__

@@ -1,0 +1,111 @@
+"""Shared fixtures: the real toolchain (scripts/setup), a Docker Engine
+(scripts/docker-engine) and a Pulumi backend private to the test session.
+
+Missing real parts skip the tests that need them, with a reason naming the
+part; set STACKSPACE_REQUIRE_E2E=1 to turn those skips into failures.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("STACKSPACE_REQUIRE_E2E") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pulumi_bin() -> Path:
+    """Directory with the Pulumi CLI and language host built by scripts/setup."""
+    from_env = os.environ.get("STACKSPACE_PULUMI_BIN")
+    candidates = [Path(from_env)] if from_env else []
+    candidates.append(CACHE / "pulumi" / "3.259.0" / "bin")
+    for d in candidates:
+        if (d / "pulumi").is_file() and (d / "pulumi-language-python").is_file():
+            return d
+    unavailable("Pulumi CLI and language host not built: run scripts/setup")
+    raise AssertionError  # unreachable
+
+
+@pytest.fixture(scope="session")
+def pulumi_home() -> Path:
+    return Path(os.environ.get("PULUMI_HOME", CACHE / "pulumi-home"))
+
+
+def plugin_installed(pulumi_home: Path, name: str) -> bool:
+    plugins = pulumi_home / "plugins"
+    return any(p.name.startswith(f"resource-{name}-v") and not p.name.endswith(".partial")
+               for p in plugins.glob(f"resource-{name}-v*")) if plugins.is_dir() else False
+
+
+@pytest.fixture(scope="session")
+def docker_provider(pulumi_home: Path) -> None:
+    if not plugin_installed(pulumi_home, "docker"):
+        why = CACHE / "docker-provider.missing"
+        reason = why.read_text().strip() if why.exists() else "not built (run scripts/setup)"
+        unavailable(f"pulumi-resource-docker plugin missing: {reason}")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_provider(pulumi_home: Path) -> None:
+    if not plugin_installed(pulumi_home, "kubernetes"):
+        unavailable("pulumi-resource-kubernetes plugin missing: run scripts/setup")
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> Iterator[str]:
+    """DOCKER_HOST of a running engine; starts a private dockerd if none answers."""
+    state = CACHE / "dockerd" / "started-by-us"
+    already = state.exists()
+    proc = subprocess.run([str(REPO / "scripts" / "docker-engine"), "up"], capture_output=True,
+                          text=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        unavailable(f"no Docker Engine: {proc.stderr.strip().splitlines()[-1:]}")
+    host = proc.stdout.strip().splitlines()[-1]
+    yield host
+    if not already and state.exists():
+        subprocess.run([str(REPO / "scripts" / "docker-engine"), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host: str):
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pulumi_settings(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path,
+                    pulumi_home: Path):
+    from stacks.automation import PulumiSettings
+
+    state = tmp_path_factory.mktemp("pulumi-state")
+    return PulumiSettings(
+        backend_url=f"file://{state}",
+        passphrase=secrets.token_hex(16),
+        pulumi_home=pulumi_home,
+        bin_dir=pulumi_bin,
+        python=sys.executable,
+        lock_dir=state,
+    )
+
+
+@pytest.fixture(scope="session")
+def runner(pulumi_settings):
+    from stacks.automation import StackRunner
+
+    return StackRunner(pulumi_settings)

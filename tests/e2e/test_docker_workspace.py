@@ -1,0 +1,136 @@
+"""The Docker backend end to end on the real Pulumi engine and Docker Engine:
+create from a git repository, stop, start, update and delete a workspace, and
+check what a user would see at each step."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+
+import docker.errors
+import pytest
+
+from components.runtime import DockerRuntime
+from components.spec import WorkspaceSpec
+from stacks.automation import PROJECT_DIR, StorageAtRisk
+from stacks.config import StackConfig
+from stacks.naming import resource_base, stack_name
+from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
+
+
+@pytest.fixture(scope="module")
+def repo_image(docker_client, tmp_path_factory) -> str:
+    bare = make_repo(tmp_path_factory.mktemp("repo"), {"README.md": "hello from git\n"})
+    return docker_repo_image(docker_client, bare, f"stackspace-test/repo:{secrets.token_hex(4)}")
+
+
+def sh(container, cmd: str) -> str:
+    code, out = container.exec_run(["sh", "-c", cmd], user="1000")
+    assert code == 0, out
+    return out.decode()
+
+
+def test_workspace_lifecycle_keeps_files_until_delete(runner, docker_host, docker_client,
+                                                       repo_image, pulumi_settings):
+    owner, name = "alice", f"life-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    spec = WorkspaceSpec.parse({
+        "name": name, "image": repo_image,
+        "repository": {"url": REPO_URL, "ref": "main", "credential": "not-needed-token"},
+        "env": {"GREETING": "one"},
+        "files": [{"path": ".config/app.toml", "content": "k = 1\n", "mode": "0600"}],
+    })
+    stack = stack_name(owner, name)
+    base = resource_base(owner, name)
+
+    def converge(spec: WorkspaceSpec, running: bool):
+        return runner.apply(StackConfig(owner=owner, spec=spec, runtime=runtime,
+                                        running=running), stack)
+
+    # create: the repository and files are in the workspace
+    result = converge(spec, True)
+    assert result.outputs["container"] == base
+    ws = docker_client.containers.get(base)
+    assert ws.status == "running"
+    assert sh(ws, "cat /workspace/README.md") == "hello from git\n"
+    assert sh(ws, "stat -c %a /workspace/.config/app.toml").strip() == "600"
+    assert sh(ws, "id -u").strip() == "1000"
+    assert ws.labels["stackspace.dev/workspace"] == name
+    assert ws.labels["stackspace.dev/owner"] == owner
+    host_config = ws.attrs["HostConfig"]
+    assert host_config["CapDrop"] == ["ALL"] and not host_config["Privileged"]
+    assert "no-new-privileges:true" in host_config["SecurityOpt"]
+    sh(ws, "echo mine > /workspace/mine.txt")
+
+    # an operator's preview of the same stack shows no changes
+    env = {**os.environ, **pulumi_settings.env()}
+    preview = subprocess.run(
+        ["pulumi", "preview", "--stack", stack, "--expect-no-changes", "--non-interactive"],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+    assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
+    assert "not-needed-token" not in preview.stdout + preview.stderr
+
+    # stop: the container is gone, the volume stays
+    converge(spec, False)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(base)
+    assert docker_client.volumes.get(f"{base}-home")
+
+    # start: same storage, init does not clobber it
+    converge(spec, True)
+    ws = docker_client.containers.get(base)
+    assert sh(ws, "cat /workspace/mine.txt") == "mine\n"
+
+    # update env: the workspace is recreated, the files remain
+    old_id = ws.id
+    updated = spec.merged({"env": {"GREETING": "two"}})
+    converge(updated, True)
+    ws = docker_client.containers.get(base)
+    assert ws.id != old_id
+    assert sh(ws, "echo $GREETING") == "two\n"
+    assert sh(ws, "cat /workspace/mine.txt") == "mine\n"
+
+    # delete: storage and stack are gone
+    runner.delete(stack)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(f"{base}-home")
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(base)
+    assert not runner.exists(stack)
+
+
+def test_failed_clone_fails_the_create_and_keeps_no_workspace(runner, docker_host,
+                                                              docker_client, repo_image):
+    owner, name = "alice", f"bad-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    spec = WorkspaceSpec.parse({"name": name, "image": repo_image,
+                                "repository": {"url": "file:///srv/missing.git"}})
+    stack = stack_name(owner, name)
+    cfg = StackConfig(owner=owner, spec=spec, runtime=runtime, running=True)
+    with pytest.raises(Exception, match="init failed"):
+        runner.apply(cfg, stack)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(resource_base(owner, name))
+    runner.delete(stack)
+    assert not runner.exists(stack)
+
+
+def test_storage_replacing_plan_is_refused(runner, docker_host, docker_client, repo_image):
+    """A runtime change would move storage: the preview guard refuses it."""
+    owner, name = "alice", f"guard-{secrets.token_hex(3)}"
+    spec = WorkspaceSpec.parse({"name": name, "image": repo_image})
+    stack = stack_name(owner, name)
+    local = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    runner.apply(StackConfig(owner=owner, spec=spec, runtime=local, running=False), stack)
+    volume = docker_client.volumes.get(f"{resource_base(owner, name)}-home")
+    # Same engine under another runtime name means another provider: Pulumi
+    # would plan to delete the protected volume and create a new one.
+    moved = DockerRuntime(name="other", host=docker_host.replace("unix://", "unix:///.//"),
+                          network_mode="none")
+    with pytest.raises((StorageAtRisk, Exception)):
+        runner.apply(StackConfig(owner=owner, spec=spec, runtime=moved, running=False), stack)
+    assert docker_client.volumes.get(volume.name).id == volume.id
+    runner.delete(stack)
