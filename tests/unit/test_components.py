@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from components.docker import InitFailed
+from components.docker import InitFailed, _check_init_exit
 from components.init_script import INIT_SCRIPT
 from components.runtime import DockerRuntime, KubernetesRuntime
 from components.spec import WorkspaceSpec
@@ -191,11 +191,16 @@ def test_docker_delete_path_lifts_protection():
     assert len(run.by_type("Container")) == 1
 
 
-def test_docker_failed_init_fails_the_update():
-    c = cfg(DOCKER)
-    init_name = "init"
+def test_docker_failed_init_fails_the_update_and_gates_the_workspace():
+    # The check raises on a non-zero exit code (failing the update) ...
     with pytest.raises(InitFailed, match="exit code 12"):
-        run_program(build, c, outputs={init_name: {"exitCode": 12}})
+        _check_init_exit(12)
+    assert _check_init_exit(0) == 0
+    # ... and the workspace container waits on it (its label carries the result).
+    run = run_program(build, cfg(DOCKER), outputs={"init": {"exitCode": 0}})
+    ws = next(r for r in run.by_type("Container") if "-init-" not in r.plain()["name"])
+    labels = {x["label"]: x["value"] for x in ws.plain()["labels"]}
+    assert labels["stackspace.dev/init-exit"] == "0"
 
 
 def test_tls_runtime_reads_key_material_as_secret(tmp_path):

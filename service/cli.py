@@ -1,0 +1,263 @@
+"""`stackspace`: run the service, manage tokens, check the toolchain, and act as
+a client of the HTTP API (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from service.config import PULUMI_VERSION, load_config
+
+log = logging.getLogger("stackspace")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra` fields become keys. Never log secrets."""
+
+    SKIP = set(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        out.update({k: v for k, v in vars(record).items() if k not in self.SKIP})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=os.environ.get("STACKSPACE_LOG_LEVEL", "INFO"), handlers=[handler])
+
+
+@click.group()
+def main() -> None:
+    """stackspace: developer workspaces as Pulumi stacks."""
+
+
+# --- server side ---------------------------------------------------------------
+
+def _serve(config: str | None, data_dir: str | None, listen: str | None, announce: bool
+           ) -> None:
+    from service.api import create_app
+    from service.runner import OperationRunner
+    from service.store import Store
+
+    setup_logging()
+    cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+    store = Store(cfg.store_path)
+    admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
+    token = store.add_user("admin", admin=True, token=admin_token)
+    runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
+                             cfg.operation_timeout)
+    runner.start()
+    app = create_app(cfg, store, runner)
+    host, _, port = cfg.listen.rpartition(":")
+    if announce:
+        click.echo(f"stackspace listening on http://{cfg.listen}")
+        click.echo(f"data dir: {cfg.data_dir}")
+        if not admin_token:
+            click.echo(f"admin token (shown once): {token}")
+    from werkzeug.serving import make_server
+
+    server = make_server(host, int(port), app, threaded=True)
+    try:
+        server.serve_forever()
+    finally:
+        runner.shutdown()
+
+
+@main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
+    """Run the HTTP API service."""
+    _serve(config, data_dir, listen, announce=True)
+
+
+@main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
+    """Run the service (and the exec proxy, when available) with embedded defaults."""
+    _serve(config, data_dir, listen, announce=True)
+
+
+@main.command()
+@click.argument("user")
+@click.option("--admin", is_flag=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def token(user: str, admin: bool, data_dir: str | None) -> None:
+    """Create USER if needed and print a new API token for it."""
+    from service.store import Store
+    from stacks.naming import validate_owner
+
+    try:
+        validate_owner(user)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    cfg = load_config(data_dir=data_dir)
+    click.echo(Store(cfg.store_path).add_user(user, admin=admin))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+def doctor(as_json: bool, config: str | None) -> None:
+    """Check the Pulumi CLI, language host, plugins and every configured runtime."""
+    from service.doctor import run_checks
+
+    cfg = load_config(Path(config) if config else None)
+    checks = run_checks(cfg)
+    if as_json:
+        click.echo(json.dumps({"ok": all(c["ok"] for c in checks if c["required"]),
+                               "checks": checks}, indent=2))
+    else:
+        for c in checks:
+            mark = "ok  " if c["ok"] else ("FAIL" if c["required"] else "warn")
+            click.echo(f"{mark} {c['name']:<28} {c['detail']}")
+    sys.exit(0 if all(c["ok"] for c in checks if c["required"]) else 1)
+
+
+# --- client side ---------------------------------------------------------------
+
+class Client:
+    def __init__(self, url: str | None, token: str | None):
+        self.url = (url or os.environ.get("STACKSPACE_URL") or "http://127.0.0.1:8080").rstrip("/")
+        self.token = token or os.environ.get("STACKSPACE_TOKEN")
+        if not self.token:
+            raise click.UsageError("set STACKSPACE_TOKEN or pass --token")
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        resp = requests.request(method, f"{self.url}/api/v1{path}", json=body, timeout=60,
+                                headers={"Authorization": f"Bearer {self.token}"})
+        data = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            detail = data.get("detail", resp.reason)
+            for err in data.get("errors", []):
+                detail += f"\n  {err['field']}: {err['message']}"
+            raise click.ClickException(f"{resp.status_code}: {detail}")
+        return data
+
+    def wait(self, op: dict[str, Any], as_json: bool) -> dict[str, Any]:
+        """Follow an operation to its end, with a live status line on a TTY."""
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        show = sys.stderr.isatty() and not as_json
+        with console.status(f"{op['kind']} {op['workspace']}: {op['status']}") if show \
+                else _null():
+            while op["status"] in ("queued", "running"):
+                time.sleep(1)
+                op = self.call("GET", f"/operations/{op['id']}")
+        return op
+
+
+class _null:
+    def __enter__(self) -> None: ...
+    def __exit__(self, *a: object) -> None: ...
+
+
+def client_options(fn: Any) -> Any:
+    fn = click.option("--url", help="service URL (STACKSPACE_URL)")(fn)
+    fn = click.option("--token", help="API token (STACKSPACE_TOKEN)")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json or not sys.stdout.isatty() else text)
+
+
+def _operation(client: Client, op: dict[str, Any], wait: bool, as_json: bool) -> None:
+    if wait:
+        op = client.wait(op, as_json)
+    _emit(op, as_json, f"{op['kind']} {op['workspace']}: {op['status']}"
+          + (f" ({op['error']})" if op.get("error") else ""))
+    if wait and op["status"] != "succeeded":
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec_file", type=click.File())
+@click.option("--wait", is_flag=True)
+@client_options
+def create(spec_file: Any, wait: bool, url: str, token: str, as_json: bool) -> None:
+    """Create a workspace from a JSON/YAML spec file ('-' for stdin)."""
+    import yaml
+
+    client = Client(url, token)
+    _operation(client, client.call("POST", "/workspaces", yaml.safe_load(spec_file)), wait,
+               as_json)
+
+
+@main.command(name="list")
+@client_options
+def list_(url: str, token: str, as_json: bool) -> None:
+    """List your workspaces."""
+    data = Client(url, token).call("GET", "/workspaces")
+    text = "\n".join(f"{w['name']:<24} {w['state']:<12} {w['runtime']}" for w in data["items"])
+    _emit(data, as_json, text or "no workspaces")
+
+
+@main.command()
+@click.argument("name")
+@client_options
+def show(name: str, url: str, token: str, as_json: bool) -> None:
+    """Show one workspace."""
+    data = Client(url, token).call("GET", f"/workspaces/{name}")
+    _emit(data, as_json, json.dumps(data, indent=2))
+
+
+def _lifecycle(kind: str, method: str, suffix: str) -> Any:
+    @click.argument("name")
+    @click.option("--wait", is_flag=True, help="block until the operation ends")
+    @client_options
+    def command(name: str, wait: bool, url: str, token: str, as_json: bool) -> None:
+        client = Client(url, token)
+        _operation(client, client.call(method, f"/workspaces/{name}{suffix}"), wait, as_json)
+    command.__doc__ = f"{kind.capitalize()} a workspace."
+    return main.command(name=kind)(command)
+
+
+start = _lifecycle("start", "POST", "/start")
+stop = _lifecycle("stop", "POST", "/stop")
+delete = _lifecycle("delete", "DELETE", "")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("patch_file", type=click.File())
+@click.option("--wait", is_flag=True)
+@client_options
+def update(name: str, patch_file: Any, wait: bool, url: str, token: str, as_json: bool) -> None:
+    """Update image/env/files/resources/command from a JSON/YAML patch file."""
+    import yaml
+
+    client = Client(url, token)
+    _operation(client, client.call("PATCH", f"/workspaces/{name}", yaml.safe_load(patch_file)),
+               wait, as_json)
+
+
+def pulumi_version(bin_dir: Path | None) -> str | None:
+    binary = (bin_dir / "pulumi") if bin_dir and (bin_dir / "pulumi").exists() \
+        else shutil.which("pulumi")
+    if not binary:
+        return None
+    out = subprocess.run([str(binary), "version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+__all__ = ["main", "PULUMI_VERSION"]

@@ -1,0 +1,76 @@
+"""`stackspace doctor`: is every part the configured runtimes need here and working?"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components.runtime import DockerRuntime, KubernetesRuntime
+from service.config import ServiceConfig
+
+
+def _check(name: str, ok: bool, detail: str, required: bool = True) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "required": required, "detail": detail}
+
+
+def _version(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else None
+
+
+def _plugin(home: Path, name: str) -> str | None:
+    found = sorted((home / "plugins").glob(f"resource-{name}-v*"))
+    found = [p for p in found if p.is_dir() and not p.name.endswith(".partial")]
+    return found[-1].name.removeprefix(f"resource-{name}-") if found else None
+
+
+def run_checks(cfg: ServiceConfig) -> list[dict[str, Any]]:
+    settings = cfg.pulumi_settings()
+    bin_dir = settings.bin_dir or Path()
+    checks = []
+    cli = _version([str(bin_dir / "pulumi"), "version"])
+    checks.append(_check("pulumi CLI", cli is not None,
+                         cli or f"missing at {bin_dir}: run scripts/setup"))
+    host = bin_dir / "pulumi-language-python"
+    checks.append(_check("python language host", host.is_file(),
+                         str(host) if host.is_file() else "missing: run scripts/setup"))
+    kinds = {type(r) for r in cfg.runtimes}
+    for name, kind in (("docker", DockerRuntime), ("kubernetes", KubernetesRuntime)):
+        version = _plugin(settings.pulumi_home, name)
+        checks.append(_check(f"plugin {name}", version is not None,
+                             version or f"not installed in {settings.pulumi_home}",
+                             required=kind in kinds))
+    for rt in cfg.runtimes:
+        checks.append(_runtime_check(rt))
+    return checks
+
+
+def _runtime_check(rt: DockerRuntime | KubernetesRuntime) -> dict[str, Any]:
+    if isinstance(rt, DockerRuntime):
+        import docker
+
+        try:
+            tls = None
+            if rt.host.startswith("tcp://"):
+                tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file),
+                                           ca_cert=rt.ca_file, verify=True)
+            client = docker.DockerClient(base_url=rt.host, tls=tls, timeout=10)
+            version = client.version().get("Version", "?")
+            client.close()
+            return _check(f"runtime {rt.name} (docker)", True, f"Docker Engine {version}")
+        except Exception as e:  # noqa: BLE001 - report any failure as the reason
+            return _check(f"runtime {rt.name} (docker)", False, f"{rt.host}: {type(e).__name__}")
+    from kubernetes import client, config
+
+    try:
+        api = config.new_client_from_config(config_file=rt.kubeconfig, context=rt.context)
+        version = client.VersionApi(api).get_code().git_version
+        client.CoreV1Api(api).read_namespace(rt.namespace)
+        return _check(f"runtime {rt.name} (kubernetes)", True,
+                      f"Kubernetes {version}, namespace {rt.namespace}")
+    except Exception as e:  # noqa: BLE001 - report any failure as the reason
+        return _check(f"runtime {rt.name} (kubernetes)", False, f"{type(e).__name__}: {e}"[:200])
