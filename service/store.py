@@ -95,8 +95,7 @@ class Store:
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.tx() as db:
-            db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA)  # executescript manages its own transaction
 
     @property
     def db(self) -> sqlite3.Connection:

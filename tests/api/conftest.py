@@ -1,0 +1,72 @@
+"""A live stackspace service on 127.0.0.1 for API tests: real store, real
+operation runner (worker processes driving the Pulumi CLI), real Docker Engine."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from components.runtime import parse_runtime
+from service.api import create_app
+from service.config import ServiceConfig
+from service.runner import OperationRunner
+from service.store import Store
+
+
+@dataclass
+class Service:
+    url: str
+    store: Store
+    admin: str
+    alice: str
+    bob: str
+    runner: OperationRunner
+    app: object
+
+    def call(self, method: str, path: str, token: str | None, **kw) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kw)
+
+
+def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10
+                  ) -> Iterator[Service]:
+    cfg = ServiceConfig(data_dir=tmp, quota=quota, runtimes=[parse_runtime(
+        {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"})])
+    store = Store(cfg.store_path)
+    runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=600)
+    runner.start()
+    app = create_app(cfg, store, runner)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    svc = Service(url=f"http://127.0.0.1:{server.server_port}", store=store,
+                  admin=store.add_user("root", admin=True), alice=store.add_user("alice"),
+                  bob=store.add_user("bob"), runner=runner, app=app)
+    yield svc
+    server.shutdown()
+    runner.shutdown()
+
+
+@pytest.fixture
+def offline_service(tmp_path) -> Iterator[Service]:
+    """The API without an engine behind it: for auth, validation and schema tests."""
+    from stacks.automation import PulumiSettings
+
+    settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
+                              pulumi_home=tmp_path)
+    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, docker_host, pulumi_settings, docker_provider
+            ) -> Iterator[Service]:
+    yield from start_service(tmp_path_factory.mktemp("svc"), docker_host, pulumi_settings)

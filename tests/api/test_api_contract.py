@@ -1,0 +1,93 @@
+"""The API's contract that holds without an engine: auth, owner isolation,
+validation (nothing changes), problem+json, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+
+from service.openapi import document
+
+
+def test_openapi_matches_the_routes(offline_service):
+    doc = offline_service.call("GET", "/openapi.json", None).json()
+    assert doc == document()
+    routes = set()
+    for rule in offline_service.app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<([^>]+)>", r"{\1}", rule.rule)
+        routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+
+
+def test_no_token_and_bad_token_are_401_problems(offline_service):
+    for token in (None, "nope"):
+        r = offline_service.call("GET", "/api/v1/workspaces", token)
+        assert r.status_code == 401
+        assert r.headers["Content-Type"] == "application/problem+json"
+        assert r.json()["type"].endswith("/unauthorized")
+
+
+def test_validation_errors_name_fields_and_change_nothing(offline_service):
+    r = offline_service.call("POST", "/api/v1/workspaces", offline_service.alice,
+                             json={"name": "Bad_Name", "colour": "red",
+                                   "files": [{"path": "../etc/passwd", "content": "x"}]})
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == {"name", "colour", "files[0].path"}
+    assert offline_service.call("GET", "/api/v1/workspaces", offline_service.alice
+                                ).json() == {"items": []}
+    r = offline_service.call("POST", "/api/v1/workspaces", offline_service.alice,
+                             data="not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    r = offline_service.call("POST", "/api/v1/workspaces", offline_service.alice,
+                             json={"name": "x", "runtime": "nowhere"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "runtime"
+
+
+def test_other_users_workspace_is_404_not_403(offline_service):
+    svc = offline_service
+    r = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "mine"})
+    assert r.status_code == 202
+    for method, path in [("GET", ""), ("DELETE", ""), ("POST", "/stop"), ("POST", "/start"),
+                         ("PATCH", "")]:
+        r = svc.call(method, f"/api/v1/workspaces/mine{path}", svc.bob,
+                     json={} if method == "PATCH" else None)
+        assert r.status_code == 404, (method, path)
+    op_id = svc.call("GET", "/api/v1/workspaces/mine", svc.alice).json()["last_operation"]["id"]
+    assert svc.call("GET", f"/api/v1/operations/{op_id}", svc.bob).status_code == 404
+    assert svc.call("GET", "/api/v1/workspaces?owner=alice", svc.bob).json()["items"] == []
+    admin_view = svc.call("GET", "/api/v1/workspaces?owner=alice", svc.admin).json()
+    assert [w["name"] for w in admin_view["items"]] == ["mine"]
+
+
+def test_second_mutation_conflicts_unless_queued_and_idempotent_retries(offline_service):
+    svc = offline_service
+    first = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "busy"},
+                     headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 202
+    assert first.headers["Location"] == f"/api/v1/operations/{first.json()['id']}"
+    retry = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "busy"},
+                     headers={"Idempotency-Key": "k1"})
+    assert retry.status_code == 202 and retry.json()["id"] == first.json()["id"]
+    # the create is queued or running (no engine here): a stop conflicts...
+    r = svc.call("POST", "/api/v1/workspaces/busy/stop", svc.alice)
+    assert r.status_code == 409 and r.json()["type"].endswith("/conflict")
+    # ...unless the client asks to queue it
+    r = svc.call("POST", "/api/v1/workspaces/busy/stop?queue=true", svc.alice)
+    assert r.status_code == 202
+
+
+def test_secrets_are_never_echoed(offline_service):
+    svc = offline_service
+    r = svc.call("POST", "/api/v1/workspaces", svc.alice, json={
+        "name": "sec", "repository": {"url": "https://git.example.test/a", "credential": "T0K3N"},
+        "files": [{"path": ".netrc", "content": "PASSW0RD", "secret": True}]})
+    assert r.status_code == 202
+    shown = svc.call("GET", "/api/v1/workspaces/sec", svc.alice).text
+    listed = svc.call("GET", "/api/v1/workspaces", svc.alice).text
+    for text in (r.text, shown, listed):
+        assert "T0K3N" not in text and "PASSW0RD" not in text
+    for f in svc.store.path.parent.glob("stackspace.db*"):
+        assert b"T0K3N" not in f.read_bytes()

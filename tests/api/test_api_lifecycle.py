@@ -1,0 +1,75 @@
+"""Workspaces over HTTP on the real engine: create, stop, start, update, delete,
+with SSE events and the state a user sees at each step."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import docker.errors
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_op(svc, token, op_id, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        op = svc.call("GET", f"/api/v1/operations/{op_id}", token).json()
+        if op["status"] not in ("queued", "running"):
+            return op
+        time.sleep(0.5)
+    raise AssertionError(f"operation {op_id} did not end")
+
+
+def test_workspace_lifecycle_over_http(service, docker_client):
+    svc = service
+    name = f"http-{secrets.token_hex(3)}"
+    r = svc.call("POST", "/api/v1/workspaces", svc.alice,
+                 json={"name": name, "env": {"A": "1"}})
+    assert r.status_code == 202
+    op = wait_op(svc, svc.alice, r.json()["id"])
+    assert op["status"] == "succeeded", op
+    assert set(op["timings"]) >= {"config", "up", "total"}
+    ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
+    assert ws["state"] == "running"
+    container = docker_client.containers.get(ws["outputs"]["container"])
+    assert container.status == "running"
+    container.exec_run(["sh", "-c", "echo kept > /workspace/kept.txt"], user="1000")
+
+    events = svc.call("GET", f"/api/v1/operations/{op['id']}/events", svc.alice, stream=True)
+    body = events.text
+    assert "event: resource" in body and "event: end" in body
+    assert "docker:index/volume:Volume" in body
+
+    op = wait_op(svc, svc.alice, svc.call("POST", f"/api/v1/workspaces/{name}/stop",
+                                          svc.alice).json()["id"])
+    assert op["status"] == "succeeded", op
+    assert svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()["state"] == "stopped"
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(ws["outputs"]["container"])
+
+    op = wait_op(svc, svc.alice, svc.call("POST", f"/api/v1/workspaces/{name}/start",
+                                          svc.alice).json()["id"])
+    assert op["status"] == "succeeded", op
+    assert "preview" in op["timings"]
+    container = docker_client.containers.get(ws["outputs"]["container"])
+    assert container.exec_run(["cat", "/workspace/kept.txt"]).output == b"kept\n"
+
+    op = wait_op(svc, svc.alice, svc.call("PATCH", f"/api/v1/workspaces/{name}", svc.alice,
+                                          json={"env": {"A": "2"}}).json()["id"])
+    assert op["status"] == "succeeded", op
+    container = docker_client.containers.get(ws["outputs"]["container"])
+    assert container.exec_run(["sh", "-c", "echo $A; cat /workspace/kept.txt"]).output == \
+        b"2\nkept\n"
+
+    shrink = svc.call("PATCH", f"/api/v1/workspaces/{name}", svc.alice,
+                      json={"resources": {"storage": "1Mi"}})
+    assert shrink.status_code == 422
+
+    op = wait_op(svc, svc.alice, svc.call("DELETE", f"/api/v1/workspaces/{name}",
+                                          svc.alice).json()["id"])
+    assert op["status"] == "succeeded", op
+    assert svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).status_code == 404
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(f"{ws['outputs']['storage']}")
