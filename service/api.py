@@ -41,12 +41,25 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     def _http(e: HTTPException) -> Response:
         kind = {404: "not-found", 405: "method-not-allowed", 415: "unsupported-media-type"}.get(
             e.code or 400, "bad-request")
-        return Problem(kind, e.description or kind).response()
+        # Keep the protocol headers werkzeug computed (Allow on 405).
+        headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
+        return Problem(kind, e.description or kind, headers=headers).response()
 
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.path})
         return Problem("internal", "unexpected error; see the service log").response()
+
+    @app.before_request
+    def _check_query() -> None:
+        unknown = set(request.args) - {"queue", "owner"}
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise Problem("bad-request", f"unknown query parameter(s): {names}")
+        if request.args.get("queue", "false") not in ("true", "false"):
+            raise Problem("bad-request", "queue must be 'true' or 'false'")
+        if len(request.headers.get("Idempotency-Key", "")) > 200:
+            raise Problem("bad-request", "Idempotency-Key is longer than 200 characters")
 
     @app.after_request
     def _count(resp: Response) -> Response:
@@ -99,20 +112,25 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     def enqueue(ws: dict[str, Any], kind: str, submission: Submission | None = None
                 ) -> dict[str, Any]:
-        queue = request.args.get("queue") in ("1", "true")
+        queue = request.args.get("queue", "false") == "true"
         try:
-            op, created = store.add_operation(
-                ws["owner"], ws["name"], kind, queue=queue,
-                idempotency_key=request.headers.get("Idempotency-Key"))
+            op, created = store.add_operation(ws["owner"], ws["name"], kind, queue=queue,
+                                              idempotency_key=idempotency_key())
         except Conflict as e:
             raise Problem("conflict", f"{e}; retry later or add ?queue=true") from e
         if created:
             runner.submit(op, submission)
         return op
 
+    def idempotency_key() -> str | None:
+        """The client's Idempotency-Key, scoped to this method and path, so one
+        key reused on another endpoint never replays a different operation."""
+        key = request.headers.get("Idempotency-Key")
+        return f"{request.method} {request.path} {key}" if key else None
+
     def replay(owner: str) -> dict[str, Any] | None:
         """The operation an earlier request with this Idempotency-Key created."""
-        key = request.headers.get("Idempotency-Key")
+        key = idempotency_key()
         if not key:
             return None
         row = store.db.execute("SELECT id FROM operations WHERE owner=? AND idempotency_key=?",

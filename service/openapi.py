@@ -15,21 +15,27 @@ def _op(summary: str, ok: str, schema: str | None = None, body: str | None = Non
                           "responses": {ok: {"description": summary,
                                              **({"content": content} if content else {})}}}
     if auth:
-        op["responses"].update({"401": PROBLEM, "404": PROBLEM})
+        op["responses"].update({"400": PROBLEM, "401": PROBLEM, "404": PROBLEM})
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-        op["responses"]["422"] = PROBLEM
+        op["responses"].update({"400": PROBLEM, "415": PROBLEM, "422": PROBLEM})
     if ok == "202":
-        op["responses"]["409"] = PROBLEM
+        op["responses"].update({"400": PROBLEM, "409": PROBLEM})
         op["parameters"] = [{"name": "Idempotency-Key", "in": "header", "required": False,
                              "schema": {"type": "string", "maxLength": 200}},
                             {"name": "queue", "in": "query", "required": False,
                              "schema": {"type": "string", "enum": ["true", "false"]}}]
+    if ok == "201":
+        op["responses"]["409"] = PROBLEM
     for p in params or []:
         op.setdefault("parameters", []).append(
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}})
-    if not auth:
+    if auth:
+        op.setdefault("parameters", []).append(
+            {"name": "owner", "in": "query", "required": False, "description":
+             "admins: act on this user's workspaces", "schema": {"type": "string"}})
+    else:
         op["security"] = []
     return op
 
@@ -43,7 +49,9 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/api/v1/workspaces": {
-                "post": _op("Create a workspace", "202", "Operation", "WorkspaceSpec"),
+                "post": {**(create := _op("Create a workspace", "202", "Operation",
+                                          "WorkspaceSpec")),
+                         "responses": {**create["responses"], "403": PROBLEM}},
                 "get": _op("List workspaces", "200", "WorkspaceList"),
             },
             "/api/v1/workspaces/{name}": {
@@ -67,7 +75,7 @@ def document() -> dict[str, Any]:
                 "get": {**_op("Engine events as Server-Sent Events", "200", params=op),
                         "responses": {"200": {"description": "event stream", "content": {
                             "text/event-stream": {"schema": {"type": "string"}}}},
-                            "401": PROBLEM, "404": PROBLEM}}},
+                            "400": PROBLEM, "401": PROBLEM, "404": PROBLEM}}},
             "/healthz": {"get": _op("Health", "200", auth=False)},
             "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
                                  "responses": {"200": {"description": "metrics", "content": {
@@ -85,17 +93,20 @@ def document() -> dict[str, Any]:
 
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 40}
+_QUANTITY = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"}
 _FILE = {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
-    "path": {"type": "string"}, "content": {"type": "string"},
+    "path": {"type": "string", "minLength": 1, "maxLength": 255}, "content": {"type": "string"},
     "mode": {"type": "string", "pattern": "^0?[0-7]{3}$"}, "secret": {"type": "boolean"}}}
 _RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
-    "cpu": {"type": "string"}, "memory": {"type": "string"}, "storage": {"type": "string"}}}
+    "cpu": _QUANTITY, "memory": _QUANTITY, "storage": _QUANTITY}}
 _MUTABLE = {
-    "image": {"type": "string"},
-    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    "image": {"type": "string", "minLength": 1, "maxLength": 255},
+    "env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": "string"}},
     "files": {"type": "array", "items": _FILE},
     "resources": _RESOURCES,
-    "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "command": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                "maxItems": 64},
 }
 _OPERATION = {"type": "object", "required": ["id", "kind", "status"], "properties": {
     "id": {"type": "string"}, "workspace": {"type": "string"}, "owner": {"type": "string"},
@@ -119,8 +130,9 @@ SCHEMAS: dict[str, Any] = {
                           "name": _NAME, "runtime": _NAME,
                           "repository": {"type": "object", "additionalProperties": False,
                                          "required": ["url"], "properties": {
-                                             "url": {"type": "string"}, "ref": {"type": "string"},
-                                             "credential": {"type": "string",
+                                             "url": {"type": "string", "minLength": 1},
+                                             "ref": {"type": "string", "minLength": 1},
+                                             "credential": {"type": "string", "minLength": 1,
                                                             "writeOnly": True}}},
                           **_MUTABLE}},
     "WorkspacePatch": {"type": "object", "additionalProperties": False, "properties": _MUTABLE},
