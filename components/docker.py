@@ -16,13 +16,19 @@ import pulumi_docker as docker
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
 from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
 from components.runtime import DockerRuntime
-from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID
+from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID, WorkspaceSpec
+
+CPU_PERIOD = 100_000  # microseconds
 
 HARDENING = {
     "capabilities": {"drops": ["ALL"]},
     "security_opts": ["no-new-privileges:true"],
     "privileged": False,
 }
+
+
+def memory_mb(spec: WorkspaceSpec) -> int:
+    return max(memory_bytes(spec) // 2**20, 16)
 
 
 class InitFailed(Exception):
@@ -102,7 +108,10 @@ class DockerWorkspace(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                 depends_on=[image], delete_before_replace=True)),
         )
-        self.init_exit_code = self.init.exit_code.apply(_check_init_exit)
+        # Only a workspace that should run needs a good init: stop and the
+        # delete path must go through even after a failed clone.
+        self.init_exit_code = (self.init.exit_code.apply(_check_init_exit) if inputs.running
+                               else self.init.exit_code)
 
         self.container = None
         if inputs.running:
@@ -118,8 +127,13 @@ class DockerWorkspace(pulumi.ComponentResource):
                 working_dir=WORKSPACE_ROOT,
                 # tini as PID 1: the default `sleep` command then stops on SIGTERM.
                 init=True,
-                memory=max(memory_bytes(spec) // 2**20, 16),
-                cpus=f"{cpu_cores(spec):g}",
+                # MB; swap equal to memory means no swap beyond the limit.
+                memory=memory_mb(spec),
+                memory_swap=memory_mb(spec),
+                # CFS quota rather than `cpus`: integers read back exactly, so an
+                # unchanged spec never shows drift.
+                cpu_period=CPU_PERIOD,
+                cpu_quota=int(cpu_cores(spec) * CPU_PERIOD),
                 restart="unless-stopped",
                 destroy_grace_seconds=10,
                 network_mode=runtime.network_mode,

@@ -118,19 +118,41 @@ def test_failed_clone_fails_the_create_and_keeps_no_workspace(runner, docker_hos
     assert not runner.exists(stack)
 
 
-def test_storage_replacing_plan_is_refused(runner, docker_host, docker_client, repo_image):
-    """A runtime change would move storage: the preview guard refuses it."""
+@pytest.mark.parametrize("change", ["drop", "rename"])
+def test_plan_that_loses_storage_is_refused_and_changes_nothing(
+        change, runner, docker_host, docker_client, repo_image):
+    """A program change that would delete or replace the volume (resource
+    dropped, or renamed without protection) is refused; the volume survives."""
+    import pulumi
+    import pulumi_docker as pdocker
+    from pulumi import automation as auto
+
     owner, name = "alice", f"guard-{secrets.token_hex(3)}"
     spec = WorkspaceSpec.parse({"name": name, "image": repo_image})
     stack = stack_name(owner, name)
     local = DockerRuntime(name="local", host=docker_host, network_mode="none")
     runner.apply(StackConfig(owner=owner, spec=spec, runtime=local, running=False), stack)
     volume = docker_client.volumes.get(f"{resource_base(owner, name)}-home")
-    # Same engine under another runtime name means another provider: Pulumi
-    # would plan to delete the protected volume and create a new one.
-    moved = DockerRuntime(name="other", host=docker_host.replace("unix://", "unix:///.//"),
-                          network_mode="none")
-    with pytest.raises((StorageAtRisk, Exception)):
-        runner.apply(StackConfig(owner=owner, spec=spec, runtime=moved, running=False), stack)
+
+    def changed_program() -> None:
+        if change == "rename":
+            parent = pulumi.ComponentResource("stackspace:docker:Workspace", name)
+            provider = pdocker.Provider("docker", host=docker_host,
+                                        opts=pulumi.ResourceOptions(parent=parent))
+            pdocker.Volume("storage", name=f"{volume.name}-moved", opts=pulumi.ResourceOptions(
+                parent=parent, provider=provider, protect=False))
+
+    inline = auto.create_or_select_stack(
+        stack_name=stack, project_name="stackspace", program=changed_program,
+        opts=auto.LocalWorkspaceOptions(env_vars=runner.settings.env(),
+                                        pulumi_home=str(runner.settings.pulumi_home),
+                                        pulumi_command=runner.command))
+    with pytest.raises((StorageAtRisk, auto.errors.CommandError)) as refused:
+        runner.check_storage_safe(inline)
+    if not isinstance(refused.value, StorageAtRisk):
+        # The engine's own protection caught it first: same outcome, nothing ran.
+        assert "protect" in str(refused.value)
     assert docker_client.volumes.get(volume.name).id == volume.id
     runner.delete(stack)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(volume.name)

@@ -166,7 +166,8 @@ def test_docker_running_declares_volume_init_and_workspace():
     assert w["securityOpts"] == ["no-new-privileges:true"]
     assert w.get("privileged") in (False, None, "false")
     assert w["networkMode"] == "none"
-    assert w["memory"] == 2048 and w["cpus"] == "2"
+    assert w["memory"] == 2048 and w["memorySwap"] == 2048
+    assert w["cpuQuota"] == 200_000 and w["cpuPeriod"] == 100_000
     assert w["mounts"] == [{"target": "/workspace", "source": vol.plain()["name"],
                             "type": "volume"}]
     assert ws.delete_before_replace

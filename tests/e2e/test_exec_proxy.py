@@ -1,0 +1,297 @@
+"""The exec proxy end to end: a real workspace container on the Docker Engine, the
+proxy in-process on 127.0.0.1, and the client functions the CLI uses."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+from websockets.sync.client import connect
+
+from service.exec_client import ExecClientError, run_exec, subprotocols
+from service.proxy import ProxyConfig
+from service.tickets import mint_ticket
+from tests.e2e.exec_fixtures import (
+    ProxyThread,
+    docker_target,
+    processes,
+    wait_until_gone,
+    workspace_container,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[2]
+KEY = os.urandom(32)
+
+
+@pytest.fixture(scope="module")
+def workspace(docker_client):
+    with workspace_container(docker_client) as container:
+        yield container
+
+
+@pytest.fixture(scope="module")
+def config() -> ProxyConfig:
+    return ProxyConfig(key=KEY, idle_timeout=120)
+
+
+@pytest.fixture(scope="module")
+def proxy(config):
+    with ProxyThread.running(config) as p:
+        yield p
+
+
+@pytest.fixture
+def ticket(docker_host, workspace):
+    def mint(command: list[str], *, tty: bool = False, user: str = "alice",
+             name: str = "alice/dev", key: bytes = KEY, **kw) -> str:
+        return mint_ticket(key, user=user, workspace=name,
+                           target=docker_target(docker_host, workspace), command=command,
+                           tty=tty, env=kw.pop("env", {}), **kw)[0]
+    return mint
+
+
+def run(url: str, ticket: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+    out, err = io.BytesIO(), io.BytesIO()
+    code = run_exec(url, ticket, io.BytesIO(stdin), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# --- exec, exit codes, byte pipes ---------------------------------------------------
+
+def test_exec_runs_as_workspace_user_with_env_and_separate_streams(proxy, ticket):
+    code, out, err = run(proxy.url, ticket(
+        ["sh", "-c", 'id -u; pwd; echo "$GREETING"; echo oops >&2; exit 7'],
+        env={"GREETING": "hello there"}))
+    assert (code, out, err) == (7, b"1000\n/workspace\nhello there\n", b"oops\n")
+
+
+def test_exit_code_zero_and_stdin_half_close(proxy, ticket):
+    # wc only prints once stdin is closed: the half-close must reach the process.
+    code, out, _ = run(proxy.url, ticket(["wc", "-c"]), stdin=b"12345")
+    assert (code, out.strip()) == (0, b"5")
+
+
+def test_ten_megabytes_round_trip_binary_safe(proxy, ticket):
+    data = os.urandom(10 * 1024 * 1024) + bytes(range(256)) * 4
+    code, out, _ = run(proxy.url, ticket(["cat"]), stdin=data)
+    assert code == 0
+    assert len(out) == len(data)
+    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+# --- terminal ----------------------------------------------------------------------
+
+def spawn_terminal(url: str, ticket: str) -> pexpect.spawn:
+    env = {**os.environ, "STACKSPACE_URL": url, "STACKSPACE_TICKET": ticket,
+           "PYTHONPATH": str(REPO)}
+    return pexpect.spawn(sys.executable, [str(REPO / "tests/e2e/exec_fixtures.py")],
+                         env=env, dimensions=(24, 80), timeout=20)
+
+
+def test_interactive_terminal_resize_ctrl_c_and_exit_code(proxy, ticket):
+    child = spawn_terminal(proxy.url, ticket(["bash", "--norc", "-i"], tty=True,
+                                             env={"PS1": "ws$ ", "TERM": "xterm"}))
+    child.expect_exact("ws$ ")
+    child.sendline("stty size")
+    child.expect_exact("24 80")
+    child.expect_exact("ws$ ")
+    child.setwinsize(40, 123)  # the kernel sends the helper SIGWINCH
+    time.sleep(0.5)
+    child.sendline("stty size")
+    child.expect_exact("40 123")
+    child.expect_exact("ws$ ")
+    child.sendline("sleep 300; echo not-interrupted")
+    time.sleep(0.5)
+    child.sendcontrol("c")  # raw mode: ^C travels as a byte, the remote tty makes it SIGINT
+    child.expect_exact("ws$ ")
+    child.sendline("exit 5")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5
+    assert b"not-interrupted" not in child.before
+
+
+# --- ticket refusals ---------------------------------------------------------------
+
+def refused(url: str, ticket: str) -> ExecClientError:
+    with pytest.raises(ExecClientError) as info:
+        run(url, ticket)
+    return info.value
+
+
+def assert_not_run(workspace, marker: str) -> None:
+    code, _ = workspace.exec_run(["test", "-e", f"/tmp/{marker}"], user="1000")
+    assert code == 1, f"{marker} exists: the refused command was executed"
+
+
+def test_expired_ticket_is_refused_before_exec(proxy, ticket, workspace):
+    t = ticket(["touch", "/tmp/expired"], ttl=30, now=time.time() - 31)
+    err = refused(proxy.url, t)
+    assert (err.code, str(err)) == (1008, "ticket refused: ticket expired")
+    assert_not_run(workspace, "expired")
+
+
+def test_replayed_ticket_is_refused(proxy, ticket, workspace):
+    t = ticket(["sh", "-c", "echo once >> /tmp/replay"])
+    assert run(proxy.url, t)[0] == 0
+    err = refused(proxy.url, t)
+    assert (err.code, str(err)) == (1008, "ticket refused: ticket already used")
+    _, out = workspace.exec_run(["cat", "/tmp/replay"], user="1000")
+    assert out == b"once\n"
+
+
+def test_tampered_ticket_is_refused(proxy, ticket, workspace):
+    version, kid, body, sig = ticket(["true"]).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["cmd"] = ["touch", "/tmp/tampered"]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    err = refused(proxy.url, f"{version}.{kid}.{forged}.{sig}")
+    assert (err.code, str(err)) == (1008, "ticket refused: ticket signature is invalid")
+    assert_not_run(workspace, "tampered")
+
+
+def test_ticket_from_another_key_is_refused(proxy, ticket, workspace):
+    err = refused(proxy.url, ticket(["touch", "/tmp/foreign"], key=os.urandom(32)))
+    assert (err.code, str(err)) == (1008, "ticket refused: ticket was signed with a different key")
+    assert_not_run(workspace, "foreign")
+
+
+def test_garbage_or_missing_ticket_is_refused(proxy):
+    assert str(refused(proxy.url, "not-a-ticket")) == "ticket refused: malformed ticket"
+    with connect(proxy.url, subprotocols=["v5.channel.k8s.io"]) as ws:  # type: ignore[list-item]
+        with pytest.raises(Exception):  # noqa: B017 - the close is what we check
+            ws.recv(timeout=10)
+        assert ws.close_code == 1008 and ws.close_reason == "ticket refused: no ticket"
+
+
+# --- limits ------------------------------------------------------------------------
+
+def open_session(url: str, ticket: str):
+    """A raw session that stays open (for caps, back-pressure and disconnects)."""
+    return connect(url, subprotocols=subprotocols(ticket), max_size=2**20,  # type: ignore[arg-type]
+                   compression=None)
+
+
+def test_session_caps_per_user_and_per_workspace(config, ticket):
+    with ProxyThread.running(config, max_sessions_per_user=2,
+                             max_sessions_per_workspace=1) as p:
+        held = open_session(p.url, ticket(["cat"], user="alice", name="alice/one"))
+        held2 = open_session(p.url, ticket(["cat"], user="alice", name="alice/two"))
+        time.sleep(0.3)
+        err = refused(p.url, ticket(["true"], user="alice", name="alice/three"))
+        assert (err.code, str(err)) == (1013, "too many sessions for user (limit 2)")
+        err = refused(p.url, ticket(["true"], user="bob", name="alice/one"))
+        assert (err.code, str(err)) == (1013, "too many sessions for workspace (limit 1)")
+        held.close()
+        held2.close()
+        time.sleep(0.5)  # the proxy tears the sessions down and frees the slots
+        assert run(p.url, ticket(["true"], user="alice", name="alice/one"))[0] == 0
+
+
+def test_idle_session_is_closed_and_its_process_killed(config, ticket, workspace):
+    with ProxyThread.running(config, idle_timeout=1.5) as p:
+        started = time.monotonic()
+        err = refused(p.url, ticket(["sleep", "4321"]))
+        assert str(err) == "no activity for 1.5s"
+        assert time.monotonic() - started < 10
+    assert "sleep 4321" not in wait_until_gone(workspace, "sleep 4321")
+
+
+def test_oversized_frame_closes_the_session(config, ticket, workspace):
+    with ProxyThread.running(config, max_frame_bytes=64 * 1024) as p:
+        ws = open_session(p.url, ticket(["sh", "-c", "cat; sleep 5678"]))
+        ws.send(b"\x00" + b"x" * (128 * 1024))
+        with pytest.raises(Exception):  # noqa: B017 - the close is what we check
+            while True:
+                ws.recv(timeout=10)
+        assert ws.close_code == 1009  # message too big
+    assert "sleep 5678" not in wait_until_gone(workspace, "sleep 5678")
+
+
+def test_slow_client_backpressures_the_command(proxy, ticket, workspace):
+    # 256 MiB of output that the client never reads: the producer must block
+    # (the proxy buffers a bounded amount) instead of finishing into memory.
+    ws = open_session(proxy.url, ticket(
+        ["sh", "-c", "head -c 268435456 /dev/zero; touch /tmp/bp-done"]))
+    time.sleep(3)
+    assert_not_run(workspace, "bp-done")
+    ws.close()
+    assert "head -c" not in wait_until_gone(workspace, "head -c")
+
+
+# --- teardown ----------------------------------------------------------------------
+
+def test_client_vanishing_mid_stream_leaves_no_process(proxy, ticket, workspace):
+    ws = open_session(proxy.url, ticket(["sh", "-c", "sleep 2468 & yes"]))
+    assert ws.recv(timeout=10)[:1] == b"\x01"  # output is flowing
+    ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the peer just goes away
+    ws.socket.close()
+    ps = wait_until_gone(workspace, "sleep 2468")
+    assert "sleep 2468" not in ps and " yes" not in ps
+    assert "sleep infinity" in ps  # only the session was killed, not the workspace
+
+
+def test_closed_terminal_kills_background_jobs(proxy, ticket, workspace):
+    ws = open_session(proxy.url, ticket(["bash", "--norc", "-i"], tty=True,
+                                        env={"PS1": "ws$ "}))
+    ws.send(b"\x00sleep 1357 &\n")  # a job in its own process group
+    deadline = time.monotonic() + 10
+    while "sleep 1357" not in processes(workspace) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "sleep 1357" in processes(workspace)
+    ws.close()
+    assert "sleep 1357" not in wait_until_gone(workspace, "sleep 1357")
+
+
+def test_activity_is_reported_rate_limited(config, ticket):
+    reports: list[dict] = []
+    with ProxyThread.running(config, activity_callback=reports.append,
+                             activity_interval=60) as p:
+        for _ in range(3):
+            assert run(p.url, ticket(["echo", "hi"], user="carol", name="carol/ws"))[0] == 0
+    assert len(reports) == 1
+    assert reports[0]["user"] == "carol" and reports[0]["workspace"] == "carol/ws"
+    assert abs(reports[0]["timestamp"] - time.time()) < 60
+
+
+def test_activity_http_post_is_signed(config, ticket):
+    import hmac
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    got: list[tuple[bytes, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((body, self.headers["X-Stackspace-Signature"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/activity"
+        with ProxyThread.running(config, activity_url=url) as p:
+            assert run(p.url, ticket(["true"], user="dave", name="dave/ws"))[0] == 0
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        server.shutdown()
+    body, signature = got[0]
+    assert json.loads(body)["workspace"] == "dave/ws"
+    assert signature == "sha256=" + hmac.new(KEY, body, hashlib.sha256).hexdigest()
