@@ -261,3 +261,7 @@ def pulumi_version(bin_dir: Path | None) -> str | None:
 
 
 __all__ = ["main", "PULUMI_VERSION"]
+
+
+if __name__ == "__main__":
+    main()

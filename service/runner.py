@@ -50,7 +50,8 @@ class OperationRunner:
         self.timeout = timeout
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
         self._pool = ProcessPoolExecutor(max_workers=self.pool_size,
-                                         mp_context=multiprocessing.get_context("spawn"))
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=worker.init_process)
         self._pending: dict[str, Submission] = {}
         self._running: dict[str, tuple[Future, float, int | None]] = {}
         self._wake = threading.Event()
@@ -189,6 +190,10 @@ class OperationRunner:
             return
         runner = StackRunner(self.settings)
         for op in interrupted:
+            if op.get("worker_pid"):
+                # A Pulumi CLI the dead service left behind must not run on
+                # while we clear its lock: kill its whole process group.
+                _kill_group(op["worker_pid"])
             self.store.update_operation(op["id"], status="failed", ended=time.time(),
                                         error="interrupted: the service stopped during the run;"
                                               " retry the operation",
@@ -221,6 +226,14 @@ def _has_workload(runner: StackRunner, stack_name: str) -> bool:
     return any(r.get("type") in workload and "-init-" not in r.get("id", "")
                and not r.get("urn", "").endswith("::init")
                for r in state.get("resources", []))
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+        for _ in range(50):
+            os.killpg(pgid, 0)
+            time.sleep(0.1)
 
 
 def _interrupt_children(pid: int) -> None:

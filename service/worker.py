@@ -6,9 +6,12 @@ multi-process safe) so events reach SSE clients while the run goes on.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
 from stacks.config import KEY_RUNNING, KEY_SECRETS, ConfigValues
 
 log = logging.getLogger("stackspace.worker")
+PR_SET_PDEATHSIG = 1
 
 _runner: StackRunner | None = None
 
@@ -47,6 +51,15 @@ class Outcome:
     error_type: str | None
     outputs: dict[str, Any]
     timings: dict[str, float]
+
+
+def init_process() -> None:
+    """Worker start-up: own process group (so recovery can kill the worker and
+    the Pulumi CLI it runs together), and die with the service."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _runner_for(settings: PulumiSettings) -> StackRunner:

@@ -1,0 +1,382 @@
+"""The exec proxy: a WebSocket server carrying terminals into running workspaces.
+
+Protocol
+    ``GET /exec`` upgraded to WebSocket with subprotocol ``v5.channel.k8s.io``.
+    The ticket travels in ``Sec-WebSocket-Protocol`` like a Kubernetes bearer
+    token: the client offers ``v5.channel.k8s.io`` and
+    ``base64url.bearer.authorization.k8s.io.<base64url(ticket), no padding>``;
+    the server selects only the former. (Not the query string: URLs end up in
+    access logs and browser history; browsers cannot set Authorization on a
+    WebSocket, but they can offer subprotocols.)
+
+    Binary messages, first byte = channel: 0 stdin, 1 stdout, 2 stderr,
+    3 status (a Kubernetes ``Status`` JSON, sent once before a normal close),
+    4 resize ``{"Width": w, "Height": h}``, 255 close (``[255, 0]`` = the client
+    half-closes stdin).
+
+Refusals happen before anything is exec'd: invalid, expired, replayed or
+foreign tickets close with 1008 (policy violation), session caps with 1013
+(try again later); the close reason says why. An idle session gets a ``Timeout``
+status and is closed; a client that goes away gets its exec killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import inspect
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from service.exec_backends import ExecError, ExecProcess, ExecRequest, make_process
+from service.tickets import ReplayGuard, TicketClaims, TicketError, verify_ticket
+
+SUBPROTOCOL = "v5.channel.k8s.io"
+BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
+STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+
+log = logging.getLogger("stackspace.proxy")
+# websockets logs handshake headers at DEBUG, and the ticket is a header.
+_ws_log = logging.getLogger("stackspace.proxy.websockets")
+_ws_log.setLevel(logging.INFO)
+
+Activity = dict[str, Any]  # {"user", "workspace", "timestamp"}
+
+
+@dataclass
+class ProxyConfig:
+    key: bytes
+    host: str = "127.0.0.1"
+    port: int = 8081
+    max_sessions_per_user: int = 10
+    max_sessions_per_workspace: int = 5
+    idle_timeout: float = 1800.0
+    max_frame_bytes: int = 1 << 20
+    activity_url: str | None = None
+    activity_callback: Callable[[Activity], Awaitable[None] | None] | None = None
+    activity_interval: float = 30.0  # at most one report per (user, workspace) per interval
+
+
+def status_success() -> dict[str, Any]:
+    return {"metadata": {}, "status": "Success"}
+
+
+def status_exit(code: int) -> dict[str, Any]:
+    if code == 0:
+        return status_success()
+    return {"metadata": {}, "status": "Failure",
+            "message": f"command terminated with non-zero exit code: {code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+
+
+def status_failure(reason: str, message: str) -> dict[str, Any]:
+    return {"metadata": {}, "status": "Failure", "reason": reason, "message": message}
+
+
+def ticket_from_headers(request: Request) -> str | None:
+    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+        for item in value.split(","):
+            item = item.strip()
+            if item.startswith(BEARER_PREFIX):
+                raw = item[len(BEARER_PREFIX):]
+                try:
+                    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    return ""
+    return None
+
+
+class SessionLimiter:
+    """Counts open sessions per user and per workspace."""
+
+    def __init__(self, per_user: int, per_workspace: int) -> None:
+        self.per_user, self.per_workspace = per_user, per_workspace
+        self.users: dict[str, int] = {}
+        self.workspaces: dict[str, int] = {}
+
+    def refusal(self, claims: TicketClaims) -> str | None:
+        if self.users.get(claims.user, 0) >= self.per_user:
+            return f"too many sessions for user (limit {self.per_user})"
+        if self.workspaces.get(claims.workspace, 0) >= self.per_workspace:
+            return f"too many sessions for workspace (limit {self.per_workspace})"
+        return None
+
+    def acquire(self, claims: TicketClaims) -> None:
+        self.users[claims.user] = self.users.get(claims.user, 0) + 1
+        self.workspaces[claims.workspace] = self.workspaces.get(claims.workspace, 0) + 1
+
+    def release(self, claims: TicketClaims) -> None:
+        for counts, k in ((self.users, claims.user), (self.workspaces, claims.workspace)):
+            counts[k] -= 1
+            if counts[k] <= 0:
+                del counts[k]
+
+
+class ActivityReporter:
+    """Tells the service a terminal is in use (for idle auto-stop), rate-limited.
+
+    The HTTP report is a JSON POST signed like tickets: header
+    ``X-Stackspace-Signature: sha256=<hex HMAC of the body>``.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self._last: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def touch(self, user: str, workspace: str) -> None:
+        now = time.monotonic()
+        key = (user, workspace)
+        if now - self._last.get(key, -1e18) < self.config.activity_interval:
+            return
+        self._last[key] = now
+        if len(self._tasks) < 32:  # reports in flight are bounded; a dead service costs nothing
+            task = asyncio.create_task(self._report(
+                {"user": user, "workspace": workspace, "timestamp": time.time()}))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, activity: Activity) -> None:
+        try:
+            if self.config.activity_callback is not None:
+                result = self.config.activity_callback(activity)
+                if inspect.isawaitable(result):
+                    await result
+            if self.config.activity_url:
+                await asyncio.to_thread(self._post, activity)
+        except Exception as exc:
+            log.warning("activity report failed", extra={"error": str(exc)})
+
+    def _post(self, activity: Activity) -> None:
+        url = self.config.activity_url or ""
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("activity_url must be http(s)")
+        body = json.dumps(activity).encode()
+        sig = hmac.new(self.config.key, body, hashlib.sha256).hexdigest()
+        headers = {"Content-Type": "application/json", "X-Stackspace-Signature": f"sha256={sig}"}
+        req = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - checked
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - scheme checked
+            resp.read()
+
+
+class ExecProxy:
+    def __init__(self, config: ProxyConfig) -> None:
+        if len(config.key) < 32:
+            raise ValueError("proxy key must be at least 32 bytes")
+        self.config = config
+        self.replay = ReplayGuard()
+        self.limiter = SessionLimiter(config.max_sessions_per_user,
+                                      config.max_sessions_per_workspace)
+        self.activity = ActivityReporter(config)
+        self.server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self.server = await ws_serve(
+            self.handle, self.config.host, self.config.port,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            process_request=self._check_path, max_size=self.config.max_frame_bytes,
+            max_queue=16, compression=None, logger=_ws_log, server_header=None)
+        log.info("exec proxy listening",
+                 extra={"host": self.config.host, "port": self.port})
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    @staticmethod
+    def _check_path(conn: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] != "/exec":
+            return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        return None
+
+    def _admit(self, conn: ServerConnection) -> tuple[TicketClaims | None, int, str]:
+        """Claims of an acceptable ticket, else (None, close code, reason). No awaits."""
+        assert conn.request is not None
+        ticket = ticket_from_headers(conn.request)
+        if not ticket:
+            return None, CloseCode.POLICY_VIOLATION, "ticket refused: no ticket"
+        try:
+            claims = verify_ticket(self.config.key, ticket)
+            self.replay.check(claims)
+        except TicketError as exc:
+            return None, CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
+        refusal = self.limiter.refusal(claims)
+        if refusal:
+            # Checked before the ticket is consumed, so the client may retry with it.
+            return None, CloseCode.TRY_AGAIN_LATER, refusal
+        self.replay.consume(claims)
+        self.limiter.acquire(claims)
+        return claims, 0, ""
+
+    async def handle(self, conn: ServerConnection) -> None:
+        claims, code, reason = self._admit(conn)
+        if claims is None:
+            log.warning("session refused", extra={"reason": reason, "peer": _peer(conn)})
+            await conn.close(code, reason)
+            return
+        try:
+            await Session(self, conn, claims).run()
+        finally:
+            self.limiter.release(claims)
+
+
+def _peer(conn: ServerConnection) -> str:
+    addr = conn.remote_address
+    return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+
+class Session:
+    def __init__(self, proxy: ExecProxy, conn: ServerConnection, claims: TicketClaims) -> None:
+        self.proxy, self.conn, self.claims = proxy, conn, claims
+        self.config = proxy.config
+        self.request = ExecRequest(command=list(claims.command), tty=claims.tty,
+                                   env=dict(claims.env))
+        self.last_activity = time.monotonic()
+        self.bytes_in = self.bytes_out = 0
+        # Never the ticket, env values or arguments (they may hold secrets).
+        self.fields = {"user": claims.user, "workspace": claims.workspace,
+                       "session": self.request.exec_id, "tty": claims.tty,
+                       "program": claims.command[0], "target_type": claims.target.get("type")}
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+        self.proxy.activity.touch(self.claims.user, self.claims.workspace)
+
+    async def send(self, channel: int, data: bytes) -> None:
+        await self.conn.send(bytes([channel]) + data)  # awaits drain: back-pressure
+
+    async def send_status(self, status: dict[str, Any]) -> None:
+        await self.send(STATUS, json.dumps(status).encode())
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        try:
+            proc = make_process(self.claims.target, self.request)
+            await proc.start()
+        except ExecError as exc:
+            log.warning("exec failed to start", extra={**self.fields, "error": str(exc)})
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_status(status_failure("InternalError", str(exc)))
+            await self.conn.close(CloseCode.INTERNAL_ERROR, "exec failed to start")
+            return
+        log.info("session started", extra={**self.fields, "peer": _peer(self.conn)})
+        self.touch()
+        outcome, exit_code = "error", None
+        exited = False
+        tasks = {asyncio.create_task(self.pump_output(proc), name="output"),
+                 asyncio.create_task(self.pump_input(proc), name="input"),
+                 asyncio.create_task(self.watch_idle(), name="idle")}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop()
+            name = first.get_name()
+            if name == "output" and first.exception() is None:
+                exit_code = await proc.wait()
+                exited, outcome = True, "exited"
+                with contextlib.suppress(ConnectionClosed):
+                    await self.send_status(status_exit(exit_code))
+                    await self.conn.close(CloseCode.NORMAL_CLOSURE)
+            elif name == "idle":
+                outcome = "idle timeout"
+                with contextlib.suppress(ConnectionClosed):
+                    await self.send_status(status_failure(
+                        "Timeout", f"no activity for {self.config.idle_timeout:g}s"))
+                    await self.conn.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+            else:
+                exc = first.exception()
+                outcome = "client gone" if exc is None or isinstance(
+                    exc, ConnectionClosed) else f"error: {exc!r}"
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not exited:
+                try:
+                    await proc.kill()
+                except Exception as exc:  # the container may be gone already
+                    log.warning("kill failed", extra={**self.fields, "error": str(exc)})
+            await proc.close()
+            with contextlib.suppress(Exception):
+                await self.conn.close(CloseCode.GOING_AWAY, outcome)
+            log.info("session ended", extra={
+                **self.fields, "outcome": outcome, "exit_code": exit_code,
+                "duration": round(time.monotonic() - started, 3),
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+
+    async def pump_output(self, proc: ExecProcess) -> None:
+        limit = self.config.max_frame_bytes - 1
+        while (chunk := await proc.read()) is not None:
+            channel, data = chunk
+            self.touch()
+            for i in range(0, len(data), limit):
+                await self.send(channel, data[i:i + limit])
+            self.bytes_out += len(data)
+
+    async def pump_input(self, proc: ExecProcess) -> None:
+        """Until the client closes: stdin in order (awaiting each write), resize, close."""
+        async for message in self.conn:
+            if isinstance(message, str) or not message:
+                continue  # v5 is binary only
+            channel, data = message[0], message[1:]
+            self.touch()
+            if channel == STDIN:
+                self.bytes_in += len(data)
+                await proc.write(data)
+            elif channel == RESIZE:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    size = json.loads(data)
+                    width, height = int(size["Width"]), int(size["Height"])
+                    if 0 < width < 10000 and 0 < height < 10000:
+                        await proc.resize(width, height)
+            elif channel == CLOSE and data[:1] == bytes([STDIN]):
+                await proc.close_stdin()
+
+    async def watch_idle(self) -> None:
+        timeout = self.config.idle_timeout
+        while (left := self.last_activity + timeout - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+
+
+async def start_proxy(config: ProxyConfig) -> ExecProxy:
+    """Start listening (port 0 picks a free port: see ``.port``) and return the proxy."""
+    proxy = ExecProxy(config)
+    await proxy.start()
+    return proxy
+
+
+async def serve(config: ProxyConfig) -> None:
+    proxy = await start_proxy(config)
+    try:
+        await asyncio.Future()  # until cancelled
+    finally:
+        await proxy.close()
+
+
+def run_proxy(config: ProxyConfig) -> None:
+    """Blocking entry point for ``stackspace proxy``."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config))
