@@ -1,0 +1,221 @@
+"""Benchmark: workspace lifecycle through the stackspace service vs. the raw floor.
+
+Measured in one run, on the local Docker Engine (DOCKER_HOST):
+  - raw floor: the same Docker objects (volume, init container run to exit,
+    workspace container) made directly with the Docker SDK;
+  - empty `pulumi up`: an up of an unchanged workspace stack (the engine's
+    fixed cost per operation);
+  - stackspace: create / stop / start through the HTTP API until the
+    operation has succeeded;
+  - N concurrent creates (N = 1, 4, 16): wall time, p50/p95 per workspace,
+    peak RSS of the service process tree.
+Run: scripts/setup && source ~/.cache/stackspace/toolchain.env && \
+     DOCKER_HOST=$(scripts/docker-engine up | tail -1) .venv/bin/python bench/service_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from components.init_script import INIT_SCRIPT  # noqa: E402
+from components.spec import DEFAULT_IMAGE  # noqa: E402
+from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
+from stacks.config import KEY_RUNNING  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of a process and all its descendants."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class Service:
+    def __init__(self, tmp: Path, docker_host: str, pool: int):
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        cfg = tmp / "stackspace.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "data_dir": str(tmp / "data"), "listen": f"127.0.0.1:{self.port}",
+            "pool_size": pool, "quota": 100,
+            "runtimes": [{"name": "local", "type": "docker", "host": docker_host,
+                          "network_mode": "none"}]}))
+        env = {**os.environ, "STACKSPACE_ADMIN_TOKEN": self.token,
+               "PULUMI_CONFIG_PASSPHRASE": "bench", "STACKSPACE_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
+                                      str(cfg)], cwd=REPO, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.data = tmp / "data"
+        for _ in range(200):
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.peak = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.proc.pid))
+            time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def run(self, method: str, path: str, body: dict | None = None) -> float:
+        """Send one request and wait for its operation; seconds until it succeeded."""
+        t = time.monotonic()
+        auth = {"Authorization": f"Bearer {self.token}"}
+        op = requests.request(method, self.url + path, json=body, headers=auth, timeout=30).json()
+        while op["status"] in ("queued", "running"):
+            time.sleep(0.1)
+            op = requests.get(f"{self.url}/operations/{op['id']}", headers=auth,
+                              timeout=30).json()
+        if op["status"] != "succeeded":
+            raise RuntimeError(f"{method} {path}: {op['status']} {op.get('error')}")
+        return time.monotonic() - t
+
+    def close(self) -> None:
+        self._stop.set()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def raw_floor(client: docker.DockerClient) -> dict[str, float]:
+    """The same objects the Docker component makes, straight through the Docker SDK."""
+    name = f"raw-{secrets.token_hex(3)}"
+    hardening = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
+                 "user": "1000:1000", "network_mode": "none"}
+    mounts = [docker.types.Mount("/workspace", f"{name}-home", type="volume")]
+    t = time.monotonic()
+    client.volumes.create(f"{name}-home")
+    init = client.containers.run(DEFAULT_IMAGE, ["/bin/sh", "-c", INIT_SCRIPT], detach=True,
+                                 environment={"STACKSPACE_ROOT": "/workspace"}, mounts=mounts,
+                                 name=f"{name}-init", **hardening)
+    assert init.wait()["StatusCode"] == 0
+
+    def start() -> None:
+        client.containers.run(DEFAULT_IMAGE, ["sleep", "infinity"], detach=True, init=True,
+                              mounts=mounts, name=name, mem_limit="1g", **hardening)
+
+    start()
+    out = {"create": time.monotonic() - t}
+    t = time.monotonic()
+    client.containers.get(name).remove(force=True)
+    out["stop"] = time.monotonic() - t
+    t = time.monotonic()
+    start()
+    out["start"] = time.monotonic() - t
+    client.containers.get(name).remove(force=True)
+    init.remove()
+    client.volumes.get(f"{name}-home").remove()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--pool", type=int, default=None, help="worker pool size")
+    args = parser.parse_args()
+    docker_host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    client = docker.DockerClient(base_url=docker_host)
+    rows: list[tuple[str, str, str]] = []
+    pool = args.pool or max(2, os.cpu_count() or 2)
+
+    with tempfile.TemporaryDirectory(prefix="stackspace-bench-") as tmp:
+        floor = raw_floor(client)
+        svc = Service(Path(tmp), docker_host, pool)
+        try:
+            name = "bench-one"
+            timing = {"create": svc.run("POST", "/workspaces", {"name": name}),
+                      "stop": svc.run("POST", f"/workspaces/{name}/stop"),
+                      "start": svc.run("POST", f"/workspaces/{name}/start")}
+            # Empty up: the same stack, nothing to change.
+            settings = PulumiSettings(
+                backend_url=f"file://{svc.data / 'state'}", passphrase="bench",
+                pulumi_home=Path(os.environ.get("PULUMI_HOME", "")),
+                bin_dir=Path(os.environ["STACKSPACE_PULUMI_BIN"]), lock_dir=svc.data)
+            runner = StackRunner(settings)
+            stack = next(s.name for s in runner.workspace.list_stacks())
+            t = time.monotonic()
+            runner.apply({KEY_RUNNING: ("true", False)}, stack, guard=False)
+            empty_up = time.monotonic() - t
+            for kind in ("create", "stop", "start"):
+                rows.append((f"{kind} (time to done)", f"{floor[kind]:.2f}s",
+                             f"{timing[kind]:.2f}s   (empty pulumi up {empty_up:.2f}s)"))
+            svc.run("DELETE", f"/workspaces/{name}")
+
+            conc_rows = []
+            for n in [int(x) for x in args.concurrency.split(",")]:
+                svc.peak = 0
+                times: list[float] = []
+                names = [f"c{n}-{i}" for i in range(n)]
+                t = time.monotonic()
+                threads = [threading.Thread(target=lambda w=w, out=times: out.append(
+                    svc.run("POST", "/workspaces", {"name": w}))) for w in names]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                wall = time.monotonic() - t
+                conc_rows.append((n, wall, statistics.median(times), pct(times, 0.95),
+                                  svc.peak / 2**20))
+                for th in [threading.Thread(target=lambda w=w: svc.run(
+                        "DELETE", f"/workspaces/{w}")) for w in names]:
+                    th.start()
+                    th.join()
+        finally:
+            svc.close()
+
+    print(f"\nstackspace service vs raw floor (Docker Engine, pool={pool}, {os.cpu_count()} CPUs)")
+    print(f"{'operation':<24}{'raw Docker SDK':>16}   {'stackspace service'}")
+    for op, raw, ours in rows:
+        print(f"{op:<24}{raw:>16}   {ours}")
+    print(f"\n{'concurrent creates':<20}{'wall':>9}{'p50':>9}{'p95':>9}{'peak RSS':>12}")
+    for n, wall, p50, p95, peak in conc_rows:
+        print(f"{n:<20}{wall:>8.1f}s{p50:>8.1f}s{p95:>8.1f}s{peak:>10.0f}MB")
+
+
+if __name__ == "__main__":
+    main()
