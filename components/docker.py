@@ -35,10 +35,12 @@ class InitFailed(Exception):
     """The init container exited non-zero (clone or file write failed)."""
 
 
-def _check_init_exit(code: int | None) -> int | None:
+def _check_init_exit(code: int | None, logs: str | None = None) -> int | None:
     if code not in (None, 0):
-        raise InitFailed(f"workspace init failed with exit code {code}; "
-                         "see the init container's logs")
+        # The init script prints only its own secret-free progress lines.
+        tail = " | ".join((logs or "").strip().splitlines()[-3:])
+        raise InitFailed(f"workspace init failed with exit code {code}"
+                         + (f": {tail}" if tail else ""))
     return code
 
 
@@ -101,6 +103,7 @@ class DockerWorkspace(pulumi.ComponentResource):
             user=user,
             working_dir=WORKSPACE_ROOT,
             attach=True,
+            logs=True,
             must_run=False,
             network_mode=runtime.network_mode,
             labels=labels("init"),
@@ -110,8 +113,10 @@ class DockerWorkspace(pulumi.ComponentResource):
         )
         # Only a workspace that should run needs a good init: stop and the
         # delete path must go through even after a failed clone.
-        self.init_exit_code = (self.init.exit_code.apply(_check_init_exit) if inputs.running
-                               else self.init.exit_code)
+        self.init_exit_code = (
+            pulumi.Output.all(self.init.exit_code, self.init.container_logs)
+            .apply(lambda a: _check_init_exit(*a))
+            if inputs.running else self.init.exit_code)
 
         self.container = None
         if inputs.running:

@@ -139,10 +139,19 @@ def run(job: Job) -> Outcome:
                        {"total": time.monotonic() - started})
 
 
+# Exceptions our program raises on purpose; their messages are written for users.
+USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ")
+
+
 def describe_error(error: Exception) -> str:
     """A short, secret-free error text: the engine's diagnostics, not raw CLI output."""
     text = str(error)
-    # CommandError carries the CLI's stderr; keep its error lines only.
+    for line in text.splitlines():
+        for marker in USER_ERRORS:
+            if marker in line:
+                return line.split(marker, 1)[1].strip()[:1500]
+    # CommandError carries the CLI's output; keep its error lines only.
     lines = [ln.strip() for ln in text.splitlines()
-             if "error:" in ln.lower() and "stdout:" not in ln.lower()]
+             if "error:" in ln.lower() and "stdout:" not in ln.lower()
+             and "unhandled exception" not in ln.lower()]
     return "; ".join(dict.fromkeys(lines))[:1500] or type(error).__name__

@@ -194,8 +194,8 @@ def test_docker_delete_path_lifts_protection():
 
 def test_docker_failed_init_fails_the_update_and_gates_the_workspace():
     # The check raises on a non-zero exit code (failing the update) ...
-    with pytest.raises(InitFailed, match="exit code 12"):
-        _check_init_exit(12)
+    with pytest.raises(InitFailed, match="exit code 12: .*clone failed"):
+        _check_init_exit(12, "stackspace-init: cloning\nstackspace-init: clone failed\n")
     assert _check_init_exit(0) == 0
     # ... and the workspace container waits on it (its label carries the result).
     run = run_program(build, cfg(DOCKER), outputs={"init": {"exitCode": 0}})
