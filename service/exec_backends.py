@@ -5,10 +5,13 @@ output, wait, kill). Both talk to an API (Docker Engine API through the docker
 SDK, the Kubernetes API server through the kubernetes client), never a CLI.
 
 Killing: runc starts every exec'd process as the leader of a new session (TTY
-or not), so the whole process tree of one exec is that session. Each exec gets
-a random ``STACKSPACE_EXEC_ID`` in its environment; :data:`KILL_SCRIPT`, run as
-a second exec, finds the processes carrying it and SIGKILLs every process of
-their sessions (never the session of PID 1), until none is left.
+or not), so the process tree of one exec is that session, job-control process
+groups included. Each exec gets a random ``STACKSPACE_EXEC_ID`` in its
+environment; :data:`KILL_SCRIPT`, run as a second exec, finds the session led by
+the process carrying it and SIGKILLs every member (never PID 1's session) until
+none is left. The proxy kills only when the client goes away or idles out; a
+command that exits normally leaves its background processes alone, as kubectl
+exec does.
 """
 
 from __future__ import annotations
@@ -31,21 +34,27 @@ READ_CHUNK = 64 * 1024
 MARKER = "STACKSPACE_EXEC_ID"
 
 # POSIX sh + /proc only, so it works in any image with a shell. $1 is the exec id.
+# The exec's own session is led by a process the runtime started (ppid 0 inside the
+# container), or has lost its leader; sessions that descendants created on purpose
+# (tmux, setsid daemons) are left alone, like an SSH logout leaves them.
 KILL_SCRIPT = r"""
 m="STACKSPACE_EXEC_ID=$1"; nl='
 '
-sid_of() { read -r st < "$1/stat" 2>/dev/null || return 1; st=${st##*) }; set -- $st
-  [ "$1" = Z ] && return 1; echo "$4"; }
-root=$(sid_of /proc/1); me=$(sid_of /proc/$$); sids=" "
+stat_of() { read -r st < "/proc/$1/stat" 2>/dev/null || return 1; st=${st##*) }; set -- $st
+  [ "$1" = Z ] && return 1; echo "$2 $4"; }
+root=$(stat_of 1); root=${root#* }; me=$(stat_of $$); me=${me#* }; sids=" "
 for d in /proc/[0-9]*; do
+  p=${d#/proc/}
   e=$(tr '\0' '\n' < "$d/environ" 2>/dev/null) || continue
-  case "$nl$e$nl" in *"$nl$m$nl"*) s=$(sid_of "$d") && sids="$sids$s " ;; esac
+  case "$nl$e$nl" in *"$nl$m$nl"*) ;; *) continue ;; esac
+  s=$(stat_of "$p") || continue; ppid=${s% *}; s=${s#* }
+  if [ "$p" = "$s" ] && [ "$ppid" = 0 ] || [ ! -e "/proc/$s" ]; then sids="$sids$s "; fi
 done
 i=0
 while [ $i -lt 50 ]; do
   left=0
   for d in /proc/[0-9]*; do
-    s=$(sid_of "$d") || continue
+    s=$(stat_of "${d#/proc/}") || continue; s=${s#* }
     [ "$s" = "$root" ] || [ "$s" = "$me" ] && continue
     case "$sids" in *" $s "*) kill -KILL "${d#/proc/}" 2>/dev/null && left=1 ;; esac
   done
@@ -235,6 +244,9 @@ class DockerExec(ExecProcess):
         raise ExecError("exec did not finish after its output ended")
 
     async def kill(self) -> None:
+        # Detach first: while the engine is blocked writing this exec's output to
+        # a socket nobody reads, it does not finish other execs (the kill included).
+        await self.close()
         if self.exec_id:
             await asyncio.to_thread(self._kill_blocking)
 
@@ -250,6 +262,7 @@ class DockerExec(ExecProcess):
             if obj is not None:
                 with contextlib.suppress(Exception):
                     obj.close()
+        self._sock = self._sockio = None
 
 
 # --- Kubernetes --------------------------------------------------------------------

@@ -22,7 +22,7 @@ import tty
 from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 SUBPROTOCOL = "v5.channel.k8s.io"
 BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
@@ -44,7 +44,7 @@ def subprotocols(ticket: str) -> list[str]:
     return [SUBPROTOCOL, BEARER_PREFIX + token]
 
 
-def exit_code_of(status: dict[str, Any]) -> int:
+def exit_code_of(status: dict[str, Any], close_code: int | None = None) -> int:
     """Exit code from a Kubernetes Status; raises for failures that are not an exit."""
     if status.get("status") == "Success":
         return 0
@@ -52,7 +52,8 @@ def exit_code_of(status: dict[str, Any]) -> int:
         for cause in status.get("details", {}).get("causes", []):
             if cause.get("reason") == "ExitCode":
                 return int(cause["message"])
-    raise ExecClientError(status.get("message") or status.get("reason") or "exec failed")
+    raise ExecClientError(status.get("message") or status.get("reason") or "exec failed",
+                          close_code)
 
 
 class _Input:
@@ -104,9 +105,13 @@ async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryI
                    stderr: BinaryIO | int, *, half_close: bool,
                    on_open: Any = None) -> int:
     status: dict[str, Any] | None = None
-    async with connect(url, subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
-                       max_size=MAX_MESSAGE, compression=None, open_timeout=30,
-                       ping_interval=20) as ws:
+    try:
+        ws = await connect(url, subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
+                           max_size=MAX_MESSAGE, compression=None, open_timeout=30,
+                           ping_interval=20)
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        raise ExecClientError(f"cannot reach the exec proxy: {exc}") from exc
+    async with ws:
         if on_open is not None:
             await on_open(ws)
         sender = asyncio.create_task(_send_input(ws, _Input(stdin), half_close))
@@ -128,7 +133,7 @@ async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryI
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await sender
     if status is not None:
-        return exit_code_of(status)
+        return exit_code_of(status, ws.close_code)
     reason = ws.close_reason or "connection closed without an exit status"
     raise ExecClientError(reason, ws.close_code)
 

@@ -61,6 +61,11 @@ Activity = dict[str, Any]  # {"user", "workspace", "timestamp"}
 
 @dataclass
 class ProxyConfig:
+    """``key``: the ticket key shared with the service (>= 32 bytes). Caps count open
+    sessions; ``idle_timeout`` is seconds without a frame either way; frames larger
+    than ``max_frame_bytes`` close the session (1009). Activity goes to
+    ``activity_callback`` (sync or async) and/or is POSTed to ``activity_url``."""
+
     key: bytes
     host: str = "127.0.0.1"
     port: int = 8081
@@ -292,7 +297,8 @@ class Session:
                  asyncio.create_task(self.watch_idle(), name="idle")}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            first = done.pop()
+            # If output ended together with something else, the exit wins.
+            first = min(done, key=lambda t: t.get_name() != "output")
             name = first.get_name()
             if name == "output" and first.exception() is None:
                 exit_code = await proc.wait()

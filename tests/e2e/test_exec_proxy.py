@@ -167,6 +167,13 @@ def test_ticket_from_another_key_is_refused(proxy, ticket, workspace):
     assert_not_run(workspace, "foreign")
 
 
+def test_unknown_path_or_unreachable_proxy(proxy, ticket):
+    with pytest.raises(ExecClientError, match="HTTP 404"):
+        run(proxy.url.replace("/exec", "/other"), ticket(["true"]))
+    with pytest.raises(ExecClientError, match="cannot reach"):
+        run("ws://127.0.0.1:9/exec", ticket(["true"]))
+
+
 def test_garbage_or_missing_ticket_is_refused(proxy):
     assert str(refused(proxy.url, "not-a-ticket")) == "ticket refused: malformed ticket"
     with connect(proxy.url, subprotocols=["v5.channel.k8s.io"]) as ws:  # type: ignore[list-item]
@@ -186,15 +193,13 @@ def open_session(url: str, ticket: str):
 def test_session_caps_per_user_and_per_workspace(config, ticket):
     with ProxyThread.running(config, max_sessions_per_user=2,
                              max_sessions_per_workspace=1) as p:
-        held = open_session(p.url, ticket(["cat"], user="alice", name="alice/one"))
-        held2 = open_session(p.url, ticket(["cat"], user="alice", name="alice/two"))
-        time.sleep(0.3)
-        err = refused(p.url, ticket(["true"], user="alice", name="alice/three"))
-        assert (err.code, str(err)) == (1013, "too many sessions for user (limit 2)")
-        err = refused(p.url, ticket(["true"], user="bob", name="alice/one"))
-        assert (err.code, str(err)) == (1013, "too many sessions for workspace (limit 1)")
-        held.close()
-        held2.close()
+        with (open_session(p.url, ticket(["cat"], user="alice", name="alice/one")),
+              open_session(p.url, ticket(["cat"], user="alice", name="alice/two"))):
+            time.sleep(0.3)
+            err = refused(p.url, ticket(["true"], user="alice", name="alice/three"))
+            assert (err.code, str(err)) == (1013, "too many sessions for user (limit 2)")
+            err = refused(p.url, ticket(["true"], user="bob", name="alice/one"))
+            assert (err.code, str(err)) == (1013, "too many sessions for workspace (limit 1)")
         time.sleep(0.5)  # the proxy tears the sessions down and frees the slots
         assert run(p.url, ticket(["true"], user="alice", name="alice/one"))[0] == 0
 
@@ -209,8 +214,8 @@ def test_idle_session_is_closed_and_its_process_killed(config, ticket, workspace
 
 
 def test_oversized_frame_closes_the_session(config, ticket, workspace):
-    with ProxyThread.running(config, max_frame_bytes=64 * 1024) as p:
-        ws = open_session(p.url, ticket(["sh", "-c", "cat; sleep 5678"]))
+    with (ProxyThread.running(config, max_frame_bytes=64 * 1024) as p,
+          open_session(p.url, ticket(["sh", "-c", "cat; sleep 5678"])) as ws):
         ws.send(b"\x00" + b"x" * (128 * 1024))
         with pytest.raises(Exception):  # noqa: B017 - the close is what we check
             while True:
@@ -222,36 +227,36 @@ def test_oversized_frame_closes_the_session(config, ticket, workspace):
 def test_slow_client_backpressures_the_command(proxy, ticket, workspace):
     # 256 MiB of output that the client never reads: the producer must block
     # (the proxy buffers a bounded amount) instead of finishing into memory.
-    ws = open_session(proxy.url, ticket(
-        ["sh", "-c", "head -c 268435456 /dev/zero; touch /tmp/bp-done"]))
-    time.sleep(3)
-    assert_not_run(workspace, "bp-done")
-    ws.close()
+    with open_session(proxy.url, ticket(
+            ["sh", "-c", "head -c 268435456 /dev/zero; touch /tmp/bp-done"])):
+        time.sleep(3)
+        assert_not_run(workspace, "bp-done")
     assert "head -c" not in wait_until_gone(workspace, "head -c")
 
 
 # --- teardown ----------------------------------------------------------------------
 
 def test_client_vanishing_mid_stream_leaves_no_process(proxy, ticket, workspace):
-    ws = open_session(proxy.url, ticket(["sh", "-c", "sleep 2468 & yes"]))
-    assert ws.recv(timeout=10)[:1] == b"\x01"  # output is flowing
-    ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the peer just goes away
-    ws.socket.close()
+    with open_session(proxy.url, ticket(["sh", "-c", "sleep 2468 & yes"])) as ws:
+        assert ws.recv(timeout=10)[:1] == b"\x01"  # output is flowing
+        ws.socket.shutdown(socket.SHUT_RDWR)  # no close frame: the peer just goes away
     ps = wait_until_gone(workspace, "sleep 2468")
     assert "sleep 2468" not in ps and " yes" not in ps
     assert "sleep infinity" in ps  # only the session was killed, not the workspace
 
 
-def test_closed_terminal_kills_background_jobs(proxy, ticket, workspace):
-    ws = open_session(proxy.url, ticket(["bash", "--norc", "-i"], tty=True,
-                                        env={"PS1": "ws$ "}))
-    ws.send(b"\x00sleep 1357 &\n")  # a job in its own process group
-    deadline = time.monotonic() + 10
-    while "sleep 1357" not in processes(workspace) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "sleep 1357" in processes(workspace)
-    ws.close()
-    assert "sleep 1357" not in wait_until_gone(workspace, "sleep 1357")
+def test_closed_terminal_kills_jobs_but_not_detached_daemons(proxy, ticket, workspace):
+    with open_session(proxy.url, ticket(["bash", "--norc", "-i"], tty=True,
+                                        env={"PS1": "ws$ "})) as ws:
+        # a job in its own process group, and a daemon in its own session (like tmux)
+        ws.send(b"\x00sleep 1357 & setsid sleep 9753 &\n")
+        deadline = time.monotonic() + 10
+        while "sleep 9753" not in processes(workspace) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "sleep 1357" in processes(workspace)
+    ps = wait_until_gone(workspace, "sleep 1357")
+    assert "sleep 1357" not in ps and "sleep 9753" in ps
+    workspace.exec_run(["pkill", "-f", "sleep 9753"], user="1000")
 
 
 def test_activity_is_reported_rate_limited(config, ticket):
