@@ -66,7 +66,8 @@ class OperationRunner:
     def shutdown(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, op: dict[str, Any], submission: Submission | None = None) -> None:

@@ -37,13 +37,14 @@ class Service:
         return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kw)
 
 
-def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10
-                  ) -> Iterator[Service]:
+def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
+                  dispatch: bool = True) -> Iterator[Service]:
     cfg = ServiceConfig(data_dir=tmp, quota=quota, runtimes=[parse_runtime(
         {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"})])
     store = Store(cfg.store_path)
     runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=600)
-    runner.start()
+    if dispatch:
+        runner.start()
     app = create_app(cfg, store, runner)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -64,6 +65,16 @@ def offline_service(tmp_path) -> Iterator[Service]:
     settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                               pulumi_home=tmp_path)
     yield from start_service(tmp_path, "unix:///nonexistent.sock", settings)
+
+
+@pytest.fixture
+def idle_service(tmp_path) -> Iterator[Service]:
+    """The API with its dispatcher stopped: operations stay queued."""
+    from stacks.automation import PulumiSettings
+
+    settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
+                              pulumi_home=tmp_path)
+    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings, dispatch=False)
 
 
 @pytest.fixture(scope="module")

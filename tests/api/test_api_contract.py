@@ -91,3 +91,24 @@ def test_secrets_are_never_echoed(offline_service):
         assert "T0K3N" not in text and "PASSW0RD" not in text
     for f in svc.store.path.parent.glob("stackspace.db*"):
         assert b"T0K3N" not in f.read_bytes()
+
+
+def test_concurrent_mutations_on_one_workspace_admit_exactly_one(idle_service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = idle_service  # operations stay queued: the race is on admission alone
+    assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "race"}
+                    ).status_code == 202
+    op_id = svc.call("GET", "/api/v1/workspaces/race", svc.alice).json()["last_operation"]["id"]
+    assert svc.call("POST", f"/api/v1/operations/{op_id}/cancel", svc.alice).status_code == 202
+    assert svc.store.operation(op_id)["status"] == "cancelled"
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: svc.call("POST", "/api/v1/workspaces/race/stop",
+                                                 svc.alice).status_code, range(8)))
+    assert sorted(codes) == [202] + [409] * 7
+    # queued requests are all accepted and kept in order
+    with ThreadPoolExecutor(4) as pool:
+        ops = list(pool.map(lambda _: svc.call(
+            "POST", "/api/v1/workspaces/race/start?queue=true", svc.alice).json(), range(4)))
+    seqs = [svc.store.operation(o["id"])["seq"] for o in ops]
+    assert len(set(seqs)) == 4
