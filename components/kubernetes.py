@@ -7,6 +7,9 @@ other than delete's can lose the workspace's files.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -149,10 +152,7 @@ class KubernetesWorkspace(pulumi.ComponentResource):
         if inputs.running:
             cpu = f"{int(cpu_cores(spec) * 1000)}m"
             memory = str(memory_bytes(spec))
-            self.pod = k8s.core.v1.Pod(
-                "workspace",
-                metadata=meta(base, "workspace"),
-                spec={
+            pod_spec = {
                     **_pod_spec(runtime),
                     "hostname": spec.name,
                     "restartPolicy": "Always",
@@ -170,10 +170,23 @@ class KubernetesWorkspace(pulumi.ComponentResource):
                         "resources": {"requests": {"cpu": cpu, "memory": memory},
                                       "limits": {"cpu": cpu, "memory": memory}},
                     }],
-                },
+                }
+            # The name carries a hash of the spec: a changed spec is a new Pod
+            # (Pod specs are immutable), and the provider's dry-run of the
+            # replacement never collides with the old Pod's name.
+            shape = [spec.image, list(spec.command), spec.env, cpu, memory,
+                     runtime.node_selector]
+            digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+            self.pod = k8s.core.v1.Pod(
+                "workspace",
+                metadata=meta(f"{base}-{digest[:6]}", "workspace"),
+                spec=pod_spec,
                 opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                     depends_on=[self.init_job],
-                    # Same name on replace: the old pod must be gone first.
+                    # A Pod's spec is immutable in place: any change recreates it
+                    # on the same storage. The old Pod goes first, so a
+                    # ReadWriteOnce volume is free for the new one on any node.
+                    replace_on_changes=["spec"],
                     delete_before_replace=True,
                     custom_timeouts=pulumi.CustomTimeouts(create="5m"),
                 )),

@@ -18,7 +18,8 @@ from service import openapi
 from service.config import ServiceConfig
 from service.problems import Problem
 from service.runner import OperationRunner, Submission
-from service.store import Conflict, Store, User
+from service.store import Conflict, Store
+from service.terminals import Terminals
 from stacks.config import KEY_SPEC, StackConfig
 from stacks.naming import stack_name
 
@@ -27,8 +28,7 @@ PREFIX = "/api/v1"
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
-               terminals: Callable[[User, dict[str, Any], dict[str, Any]], dict] | None = None
-               ) -> Flask:
+               terminals: Terminals | None = None) -> Flask:
     app = Flask("stackspace")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     counters: dict[str, int] = {}
@@ -238,8 +238,17 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         data = request.get_json(silent=True) or {}
         if not isinstance(data, dict):
             raise Problem("validation", "body must be an object")
-        return app.response_class(json.dumps(terminals(g.user, ws, data)), status=201,
+        return app.response_class(json.dumps(terminals.mint(g.user, ws, data)), status=201,
                                   mimetype="application/json")
+
+    @app.post("/internal/activity")
+    def terminal_activity() -> Response:
+        """Signed reports from the exec proxy (terminal activity, for idle auto-stop)."""
+        if terminals is None:
+            raise Problem("not-found", "the exec proxy is not configured")
+        terminals.record_activity(request.get_data(),
+                                  request.headers.get("X-Stackspace-Signature", ""))
+        return Response(status=204)
 
     # --- operations -----------------------------------------------------------
     def find_operation(op_id: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None, announc
     from service.api import create_app
     from service.runner import OperationRunner
     from service.store import Store
+    from service.terminals import Terminals
 
     setup_logging()
     cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
@@ -62,10 +63,11 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None, announc
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout)
     runner.start()
-    app = create_app(cfg, store, runner)
+    terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
+    app = create_app(cfg, store, runner, terminals)
     host, _, port = cfg.listen.rpartition(":")
     if announce:
-        click.echo(f"stackspace listening on http://{cfg.listen}")
+        click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
         click.echo(f"data dir: {cfg.data_dir}")
         if not admin_token:
             click.echo(f"admin token (shown once): {token}")
@@ -92,8 +94,37 @@ def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
 def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
-    """Run the service (and the exec proxy, when available) with embedded defaults."""
-    _serve(config, data_dir, listen, announce=True)
+    """Run the service and the exec proxy (a separate process) with embedded defaults."""
+    args = [sys.executable, "-m", "service.cli", "proxy"]
+    if config:
+        args += ["--config", config]
+    if data_dir:
+        args += ["--data-dir", data_dir]
+    if listen:
+        args += ["--api", listen]
+    proxy = subprocess.Popen(args)
+    try:
+        _serve(config, data_dir, listen, announce=True)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+
+
+@main.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--listen", help="HOST:PORT for the proxy (default 127.0.0.1:8081)")
+@click.option("--api", help="HOST:PORT of the service, for activity reports")
+def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str | None
+          ) -> None:
+    """Run the exec proxy (terminals into running workspaces)."""
+    from service.proxy import ProxyConfig, run_proxy
+
+    setup_logging()
+    cfg = load_config(Path(config) if config else None, data_dir=data_dir, proxy_listen=listen)
+    host, _, port = cfg.proxy_listen.rpartition(":")
+    run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
+                          activity_url=f"http://{api or cfg.listen}/internal/activity"))
 
 
 @main.command()
@@ -249,6 +280,45 @@ def update(name: str, patch_file: Any, wait: bool, url: str, token: str, as_json
     client = Client(url, token)
     _operation(client, client.call("PATCH", f"/workspaces/{name}", yaml.safe_load(patch_file)),
                wait, as_json)
+
+
+def _ticket(client: Client, name: str, command: list[str] | None, tty: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"tty": tty}
+    if command:
+        body["command"] = command
+    return client.call("POST", f"/workspaces/{name}/terminals", body)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--url", help="service URL (STACKSPACE_URL)")
+@click.option("--token", help="API token (STACKSPACE_TOKEN)")
+def term(name: str, url: str, token: str) -> None:
+    """An interactive terminal in workspace NAME (exit code passed through)."""
+    from service.exec_client import ExecClientError, run_terminal
+
+    grant = _ticket(Client(url, token), name, None, tty=True)
+    try:
+        sys.exit(run_terminal(grant["url"], grant["ticket"]))
+    except ExecClientError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--url", help="service URL (STACKSPACE_URL)")
+@click.option("--token", help="API token (STACKSPACE_TOKEN)")
+def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
+    """Run COMMAND in workspace NAME: `stackspace exec NAME -- CMD ARGS...`.
+    stdin/stdout are raw byte pipes; exits with the command's exit code."""
+    from service.exec_client import ExecClientError, run_exec
+
+    grant = _ticket(Client(url, token), name, list(command), tty=False)
+    try:
+        sys.exit(run_exec(grant["url"], grant["ticket"]))
+    except ExecClientError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def pulumi_version(bin_dir: Path | None) -> str | None:

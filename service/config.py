@@ -56,6 +56,15 @@ class ServiceConfig:
                 fh.write(secrets.token_hex(nbytes))
         return path.read_text().strip()
 
+    @property
+    def ticket_key(self) -> bytes:
+        """HMAC key shared by the service (mints) and the exec proxy (verifies)."""
+        return bytes.fromhex(self.secret_file("ticket-key"))
+
+    @property
+    def proxy_url(self) -> str:
+        return f"ws://{self.proxy_listen}/exec"
+
     def pulumi_settings(self) -> PulumiSettings:
         cache = Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
         bin_dir = Path(os.environ.get("STACKSPACE_PULUMI_BIN",

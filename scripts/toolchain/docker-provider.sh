@@ -92,7 +92,7 @@ fi
 mkdir -p "$BUILD"
 : >"$LOG"
 rm -f "$STAMP"
-echo "docker-provider: building pulumi-resource-docker v$PLUGIN_VERSION (cold: 15-40 min on 2 cores; log: $LOG)" >&2
+echo "docker-provider: building pulumi-resource-docker v$PLUGIN_VERSION (cold: about 10-20 min on 2 cores plus ~1 GB of modules; log: $LOG)" >&2
 start=$(date +%s)
 
 # 1. Scratch copy of our tools module.

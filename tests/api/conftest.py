@@ -16,8 +16,11 @@ from werkzeug.serving import make_server
 from components.runtime import parse_runtime
 from service.api import create_app
 from service.config import ServiceConfig
+from service.proxy import ProxyConfig
 from service.runner import OperationRunner
 from service.store import Store
+from service.terminals import Terminals
+from tests.e2e.exec_fixtures import ProxyThread
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Service:
     bob: str
     runner: OperationRunner
     app: object
+    terminals: Terminals | None = None
 
     def call(self, method: str, path: str, token: str | None, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -45,15 +49,24 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
     runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=600)
     if dispatch:
         runner.start()
-    app = create_app(cfg, store, runner)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    key = secrets.token_bytes(32)
+    server = make_server("127.0.0.1", 0, None, threaded=True)  # app set below
+    proxy = ProxyThread(ProxyConfig(
+        key=key, port=0,
+        activity_url=f"http://127.0.0.1:{server.server_port}/internal/activity",
+        activity_interval=0.5))
+    terminals = Terminals(key, proxy.url, cfg.runtimes)
+    app = create_app(cfg, store, runner, terminals)
+    server.app = app
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     svc = Service(url=f"http://127.0.0.1:{server.server_port}", store=store,
                   admin=store.add_user("root", admin=True), alice=store.add_user("alice"),
                   bob=store.add_user("bob"), runner=runner, app=app)
+    svc.terminals = terminals
     yield svc
     server.shutdown()
+    proxy.stop()
     runner.shutdown()
 
 

@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,7 +82,44 @@ def test_quota_is_enforced_per_user(tmp_path, docker_host, pulumi_settings):
     finally:
         for user, ws in ((svc.alice, "a"), (svc.bob, "b")):
             svc.call("DELETE", f"/api/v1/workspaces/{ws}?queue=true", user)
-        deadline = __import__("time").monotonic() + 300
-        while svc.store.workspaces() and __import__("time").monotonic() < deadline:
-            __import__("time").sleep(0.5)
+        deadline = time.monotonic() + 300
+        while svc.store.workspaces() and time.monotonic() < deadline:
+            time.sleep(0.5)
         next(gen, None)
+
+
+def test_exec_and_terminal_through_service_and_proxy(service, tmp_path):
+    """`stackspace exec` and `stackspace term` on a workspace the service made."""
+    import pexpect
+
+    name = f"term-{secrets.token_hex(3)}"
+    assert cli(service, "create", "-", "--wait", stdin=json.dumps(
+        {"name": name, "env": {"GREETING": "hi"}})).returncode == 0
+    try:
+        r = cli(service, "exec", name, "--", "sh", "-c", "echo $GREETING; cat; exit 3",
+                stdin="piped bytes\n")
+        assert r.returncode == 3
+        assert r.stdout == "hi\npiped bytes\n"
+        # another user cannot get a ticket for it
+        other = cli(service, "exec", name, "--", "true", token=service.bob)
+        assert other.returncode != 0 and "404" in other.stderr
+
+        env = {**os.environ, "STACKSPACE_URL": service.url, "STACKSPACE_TOKEN": service.alice}
+        child = pexpect.spawn(sys.executable, ["-m", "service.cli", "term", name], env=env,
+                              timeout=30, dimensions=(30, 100))
+        child.expect(r"\$ ")  # the shell's prompt: it reads input from now on
+        child.sendline("stty size; id -u; pwd")
+        child.expect("30 100")
+        child.expect("1000")
+        child.expect("/workspace")
+        child.sendline("exit 4")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 4
+        # the proxy reported the activity to the service
+        deadline = time.monotonic() + 10
+        while f"alice/{name}" not in service.terminals.last_activity:
+            assert time.monotonic() < deadline, "no activity report reached the service"
+            time.sleep(0.2)
+    finally:
+        cli(service, "delete", name, "--wait")

@@ -23,6 +23,8 @@ WORKSPACE_IMAGE = "docker.io/stackspace/workspace:bookworm"
 PAUSE_IMAGE = "localhost/stackspace/pause:1"
 NODE_NAME = "127.0.0.1"
 MARKER = "written-by-the-job"
+# Workspaces run as this user; a claim's volume must be writable by it.
+WORKSPACE_UID = 1000
 
 T = TypeVar("T")
 
@@ -95,6 +97,12 @@ def _container(command: list[str], ready_file: str | None = None) -> client.V1Co
         command=command,
         volume_mounts=[client.V1VolumeMount(name="data", mount_path="/data")],
         readiness_probe=probe,
+        security_context=client.V1SecurityContext(
+            run_as_user=WORKSPACE_UID,
+            run_as_group=WORKSPACE_UID,
+            run_as_non_root=True,
+            allow_privilege_escalation=False,
+        ),
     )
 
 
@@ -213,6 +221,7 @@ def test_pvc_job_pod_exec_and_volume_lifecycle(
 
     wait_for("the job to complete", job_done)
     assert (host_dir / MARKER).read_text() == f"{MARKER}\n"
+    assert (host_dir / MARKER).stat().st_uid == WORKSPACE_UID
 
     # A pod that mounts the claim becomes Ready; exec through the API reads the file.
     _start_pod(core, ns, "reader-1", "data")
