@@ -8,6 +8,7 @@ that lets tests prove a secret never travels as a plain value.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,9 @@ class ProgramRun:
 
 def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) -> ProgramRun:
     """Run `build(cfg)` under mocks; `outputs` adds provider outputs by resource name."""
+    # pulumi.runtime.test runs on the current event loop; an earlier asyncio.run()
+    # in the same session (the exec client) leaves none behind.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(_Mocks(outputs or {}), preview=False)
     monitor = pulumi.runtime.settings.get_monitor()
     seen: list[Registration] = []

@@ -1,0 +1,66 @@
+"""The exec proxy's Kubernetes backend (pods/exec through the API server) on the
+real test cluster: a pod the test starts, exec'd through the proxy."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from service.exec_client import run_exec
+from service.proxy import ProxyConfig
+from service.tickets import mint_ticket
+from tests.e2e.exec_fixtures import ProxyThread
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+KEY = os.urandom(32)
+NAMESPACE = "stackspace-exec-e2e"
+
+
+@pytest.fixture(scope="module")
+def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_cluster)))
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    name = f"exec-{secrets.token_hex(3)}"
+    core.create_namespaced_pod(NAMESPACE, {
+        "metadata": {"name": name},
+        "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
+                 "containers": [{
+                     "name": "workspace", "image": "docker.io/stackspace/workspace:bookworm",
+                     "imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"],
+                     "workingDir": "/workspace",
+                     "securityContext": {"runAsUser": 1000, "runAsNonRoot": True,
+                                         "allowPrivilegeEscalation": False,
+                                         "capabilities": {"drop": ["ALL"]}}}]}})
+    deadline = time.monotonic() + 120
+    while core.read_namespaced_pod(name, NAMESPACE).status.phase != "Running":
+        assert time.monotonic() < deadline, "pod did not start"
+        time.sleep(0.5)
+    yield kube_cluster, name
+    core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+
+
+def test_exec_through_proxy_into_a_pod(pod):
+    kubeconfig, name = pod
+    target = {"type": "kubernetes", "kubeconfig": str(kubeconfig), "context": None,
+              "namespace": NAMESPACE, "pod": name, "container": "workspace"}
+    with ProxyThread.running(ProxyConfig(key=KEY)) as proxy:
+        ticket, _ = mint_ticket(KEY, user="alice", workspace="alice/k", target=target,
+                                command=["sh", "-c", "id -u; pwd; cat; echo err >&2; exit 6"],
+                                tty=False)
+        out, err = io.BytesIO(), io.BytesIO()
+        code = run_exec(proxy.url, ticket, io.BytesIO(b"through the pod\n"), out, err)
+    assert code == 6
+    assert out.getvalue() == b"1000\n/workspace\nthrough the pod\n"
+    assert err.getvalue() == b"err\n"
