@@ -15,5 +15,6 @@ log() { echo "toolchain: $*" >&2; }
 # stamp_ok FILE KEY: true when FILE records KEY (the build inputs are unchanged).
 stamp_ok() { [[ -f $1 && "$(cat "$1")" == "$2" ]]; }
 
-# inputs_key DIR...: a hash of every file in the given build-input directories.
-inputs_key() { find "$@" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
+# inputs_key DIR: a hash of the files in a build-input directory, by content and
+# relative path, so two checkouts in different places share the cached build.
+inputs_key() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
