@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -212,20 +212,12 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         store.update_workspace(ws["owner"], name, desired=desired)
         return accepted(op)
 
-    @app.post(f"{PREFIX}/workspaces/<name>/start")
-    @authed
-    def start_workspace(name: str) -> Response:
-        return lifecycle(name, "start", "running")
-
-    @app.post(f"{PREFIX}/workspaces/<name>/stop")
-    @authed
-    def stop_workspace(name: str) -> Response:
-        return lifecycle(name, "stop", "stopped")
-
-    @app.delete(f"{PREFIX}/workspaces/<name>")
-    @authed
-    def delete_workspace(name: str) -> Response:
-        return lifecycle(name, "delete", "deleted")
+    for kind, method, suffix, desired in (("start", "POST", "/start", "running"),
+                                          ("stop", "POST", "/stop", "stopped"),
+                                          ("delete", "DELETE", "", "deleted")):
+        app.add_url_rule(f"{PREFIX}/workspaces/<name>{suffix}", f"{kind}_workspace",
+                         authed(partial(lifecycle, kind=kind, desired=desired)),
+                         methods=[method])
 
     @app.post(f"{PREFIX}/workspaces/<name>/terminals")
     @authed

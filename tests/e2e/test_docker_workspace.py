@@ -4,19 +4,18 @@ check what a user would see at each step."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import subprocess
 
 import docker.errors
 import pytest
 
 from components.runtime import DockerRuntime
 from components.spec import WorkspaceSpec
-from stacks.automation import PROJECT_DIR, StorageAtRisk
+from stacks.automation import StorageAtRisk
 from stacks.config import StackConfig
 from stacks.naming import resource_base, stack_name
 from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
 
@@ -46,9 +45,7 @@ def test_workspace_lifecycle_keeps_files_until_delete(runner, docker_host, docke
     stack = stack_name(owner, name)
     base = resource_base(owner, name)
 
-    def converge(spec: WorkspaceSpec, running: bool):
-        return runner.apply(StackConfig(owner=owner, spec=spec, runtime=runtime,
-                                        running=running), stack)
+    converge = converger(runner, owner, runtime, stack)
 
     # create: the repository and files are in the workspace
     result = converge(spec, True)
@@ -66,12 +63,7 @@ def test_workspace_lifecycle_keeps_files_until_delete(runner, docker_host, docke
     sh(ws, "echo mine > /workspace/mine.txt")
 
     # an operator's preview of the same stack shows no changes
-    env = {**os.environ, **pulumi_settings.env()}
-    preview = subprocess.run(
-        ["pulumi", "preview", "--stack", stack, "--expect-no-changes", "--non-interactive"],
-        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
-    assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
-    assert "not-needed-token" not in preview.stdout + preview.stderr
+    assert_operator_preview_is_clean(pulumi_settings, stack, "not-needed-token")
 
     # stop: the container is gone, the volume stays
     converge(spec, False)

@@ -4,7 +4,6 @@ update and delete a workspace, checking what a user sees at each step."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -18,10 +17,9 @@ from kubernetes.stream import stream
 
 from components.runtime import KubernetesRuntime
 from components.spec import WorkspaceSpec
-from stacks.automation import PROJECT_DIR
-from stacks.config import StackConfig
 from stacks.naming import resource_base, stack_name
 from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
 NAMESPACE = "stackspace-e2e"
@@ -88,9 +86,7 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     stack = stack_name(owner, name)
     base = resource_base(owner, name)
 
-    def converge(spec: WorkspaceSpec, running: bool):
-        return runner.apply(StackConfig(owner=owner, spec=spec, runtime=runtime,
-                                        running=running), stack)
+    converge = converger(runner, owner, runtime, stack)
 
     result = converge(spec, True)
     pod_name = result.outputs["pod"]
@@ -105,12 +101,7 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     secret = core.read_namespaced_secret(f"{base}-secrets", namespace)
     assert "STACKSPACE_REPO_CREDENTIAL" in secret.data
 
-    env = {**os.environ, **pulumi_settings.env()}
-    preview = subprocess.run(
-        ["pulumi", "preview", "--stack", stack, "--expect-no-changes", "--non-interactive"],
-        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
-    assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
-    assert "k8s-secret-token" not in preview.stdout + preview.stderr
+    assert_operator_preview_is_clean(pulumi_settings, stack, "k8s-secret-token")
 
     converge(spec, False)
     assert pod_gone(core, pod_name)
