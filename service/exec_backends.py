@@ -302,7 +302,11 @@ class KubernetesExec(ExecProcess):
 
     async def start(self) -> None:
         env = [f"{k}={v}" for k, v in self.req.environment().items()]
-        command = ["env", f"--chdir={self.req.workdir}", *env, "--", *self.req.command]
+        # pods/exec has no workdir or env: env(1) sets both. The command goes
+        # through `sh -c 'exec "$@"'` so a first argument holding '=' is never
+        # taken for another assignment.
+        command = ["env", f"--chdir={self.req.workdir}", "--", *env,
+                   "/bin/sh", "-c", 'exec "$@"', "sh", *self.req.command]
         try:
             self._ws = await asyncio.to_thread(self._stream, command, stdin=True,
                                                tty=self.req.tty)
