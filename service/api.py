@@ -238,8 +238,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         """Signed reports from the exec proxy (terminal activity, for idle auto-stop)."""
         if terminals is None:
             raise Problem("not-found", "the exec proxy is not configured")
-        terminals.record_activity(request.get_data(),
-                                  request.headers.get("X-Stackspace-Signature", ""))
+        owner, name, at = terminals.verify_activity(
+            request.get_data(), request.headers.get("X-Stackspace-Signature", ""))
+        store.touch_workspace(owner, name, at)
         return Response(status=204)
 
     # --- operations -----------------------------------------------------------

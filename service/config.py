@@ -7,6 +7,7 @@
     passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <data_dir>/passphrase
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
+    idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
 """
 
@@ -40,6 +41,7 @@ class ServiceConfig:
     pool_size: int | None = None
     quota: int = 10
     operation_timeout: float = 1800.0
+    idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
     runtimes: list[Runtime] = field(default_factory=list)
 
     @property
@@ -99,6 +101,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         else data.get("pool_size"),
         quota=int(env.get("STACKSPACE_QUOTA", data.get("quota", 10))),
         operation_timeout=float(data.get("operation_timeout", 1800)),
+        idle_stop_after=float(env["STACKSPACE_IDLE_STOP_AFTER"])
+        if "STACKSPACE_IDLE_STOP_AFTER" in env else data.get("idle_stop_after"),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
     )
     for key, value in overrides.items():

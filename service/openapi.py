@@ -79,8 +79,8 @@ def document() -> dict[str, Any]:
             "/internal/activity": {"post": {
                 **_op("Terminal activity from the exec proxy (HMAC-signed body)", "204",
                       auth=False),
-                "responses": {"204": {"description": "recorded"}, "401": PROBLEM,
-                              "404": PROBLEM}}},
+                "responses": {"204": {"description": "recorded"}, "400": PROBLEM,
+                              "401": PROBLEM, "404": PROBLEM}}},
             "/healthz": {"get": _op("Health", "200", auth=False)},
             "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
                                  "responses": {"200": {"description": "metrics", "content": {

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from service import worker
-from service.store import Store
+from service.store import Conflict, Store
 from stacks.automation import PulumiSettings, StackRunner
 from stacks.config import ConfigValues
 
@@ -44,8 +44,9 @@ class Submission:
 
 class OperationRunner:
     def __init__(self, store: Store, settings: PulumiSettings, pool_size: int | None = None,
-                 timeout: float = 1800.0):
+                 timeout: float = 1800.0, idle_stop_after: float | None = None):
         self.store = store
+        self.idle_stop_after = idle_stop_after
         self.settings = settings
         self.timeout = timeout
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
@@ -99,6 +100,7 @@ class OperationRunner:
             try:
                 self._dispatch()
                 self._enforce_timeouts()
+                self._stop_idle()
             except Exception:  # noqa: BLE001 - keep dispatching whatever happens
                 log.exception("dispatcher error")
 
@@ -131,6 +133,23 @@ class OperationRunner:
             future = self._pool.submit(worker.run, job)
             self._running[op["id"]] = (future, time.monotonic(), None)
             future.add_done_callback(lambda f, op=op: self._done(op, f))
+
+    def _stop_idle(self) -> None:
+        """Stop running workspaces nobody has used for `idle_stop_after` seconds
+        (terminal activity comes from the exec proxy). Storage stays."""
+        if not self.idle_stop_after:
+            return
+        for owner, name in self.store.idle_workspaces(self.idle_stop_after):
+            try:
+                op, _ = self.store.add_operation(owner, name, "stop", queue=False)
+            except Conflict:
+                continue  # something else is in flight; look again later
+            self.store.update_workspace(owner, name, desired="stopped")
+            self.store.add_event(op["id"], {"type": "diagnostic", "severity": "info",
+                                            "message": "idle: no terminal activity for "
+                                                       f"{self.idle_stop_after:.0f}s"})
+            log.info("idle auto-stop", extra={"owner": owner, "workspace": name})
+            self.submit(op)
 
     def _enforce_timeouts(self) -> None:
         for op_id, (_, started, _) in list(self._running.items()):

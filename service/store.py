@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   state TEXT NOT NULL,           -- provisioning | running | ... | failed
   last_error TEXT,
   outputs TEXT NOT NULL DEFAULT '{}',
+  last_activity REAL,            -- last terminal activity the exec proxy reported
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -74,6 +75,12 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 ACTIVE = ("queued", "running")
+# Columns added after a table was first shipped: (table, column, declaration).
+ADDED_COLUMNS = [
+    ("operations", "error_type", "TEXT"),
+    ("operations", "worker_pid", "INTEGER"),
+    ("workspaces", "last_activity", "REAL"),
+]
 
 
 def hash_token(token: str) -> str:
@@ -96,6 +103,10 @@ class Store:
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db.executescript(SCHEMA)  # executescript manages its own transaction
+        for table, column, decl in ADDED_COLUMNS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -179,6 +190,20 @@ class Store:
         with self.tx() as db:
             db.execute(f"UPDATE workspaces SET {cols} WHERE owner=? AND name=?",  # noqa: S608
                        (*fields.values(), owner, name))
+
+    def touch_workspace(self, owner: str, name: str, at: float) -> None:
+        """Record terminal activity (kept apart from `updated`, which tracks state)."""
+        with self.tx() as db:
+            db.execute("UPDATE workspaces SET last_activity=MAX(COALESCE(last_activity, 0), ?)"
+                       " WHERE owner=? AND name=?", (at, owner, name))
+
+    def idle_workspaces(self, idle_for: float, now: float | None = None
+                        ) -> list[tuple[str, str]]:
+        """Running workspaces with no state change and no terminal activity for `idle_for` s."""
+        cutoff = (now or time.time()) - idle_for
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT owner, name FROM workspaces WHERE state='running' AND desired='running'"
+            " AND MAX(COALESCE(last_activity, 0), updated) < ?", (cutoff,))]
 
     def delete_workspace(self, owner: str, name: str) -> None:
         with self.tx() as db:

@@ -23,7 +23,6 @@ class Terminals:
         self.key = key
         self.proxy_url = proxy_url
         self.runtimes = {r.name: r for r in runtimes}
-        self.last_activity: dict[str, float] = {}
 
     def target(self, ws: dict[str, Any]) -> dict[str, Any]:
         rt = self.runtimes.get(ws["runtime"])
@@ -56,10 +55,14 @@ class Terminals:
             target=self.target(ws), command=command, tty=tty, env=dict(spec.env))
         return {"url": self.proxy_url, "ticket": ticket, "expires_at": expires}
 
-    def record_activity(self, body: bytes, signature: str) -> None:
+    def verify_activity(self, body: bytes, signature: str) -> tuple[str, str, float]:
+        """Check the proxy's signature; return (owner, workspace name, timestamp)."""
         expected = "sha256=" + hmac.new(self.key, body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature):
             raise Problem("unauthorized", "bad activity signature")
-        report = json.loads(body)
-        self.last_activity[str(report.get("workspace"))] = float(
-            report.get("timestamp") or time.time())
+        try:
+            report = json.loads(body)
+            owner, _, name = str(report["workspace"]).partition("/")
+            return owner, name, min(float(report.get("timestamp") or time.time()), time.time())
+        except (ValueError, KeyError, TypeError) as e:
+            raise Problem("bad-request", "malformed activity report") from e

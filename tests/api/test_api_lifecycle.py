@@ -73,3 +73,32 @@ def test_workspace_lifecycle_over_http(service, docker_client):
     assert svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).status_code == 404
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{ws['outputs']['storage']}")
+
+
+def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, docker_client,
+                                                         pulumi_settings, docker_provider):
+    from tests.api.conftest import start_service
+
+    gen = start_service(tmp_path, docker_host, pulumi_settings, idle_stop_after=3)
+    svc = next(gen)
+    name = f"idle-{secrets.token_hex(3)}"
+    try:
+        op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
+                                              json={"name": name}).json()["id"])
+        assert op["status"] == "succeeded", op
+        deadline = time.monotonic() + 120
+        while True:
+            ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
+            if ws["state"] == "stopped":
+                break
+            assert time.monotonic() < deadline, f"not stopped: {ws['state']}"
+            time.sleep(0.5)
+        assert ws["desired"] == "stopped" and ws["last_operation"]["kind"] == "stop"
+        assert docker_client.volumes.get(ws["outputs"]["storage"])
+        assert docker_client.containers.list(filters={"name": ws["outputs"]["storage"][:-5]}
+                                             ) == []
+        op = wait_op(svc, svc.alice, svc.call("DELETE", f"/api/v1/workspaces/{name}",
+                                              svc.alice).json()["id"])
+        assert op["status"] == "succeeded", op
+    finally:
+        next(gen, None)

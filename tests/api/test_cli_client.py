@@ -118,7 +118,7 @@ def test_exec_and_terminal_through_service_and_proxy(service, tmp_path):
         assert child.exitstatus == 4
         # the proxy reported the activity to the service
         deadline = time.monotonic() + 10
-        while f"alice/{name}" not in service.terminals.last_activity:
+        while not service.store.workspace("alice", name)["last_activity"]:
             assert time.monotonic() < deadline, "no activity report reached the service"
             time.sleep(0.2)
     finally:
