@@ -92,6 +92,8 @@ if ! built; then
   start=$SECONDS
 
   cd "$mod"
+  # `go list -m` reports no Dir for a module that is not downloaded yet (cold cache).
+  go mod download "$provider_module" || die "cannot download $provider_module@$module_version"
   src_pkg=$(go list -m -f '{{.Dir}}' "$provider_module") || die "cannot download $provider_module@$module_version"
   src_pkg="$src_pkg/$main_pkg"
   [[ -f $src_pkg/main.go && -f $src_pkg/schema.json ]] || die "unexpected layout in $src_pkg"
