@@ -3,10 +3,10 @@ a client of the HTTP API (SPEC §7)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +16,7 @@ from typing import Any
 import click
 import requests
 
-from service.config import PULUMI_VERSION, load_config
+from service.config import load_config
 
 log = logging.getLogger("stackspace")
 
@@ -190,16 +190,11 @@ class Client:
         console = Console(stderr=True)
         show = sys.stderr.isatty() and not as_json
         with console.status(f"{op['kind']} {op['workspace']}: {op['status']}") if show \
-                else _null():
+                else contextlib.nullcontext():
             while op["status"] in ("queued", "running"):
                 time.sleep(1)
                 op = self.call("GET", f"/operations/{op['id']}")
         return op
-
-
-class _null:
-    def __enter__(self) -> None: ...
-    def __exit__(self, *a: object) -> None: ...
 
 
 def client_options(fn: Any) -> Any:
@@ -319,18 +314,6 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
         sys.exit(run_exec(grant["url"], grant["ticket"]))
     except ExecClientError as e:
         raise click.ClickException(str(e)) from e
-
-
-def pulumi_version(bin_dir: Path | None) -> str | None:
-    binary = (bin_dir / "pulumi") if bin_dir and (bin_dir / "pulumi").exists() \
-        else shutil.which("pulumi")
-    if not binary:
-        return None
-    out = subprocess.run([str(binary), "version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip() or None
-
-
-__all__ = ["main", "PULUMI_VERSION"]
 
 
 if __name__ == "__main__":
