@@ -131,11 +131,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     def replay(owner: str) -> dict[str, Any] | None:
         """The operation an earlier request with this Idempotency-Key created."""
         key = idempotency_key()
-        if not key:
-            return None
-        row = store.db.execute("SELECT id FROM operations WHERE owner=? AND idempotency_key=?",
-                               (owner, key)).fetchone()
-        return store.operation(row["id"]) if row else None
+        return store.operation_by_key(owner, key) if key else None
 
     # --- workspaces -----------------------------------------------------------
     @app.post(f"{PREFIX}/workspaces")

@@ -239,6 +239,11 @@ class Store:
             row = db.execute("SELECT * FROM operations WHERE id=?", (op_id,)).fetchone()
         return _op(row), True
 
+    def operation_by_key(self, owner: str, idempotency_key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
+                              (owner, idempotency_key)).fetchone()
+        return _op(row) if row else None
+
     def operation(self, op_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM operations WHERE id=?", (op_id,)).fetchone()
         return _op(row) if row else None
