@@ -154,7 +154,7 @@ class StackRunner:
             raise RuntimeError(f"pulumi config set {key} failed (exit {proc.returncode})")
 
     def check_storage_safe(self, stack: auto.Stack, on_event: EventSink | None = None
-                           ) -> dict[str, int]:
+                           ) -> None:
         """Preview; raise StorageAtRisk if storage would be deleted or replaced."""
         risky: list[tuple[str, str]] = []
 
@@ -167,11 +167,9 @@ class StackRunner:
             if on_event:
                 on_event(event)
 
-        result = stack.preview(on_event=watch, color="never", suppress_progress=True)
+        stack.preview(on_event=watch, color="never", suppress_progress=True)
         if risky:
             raise StorageAtRisk(risky)
-        return {str(k.value) if hasattr(k, "value") else str(k): v
-                for k, v in (result.change_summary or {}).items()}
 
     def apply(self, values: ConfigValues | StackConfig, stack_name: str,
               on_event: EventSink | None = None, guard: bool = True) -> RunResult:
