@@ -102,3 +102,33 @@ def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, 
         assert op["status"] == "succeeded", op
     finally:
         next(gen, None)
+
+
+def test_timed_out_operation_is_interrupted_and_a_retry_succeeds(
+        tmp_path, docker_host, docker_client, pulumi_settings, docker_provider):
+    """The per-operation timeout interrupts the engine (graceful SIGINT): the
+    operation fails, the stack is left unlocked, and the user's retry works."""
+    from tests.api.conftest import start_service
+
+    gen = start_service(tmp_path, docker_host, pulumi_settings, timeout=1.0)
+    svc = next(gen)
+    name = f"slow-{secrets.token_hex(3)}"
+    try:
+        op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
+                                              json={"name": name}).json()["id"])
+        assert op["status"] == "failed", op
+        events = svc.call("GET", f"/api/v1/operations/{op['id']}/events", svc.alice).text
+        assert "operation timed out" in events
+        assert svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice
+                        ).json()["state"] == "failed"
+        svc.runner.timeout = 600  # the retry gets room to finish
+        retry = wait_op(svc, svc.alice, svc.call("POST", f"/api/v1/workspaces/{name}/start",
+                                                 svc.alice).json()["id"])
+        assert retry["status"] == "succeeded", retry
+        ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
+        assert docker_client.containers.get(ws["outputs"]["container"]).status == "running"
+        done = wait_op(svc, svc.alice, svc.call("DELETE", f"/api/v1/workspaces/{name}",
+                                                svc.alice).json()["id"])
+        assert done["status"] == "succeeded", done
+    finally:
+        next(gen, None)
