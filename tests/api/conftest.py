@@ -43,9 +43,12 @@ class Service:
 
 def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
                   dispatch: bool = True, idle_stop_after: float | None = None,
-                  timeout: float = 600) -> Iterator[Service]:
-    cfg = ServiceConfig(data_dir=tmp, quota=quota, runtimes=[parse_runtime(
-        {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"})])
+                  timeout: float = 600, runtimes: list[dict] | None = None
+                  ) -> Iterator[Service]:
+    runtimes = runtimes or [
+        {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"}]
+    cfg = ServiceConfig(data_dir=tmp, quota=quota,
+                        runtimes=[parse_runtime(r) for r in runtimes])
     store = Store(cfg.store_path)
     runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=timeout,
                              idle_stop_after=idle_stop_after)
