@@ -344,4 +344,6 @@ def op_view(op: dict[str, Any]) -> dict[str, Any]:
         "ended": op["ended"],
         "timings": op["timings"],
         "error": op["error"],
+        # e.g. "storage-at-risk" (the durability guard refused the plan), "interrupted"
+        "error_type": op.get("error_type"),
     }

@@ -119,7 +119,7 @@ _OPERATION = {"type": "object", "required": ["id", "kind", "status"], "propertie
     "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
     "created": {"type": "number"}, "started": {"type": ["number", "null"]},
     "ended": {"type": ["number", "null"]}, "timings": {"type": "object"},
-    "error": {"type": ["string", "null"]}}}
+    "error": {"type": ["string", "null"]}, "error_type": {"type": ["string", "null"]}}}
 _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properties": {
     "name": {"type": "string"}, "owner": {"type": "string"}, "runtime": {"type": "string"},
     "stack": {"type": "string"}, "desired": {"enum": ["running", "stopped", "deleted"]},

@@ -124,6 +124,8 @@ class OperationRunner:
                 self.store.update_operation(op["id"], status="cancelled", ended=time.time())
                 continue
             self.store.update_operation(op["id"], status="running", started=time.time())
+            # Kept so a refused plan (nothing changed) can put the state back.
+            op["prev_state"] = ws["state"]
             if BUSY_STATE[op["kind"]]:
                 self.store.update_workspace(owner, name, state=BUSY_STATE[op["kind"]])
             job = worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
@@ -195,9 +197,11 @@ class OperationRunner:
                 fields["outputs"] = outputs
             self.store.update_workspace(owner, name, **fields)
         elif refused:
-            # Nothing changed: the workspace keeps its previous state.
-            prev = "running" if ws["desired"] == "running" else "stopped"
-            self.store.update_workspace(owner, name, state=prev, last_error=error)
+            # Nothing changed: the workspace keeps its state, and what it wants.
+            prev = op.get("prev_state") or ws["state"]
+            desired = "stopped" if prev == "stopped" else "running"
+            self.store.update_workspace(owner, name, state=prev, desired=desired,
+                                        last_error=error)
         else:
             self.store.update_workspace(owner, name, state="failed", last_error=error)
 

@@ -112,3 +112,29 @@ def test_concurrent_mutations_on_one_workspace_admit_exactly_one(idle_service):
             "POST", "/api/v1/workspaces/race/start?queue=true", svc.alice).json(), range(4)))
     seqs = [svc.store.operation(o["id"])["seq"] for o in ops]
     assert len(set(seqs)) == 4
+
+
+def test_refused_plan_leaves_state_and_desire_unchanged(idle_service):
+    """A stop the storage guard refused changed nothing: the workspace still
+    shows running, still wants to run, and carries the refusal as last_error."""
+    from concurrent.futures import Future
+
+    from service.worker import Outcome
+
+    svc = idle_service
+    svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "kept"})
+    create = svc.store.last_operation("alice", "kept")
+    svc.store.update_operation(create["id"], status="succeeded")
+    svc.store.update_workspace("alice", "kept", state="running")
+    stop = svc.call("POST", "/api/v1/workspaces/kept/stop", svc.alice).json()
+    assert svc.store.workspace("alice", "kept")["desired"] == "stopped"
+    op = {**svc.store.operation(stop["id"]), "prev_state": "running"}
+    done: Future = Future()
+    done.set_result(Outcome(op["id"], False, "refused: plan would delete storage",
+                            "storage-at-risk", {}, {}))
+    svc.runner._done(op, done)
+    ws = svc.call("GET", "/api/v1/workspaces/kept", svc.alice).json()
+    assert (ws["state"], ws["desired"]) == ("running", "running")
+    assert ws["last_error"].startswith("refused")
+    assert ws["last_operation"]["status"] == "failed"
+    assert ws["last_operation"]["error_type"] == "storage-at-risk"
