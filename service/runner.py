@@ -54,6 +54,10 @@ class OperationRunner:
                                          mp_context=multiprocessing.get_context("spawn"),
                                          initializer=worker.init_process)
         self._pending: dict[str, Submission] = {}
+        # A create's full config (secrets included), kept in memory until some
+        # operation has converged the stack: a create interrupted before its
+        # config was written can then be retried with `start`.
+        self._initial: dict[tuple[str, str], ConfigValues] = {}
         self._running: dict[str, tuple[Future, float, int | None]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -75,6 +79,8 @@ class OperationRunner:
         """Attach the run's inputs (kept in memory only: they may hold secrets)."""
         with self._lock:
             self._pending[op["id"]] = submission or Submission()
+            if op["kind"] == "create" and submission and submission.values:
+                self._initial[(op["owner"], op["workspace"])] = submission.values
         self._wake.set()
 
     def cancel(self, op_id: str) -> bool:
@@ -113,6 +119,11 @@ class OperationRunner:
                 continue
             with self._lock:
                 sub = self._pending.pop(op["id"], None)
+                initial = self._initial.get((owner, name))
+            if initial and op["kind"] in ("start", "update"):
+                sub = sub or Submission()
+                sub = Submission(values={**initial, **(sub.values or {})},
+                                 secret_files=sub.secret_files)
             if sub is None and op["kind"] in ("create", "update"):
                 # Inputs were lost (the service restarted before the run began).
                 self.store.update_operation(op["id"], status="failed", ended=time.time(),
@@ -190,6 +201,8 @@ class OperationRunner:
             self.store.delete_workspace(owner, name)
             return
         if ok:
+            with self._lock:
+                self._initial.pop((owner, name), None)
             fields: dict[str, Any] = {"last_error": None}
             if FINAL_STATE[kind]:
                 fields["state"] = FINAL_STATE[kind]

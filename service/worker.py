@@ -140,7 +140,7 @@ def run(job: Job) -> Outcome:
 
 
 # Exceptions our program raises on purpose; their messages are written for users.
-USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ")
+USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ", "IncompleteConfig: ")
 
 
 def describe_error(error: Exception) -> str:

@@ -25,6 +25,10 @@ KEY_RUNTIME = "runtime"
 ConfigValues = dict[str, tuple[str, bool]]
 
 
+class IncompleteConfig(ValueError):
+    """The stack has no workspace config (a create died before writing it)."""
+
+
 @dataclass(frozen=True)
 class StackConfig:
     owner: str
@@ -47,6 +51,11 @@ class StackConfig:
     @classmethod
     def from_values(cls, get: Any) -> StackConfig:
         """Build from a getter `get(key) -> str | None` (Pulumi Config or a dict)."""
+        missing = [k for k in (KEY_OWNER, KEY_SPEC, KEY_RUNTIME) if not get(k)]
+        if missing:
+            keys = ", ".join(f"{NAMESPACE}:{k}" for k in missing)
+            raise IncompleteConfig(f"stack config lacks {keys}; the create never wrote it: "
+                                   "delete the workspace and create it again")
         secrets = json.loads(get(KEY_SECRETS) or "{}")
         return cls(
             owner=get(KEY_OWNER),

@@ -14,7 +14,7 @@ from components.spec import WorkspaceSpec
 from stacks.automation import StorageAtRisk
 from stacks.config import StackConfig
 from stacks.naming import resource_base, stack_name
-from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+from tests.e2e.repo_image import BASE_IMAGE, REPO_URL, docker_repo_image, make_repo
 from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
@@ -76,12 +76,13 @@ def test_workspace_lifecycle_keeps_files_until_delete(runner, docker_host, docke
     ws = docker_client.containers.get(base)
     assert sh(ws, "cat /workspace/mine.txt") == "mine\n"
 
-    # update env: the workspace is recreated, the files remain
+    # update image and env: the workspace is recreated, the files remain
     old_id = ws.id
-    updated = spec.merged({"env": {"GREETING": "two"}})
+    updated = spec.merged({"env": {"GREETING": "two"}, "image": BASE_IMAGE})
     converge(updated, True)
     ws = docker_client.containers.get(base)
     assert ws.id != old_id
+    assert ws.attrs["Config"]["Image"] == BASE_IMAGE
     assert sh(ws, "echo $GREETING") == "two\n"
     assert sh(ws, "cat /workspace/mine.txt") == "mine\n"
 

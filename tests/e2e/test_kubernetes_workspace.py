@@ -18,7 +18,7 @@ from kubernetes.stream import stream
 from components.runtime import KubernetesRuntime
 from components.spec import WorkspaceSpec
 from stacks.naming import resource_base, stack_name
-from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+from tests.e2e.repo_image import BASE_IMAGE, REPO_URL, docker_repo_image, make_repo
 from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
@@ -111,9 +111,10 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     assert converge(spec, True).outputs["pod"] == pod_name  # same spec, same pod name
     assert exec_in(kube, pod_name, "cat /workspace/mine.txt") == "mine\n"
 
-    updated = spec.merged({"env": {"GREETING": "two"}})
+    updated = spec.merged({"env": {"GREETING": "two"}, "image": BASE_IMAGE})
     new_pod = converge(updated, True).outputs["pod"]
     assert new_pod != pod_name and pod_gone(core, pod_name)
+    assert core.read_namespaced_pod(new_pod, namespace).spec.containers[0].image == BASE_IMAGE
     assert exec_in(kube, new_pod, "echo $GREETING; cat /workspace/mine.txt") == "two\nmine\n"
 
     runner.delete(stack)

@@ -117,3 +117,10 @@ def test_stack_names_are_stable_valid_and_collision_free():
     assert len(stack_name("o" * 40, "n" * 40)) <= 100
     base = resource_base("o" * 40, "n" * 40)
     assert len(base) + len("-init-01234567") <= 63
+
+
+def test_incomplete_stack_config_names_the_missing_keys():
+    from stacks.config import IncompleteConfig, StackConfig
+
+    with pytest.raises(IncompleteConfig, match="stackspace:spec, stackspace:runtime"):
+        StackConfig.from_values({"owner": "alice", "running": "true"}.get)
