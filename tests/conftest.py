@@ -64,11 +64,19 @@ def kubernetes_provider(pulumi_home: Path) -> None:
         unavailable("pulumi-resource-kubernetes plugin missing: run scripts/setup")
 
 
+def _alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> Iterator[str]:
     """DOCKER_HOST of a running engine; starts a private dockerd if none answers."""
     state = CACHE / "dockerd" / "started-by-us"
-    already = state.exists()
+    already = state.exists() and _alive(CACHE / "dockerd" / "dockerd.pid")
     proc = subprocess.run([str(REPO / "scripts" / "docker-engine"), "up"], capture_output=True,
                           text=True, check=False, timeout=600)
     if proc.returncode != 0:
