@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,16 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
     server.shutdown()
     proxy.stop()
     runner.shutdown()
+
+
+@contextmanager
+def custom_service(tmp: Path, docker_host: str, pulumi_settings, **options) -> Iterator[Service]:
+    """A live service with non-default options, for one test."""
+    gen = start_service(tmp, docker_host, pulumi_settings, **options)
+    try:
+        yield next(gen)
+    finally:
+        next(gen, None)
 
 
 @pytest.fixture

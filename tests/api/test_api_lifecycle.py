@@ -77,12 +77,10 @@ def test_workspace_lifecycle_over_http(service, docker_client):
 
 def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, docker_client,
                                                          pulumi_settings, docker_provider):
-    from tests.api.conftest import start_service
+    from tests.api.conftest import custom_service
 
-    gen = start_service(tmp_path, docker_host, pulumi_settings, idle_stop_after=3)
-    svc = next(gen)
-    name = f"idle-{secrets.token_hex(3)}"
-    try:
+    with custom_service(tmp_path, docker_host, pulumi_settings, idle_stop_after=3) as svc:
+        name = f"idle-{secrets.token_hex(3)}"
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
                                               json={"name": name}).json()["id"])
         assert op["status"] == "succeeded", op
@@ -100,20 +98,16 @@ def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, 
         op = wait_op(svc, svc.alice, svc.call("DELETE", f"/api/v1/workspaces/{name}",
                                               svc.alice).json()["id"])
         assert op["status"] == "succeeded", op
-    finally:
-        next(gen, None)
 
 
 def test_timed_out_operation_is_interrupted_and_a_retry_succeeds(
         tmp_path, docker_host, docker_client, pulumi_settings, docker_provider):
     """The per-operation timeout interrupts the engine (graceful SIGINT): the
     operation fails, the stack is left unlocked, and the user's retry works."""
-    from tests.api.conftest import start_service
+    from tests.api.conftest import custom_service
 
-    gen = start_service(tmp_path, docker_host, pulumi_settings, timeout=1.0)
-    svc = next(gen)
-    name = f"slow-{secrets.token_hex(3)}"
-    try:
+    with custom_service(tmp_path, docker_host, pulumi_settings, timeout=1.0) as svc:
+        name = f"slow-{secrets.token_hex(3)}"
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
                                               json={"name": name}).json()["id"])
         assert op["status"] == "failed", op
@@ -130,5 +124,3 @@ def test_timed_out_operation_is_interrupted_and_a_retry_succeeds(
         done = wait_op(svc, svc.alice, svc.call("DELETE", f"/api/v1/workspaces/{name}",
                                                 svc.alice).json()["id"])
         assert done["status"] == "succeeded", done
-    finally:
-        next(gen, None)

@@ -61,31 +61,29 @@ def test_cli_wait_exits_nonzero_when_the_operation_fails(service):
 
 
 def test_quota_is_enforced_per_user(tmp_path, docker_host, pulumi_settings):
-    from tests.api.conftest import start_service
+    from tests.api.conftest import custom_service
 
-    gen = start_service(tmp_path, docker_host, pulumi_settings, quota=1)
-    svc = next(gen)
-    try:
-        assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "a"}
-                        ).status_code == 202
-        over = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "b"})
-        assert over.status_code == 403 and over.json()["type"].endswith("/quota-exceeded")
-        # another user has their own quota
-        assert svc.call("POST", "/api/v1/workspaces", svc.bob, json={"name": "b"}
-                        ).status_code == 202
-        # a queued operation can be cancelled before it runs
-        op = svc.call("POST", "/api/v1/workspaces/a/stop?queue=true", svc.alice).json()
-        cancel = svc.call("POST", f"/api/v1/operations/{op['id']}/cancel", svc.alice)
-        assert cancel.status_code == 202
-        assert svc.call("GET", f"/api/v1/operations/{op['id']}", svc.alice
-                        ).json()["status"] in ("cancelled", "running", "succeeded", "failed")
-    finally:
-        for user, ws in ((svc.alice, "a"), (svc.bob, "b")):
-            svc.call("DELETE", f"/api/v1/workspaces/{ws}?queue=true", user)
-        deadline = time.monotonic() + 300
-        while svc.store.workspaces() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        next(gen, None)
+    with custom_service(tmp_path, docker_host, pulumi_settings, quota=1) as svc:
+        try:
+            assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "a"}
+                            ).status_code == 202
+            over = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "b"})
+            assert over.status_code == 403 and over.json()["type"].endswith("/quota-exceeded")
+            # another user has their own quota
+            assert svc.call("POST", "/api/v1/workspaces", svc.bob, json={"name": "b"}
+                            ).status_code == 202
+            # a queued operation can be cancelled before it runs
+            op = svc.call("POST", "/api/v1/workspaces/a/stop?queue=true", svc.alice).json()
+            cancel = svc.call("POST", f"/api/v1/operations/{op['id']}/cancel", svc.alice)
+            assert cancel.status_code == 202
+            assert svc.call("GET", f"/api/v1/operations/{op['id']}", svc.alice
+                            ).json()["status"] in ("cancelled", "running", "succeeded", "failed")
+        finally:
+            for user, ws in ((svc.alice, "a"), (svc.bob, "b")):
+                svc.call("DELETE", f"/api/v1/workspaces/{ws}?queue=true", user)
+            deadline = time.monotonic() + 300
+            while svc.store.workspaces() and time.monotonic() < deadline:
+                time.sleep(0.5)
 
 
 def test_exec_and_terminal_through_service_and_proxy(service, tmp_path):

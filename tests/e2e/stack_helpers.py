@@ -29,3 +29,16 @@ def assert_operator_preview_is_clean(settings: PulumiSettings, stack: str, secre
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
     assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
     assert secret not in preview.stdout + preview.stderr
+
+
+def ensure_namespace(core, name: str) -> str:  # noqa: ANN001 - kubernetes CoreV1Api
+    """Create a Kubernetes namespace unless it exists."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    return name

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
 
 from service.exec_client import run_exec
 from service.proxy import ProxyConfig
 from service.tickets import mint_ticket
 from tests.e2e.exec_fixtures import ProxyThread
+from tests.e2e.stack_helpers import ensure_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 KEY = os.urandom(32)
@@ -27,11 +27,7 @@ NAMESPACE = "stackspace-exec-e2e"
 @pytest.fixture(scope="module")
 def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_cluster)))
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    except ApiException as e:
-        if e.status != 409:
-            raise
+    ensure_namespace(core, NAMESPACE)
     name = f"exec-{secrets.token_hex(3)}"
     core.create_namespaced_pod(NAMESPACE, {
         "metadata": {"name": name},

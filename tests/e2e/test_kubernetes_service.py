@@ -11,8 +11,9 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from service.exec_client import run_exec
-from tests.api.conftest import start_service
+from tests.api.conftest import custom_service
 from tests.api.test_api_lifecycle import wait_op
+from tests.e2e.stack_helpers import ensure_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
 NAMESPACE = "stackspace-svc-e2e"
@@ -21,17 +22,11 @@ NAMESPACE = "stackspace-svc-e2e"
 def test_workspace_lifecycle_and_exec_on_kubernetes(tmp_path, kube_cluster, docker_host,
                                                     pulumi_settings):
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_cluster)))
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    except ApiException as e:
-        if e.status != 409:
-            raise
-    gen = start_service(tmp_path, docker_host, pulumi_settings, runtimes=[
-        {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kube_cluster),
-         "namespace": NAMESPACE}])
-    svc = next(gen)
-    name = f"k-{secrets.token_hex(3)}"
-    try:
+    ensure_namespace(core, NAMESPACE)
+    runtime = {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kube_cluster),
+               "namespace": NAMESPACE}
+    with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=[runtime]) as svc:
+        name = f"k-{secrets.token_hex(3)}"
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice, json={
             "name": name, "resources": {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"},
             "files": [{"path": "hello.txt", "content": "from the spec\n"}]}).json()["id"])
@@ -60,5 +55,3 @@ def test_workspace_lifecycle_and_exec_on_kubernetes(tmp_path, kube_cluster, dock
         with pytest.raises(ApiException) as gone:
             core.read_namespaced_persistent_volume_claim(ws["outputs"]["storage"], NAMESPACE)
         assert gone.value.status == 404
-    finally:
-        next(gen, None)

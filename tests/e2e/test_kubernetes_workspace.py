@@ -19,7 +19,11 @@ from components.runtime import KubernetesRuntime
 from components.spec import WorkspaceSpec
 from stacks.naming import resource_base, stack_name
 from tests.e2e.repo_image import BASE_IMAGE, REPO_URL, docker_repo_image, make_repo
-from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
+from tests.e2e.stack_helpers import (
+    assert_operator_preview_is_clean,
+    converger,
+    ensure_namespace,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
 NAMESPACE = "stackspace-e2e"
@@ -33,11 +37,7 @@ def kube(kube_cluster: Path) -> client.ApiClient:
 @pytest.fixture(scope="module")
 def namespace(kube) -> Iterator[str]:
     core = client.CoreV1Api(kube)
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-    except ApiException as e:
-        if e.status != 409:
-            raise
+    ensure_namespace(core, NAMESPACE)
     yield NAMESPACE
 
 
