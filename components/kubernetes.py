@@ -153,24 +153,24 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             cpu = f"{int(cpu_cores(spec) * 1000)}m"
             memory = str(memory_bytes(spec))
             pod_spec = {
-                    **_pod_spec(runtime),
-                    "hostname": spec.name,
-                    "restartPolicy": "Always",
-                    "terminationGracePeriodSeconds": 10,
-                    "volumes": volumes,
-                    "containers": [{
-                        "name": "workspace",
-                        "image": spec.image,
-                        "imagePullPolicy": "IfNotPresent",
-                        "command": list(spec.command),
-                        "workingDir": WORKSPACE_ROOT,
-                        "env": [{"name": k, "value": v} for k, v in spec.env.items()],
-                        "volumeMounts": mounts,
-                        "securityContext": _security_context(),
-                        "resources": {"requests": {"cpu": cpu, "memory": memory},
-                                      "limits": {"cpu": cpu, "memory": memory}},
-                    }],
-                }
+                **_pod_spec(runtime),
+                "hostname": spec.name,
+                "restartPolicy": "Always",
+                "terminationGracePeriodSeconds": 10,
+                "volumes": volumes,
+                "containers": [{
+                    "name": "workspace",
+                    "image": spec.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": list(spec.command),
+                    "workingDir": WORKSPACE_ROOT,
+                    "env": [{"name": k, "value": v} for k, v in spec.env.items()],
+                    "volumeMounts": mounts,
+                    "securityContext": _security_context(),
+                    "resources": {"requests": {"cpu": cpu, "memory": memory},
+                                  "limits": {"cpu": cpu, "memory": memory}},
+                }],
+            }
             # The name carries a hash of the spec: a changed spec is a new Pod
             # (Pod specs are immutable), and the provider's dry-run of the
             # replacement never collides with the old Pod's name.

@@ -270,15 +270,16 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             after = last
             deadline = time.monotonic() + 3600
             while time.monotonic() < deadline:
+                # Status first: every event written before it ended is then read below.
+                op = store.operation(op_id)
                 for seq, event in store.events(op_id, after):
                     after = seq
                     yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
                     if event["type"] == "end":
                         return
-                op = store.operation(op_id)
-                if op and op["status"] in ("succeeded", "failed", "cancelled") and \
-                        not store.events(op_id, after):
-                    yield f"event: end\ndata: {json.dumps({'type': 'end', 'status': op['status']})}\n\n"  # noqa: E501
+                if op and op["status"] in ("succeeded", "failed", "cancelled"):
+                    end = json.dumps({"type": "end", "status": op["status"]})
+                    yield f"event: end\ndata: {end}\n\n"
                     return
                 yield ": keep-alive\n\n"
                 time.sleep(0.5)

@@ -48,8 +48,7 @@ def main() -> None:
 
 # --- server side ---------------------------------------------------------------
 
-def _serve(config: str | None, data_dir: str | None, listen: str | None, announce: bool
-           ) -> None:
+def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
     from service.api import create_app
     from service.runner import OperationRunner
     from service.store import Store
@@ -66,11 +65,10 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None, announc
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
     app = create_app(cfg, store, runner, terminals)
     host, _, port = cfg.listen.rpartition(":")
-    if announce:
-        click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
-        click.echo(f"data dir: {cfg.data_dir}")
-        if not admin_token:
-            click.echo(f"admin token (shown once): {token}")
+    click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
+    click.echo(f"data dir: {cfg.data_dir}")
+    if not admin_token:
+        click.echo(f"admin token (shown once): {token}")
     from werkzeug.serving import make_server
 
     server = make_server(host, int(port), app, threaded=True)
@@ -80,19 +78,23 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None, announc
         runner.shutdown()
 
 
+def server_options(listen_help: str) -> Any:
+    def decorate(fn: Any) -> Any:
+        fn = click.option("--listen", help=listen_help)(fn)
+        fn = click.option("--data-dir", type=click.Path(file_okay=False))(fn)
+        return click.option("--config", type=click.Path(exists=True, dir_okay=False))(fn)
+    return decorate
+
+
 @main.command()
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+@server_options("HOST:PORT (default 127.0.0.1:8080)")
 def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
     """Run the HTTP API service."""
-    _serve(config, data_dir, listen, announce=True)
+    _serve(config, data_dir, listen)
 
 
 @main.command()
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+@server_options("HOST:PORT (default 127.0.0.1:8080)")
 def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
     """Run the service and the exec proxy (a separate process) with embedded defaults."""
     args = [sys.executable, "-m", "service.cli", "proxy"]
@@ -104,16 +106,14 @@ def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
         args += ["--api", listen]
     proxy = subprocess.Popen(args)
     try:
-        _serve(config, data_dir, listen, announce=True)
+        _serve(config, data_dir, listen)
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
 
 
 @main.command()
-@click.option("--config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data-dir", type=click.Path(file_okay=False))
-@click.option("--listen", help="HOST:PORT for the proxy (default 127.0.0.1:8081)")
+@server_options("HOST:PORT for the proxy (default 127.0.0.1:8081)")
 @click.option("--api", help="HOST:PORT of the service, for activity reports")
 def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str | None
           ) -> None:
@@ -153,14 +153,14 @@ def doctor(as_json: bool, config: str | None) -> None:
 
     cfg = load_config(Path(config) if config else None)
     checks = run_checks(cfg)
+    ok = all(c["ok"] for c in checks if c["required"])
     if as_json:
-        click.echo(json.dumps({"ok": all(c["ok"] for c in checks if c["required"]),
-                               "checks": checks}, indent=2))
+        click.echo(json.dumps({"ok": ok, "checks": checks}, indent=2))
     else:
         for c in checks:
             mark = "ok  " if c["ok"] else ("FAIL" if c["required"] else "warn")
             click.echo(f"{mark} {c['name']:<28} {c['detail']}")
-    sys.exit(0 if all(c["ok"] for c in checks if c["required"]) else 1)
+    sys.exit(0 if ok else 1)
 
 
 # --- client side ---------------------------------------------------------------
@@ -197,9 +197,13 @@ class Client:
         return op
 
 
-def client_options(fn: Any) -> Any:
+def connection_options(fn: Any) -> Any:
     fn = click.option("--url", help="service URL (STACKSPACE_URL)")(fn)
-    fn = click.option("--token", help="API token (STACKSPACE_TOKEN)")(fn)
+    return click.option("--token", help="API token (STACKSPACE_TOKEN)")(fn)
+
+
+def client_options(fn: Any) -> Any:
+    fn = connection_options(fn)
     return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
 
 
@@ -286,8 +290,7 @@ def _ticket(client: Client, name: str, command: list[str] | None, tty: bool) -> 
 
 @main.command()
 @click.argument("name")
-@click.option("--url", help="service URL (STACKSPACE_URL)")
-@click.option("--token", help="API token (STACKSPACE_TOKEN)")
+@connection_options
 def term(name: str, url: str, token: str) -> None:
     """An interactive terminal in workspace NAME (exit code passed through)."""
     from service.exec_client import ExecClientError, run_terminal
@@ -302,8 +305,7 @@ def term(name: str, url: str, token: str) -> None:
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--url", help="service URL (STACKSPACE_URL)")
-@click.option("--token", help="API token (STACKSPACE_TOKEN)")
+@connection_options
 def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
     """Run COMMAND in workspace NAME: `stackspace exec NAME -- CMD ARGS...`.
     stdin/stdout are raw byte pipes; exits with the command's exit code."""

@@ -25,11 +25,15 @@ from typing import Any
 import yaml
 
 from components.runtime import Runtime, parse_runtime
-from service.runner import settings_from
 from stacks.automation import PulumiSettings
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "stackspace"
-PULUMI_VERSION = "3.259.0"
+PULUMI_VERSION = "3.259.0"  # scripts/toolchain/lib.sh builds this CLI
+
+
+def cache_dir() -> Path:
+    """Where scripts/setup keeps the built toolchain (STACKSPACE_CACHE)."""
+    return Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
 
 
 @dataclass
@@ -68,7 +72,7 @@ class ServiceConfig:
         return f"ws://{self.proxy_listen}/exec"
 
     def pulumi_settings(self) -> PulumiSettings:
-        cache = Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
+        cache = cache_dir()
         bin_dir = Path(os.environ.get("STACKSPACE_PULUMI_BIN",
                                       cache / "pulumi" / PULUMI_VERSION / "bin"))
         if not (bin_dir / "pulumi").exists() and shutil.which("pulumi"):
@@ -76,8 +80,10 @@ class ServiceConfig:
         home = Path(os.environ.get("PULUMI_HOME", cache / "pulumi-home"))
         passphrase = os.environ.get("PULUMI_CONFIG_PASSPHRASE") or self.secret_file("passphrase")
         (self.data_dir / "state").mkdir(parents=True, exist_ok=True)
-        return settings_from(self.data_dir, self.backend_url, passphrase, bin_dir, home,
-                             sys.executable)
+        return PulumiSettings(
+            backend_url=self.backend_url or f"file://{self.data_dir / 'state'}",
+            passphrase=passphrase, pulumi_home=home, bin_dir=bin_dir, python=sys.executable,
+            lock_dir=self.data_dir)
 
     def runtime(self, name: str | None) -> Runtime | None:
         if name is None:

@@ -58,7 +58,7 @@ class OperationRunner:
         # operation has converged the stack: a create interrupted before its
         # config was written can then be retried with `start`.
         self._initial: dict[tuple[str, str], ConfigValues] = {}
-        self._running: dict[str, tuple[Future, float, int | None]] = {}
+        self._running: dict[str, float] = {}  # op id -> monotonic start
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -144,7 +144,7 @@ class OperationRunner:
                              values=sub.values if sub else None,
                              secret_files=sub.secret_files if sub else None)
             future = self._pool.submit(worker.run, job)
-            self._running[op["id"]] = (future, time.monotonic(), None)
+            self._running[op["id"]] = time.monotonic()
             future.add_done_callback(lambda f, op=op: self._done(op, f))
 
     def _stop_idle(self) -> None:
@@ -165,7 +165,7 @@ class OperationRunner:
             self.submit(op)
 
     def _enforce_timeouts(self) -> None:
-        for op_id, (_, started, _) in list(self._running.items()):
+        for op_id, started in list(self._running.items()):
             if time.monotonic() - started > self.timeout:
                 op = self.store.operation(op_id)
                 if op and op.get("worker_pid"):
@@ -283,15 +283,3 @@ def _interrupt_children(pid: int) -> None:
     for child in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGINT)
-
-
-def settings_from(data_dir: Path, backend_url: str | None, passphrase: str,
-                  bin_dir: Path | None, pulumi_home: Path, python: str) -> PulumiSettings:
-    return PulumiSettings(
-        backend_url=backend_url or f"file://{data_dir / 'state'}",
-        passphrase=passphrase,
-        pulumi_home=pulumi_home,
-        bin_dir=bin_dir,
-        python=python,
-        lock_dir=data_dir,
-    )

@@ -28,6 +28,7 @@ log = logging.getLogger("stackspace.worker")
 PR_SET_PDEATHSIG = 1
 
 _runner: StackRunner | None = None
+_store: Store | None = None
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,22 @@ def _runner_for(settings: PulumiSettings) -> StackRunner:
     return _runner
 
 
+def _store_for(path: str) -> Store:
+    # One connection (and one schema check) per worker process, not per job.
+    global _store
+    if _store is None or str(_store.path) != path:
+        _store = Store(Path(path))
+    return _store
+
+
 def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
     """A client-safe digest of an engine event (no property values: they may hold secrets)."""
-    if event.resource_pre_event:
-        m = event.resource_pre_event.metadata
-        return {"type": "resource", "phase": "pre", "op": str(m.op.value), "urn": m.urn,
-                "resource_type": m.type}
-    if event.res_outputs_event:
-        m = event.res_outputs_event.metadata
-        return {"type": "resource", "phase": "done", "op": str(m.op.value), "urn": m.urn,
-                "resource_type": m.type}
-    if event.res_op_failed_event:
-        m = event.res_op_failed_event.metadata
-        return {"type": "resource", "phase": "failed", "op": str(m.op.value), "urn": m.urn,
-                "resource_type": m.type}
+    for phase, step in (("pre", event.resource_pre_event), ("done", event.res_outputs_event),
+                        ("failed", event.res_op_failed_event)):
+        if step is not None:
+            m = step.metadata
+            return {"type": "resource", "phase": phase, "op": str(m.op.value), "urn": m.urn,
+                    "resource_type": m.type}
     if event.summary_event:
         changes = {str(getattr(k, "value", k)): v
                    for k, v in (event.summary_event.resource_changes or {}).items()}
@@ -97,7 +100,7 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 
 
 def run(job: Job) -> Outcome:
-    store = Store(Path(job.store_path))
+    store = _store_for(job.store_path)
     runner = _runner_for(job.settings)
     store.update_operation(job.op_id, worker_pid=os.getpid())
 

@@ -86,7 +86,6 @@ class PulumiSettings:
 
 @dataclass
 class RunResult:
-    summary: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -94,9 +93,9 @@ class RunResult:
 class StackRunner:
     def __init__(self, settings: PulumiSettings):
         self.settings = settings
-        pulumi_bin = settings.bin_dir and str(settings.bin_dir)
-        self.command = auto.PulumiCommand(root=str(Path(pulumi_bin).parent)
-                                          if pulumi_bin else None, skip_version_check=True)
+        # PulumiCommand wants the directory above bin/.
+        root = str(settings.bin_dir.parent) if settings.bin_dir else None
+        self.command = auto.PulumiCommand(root=root, skip_version_check=True)
         self.workspace = auto.LocalWorkspace(
             work_dir=str(PROJECT_DIR), env_vars=settings.env(), pulumi_command=self.command,
             pulumi_home=str(settings.pulumi_home),
@@ -189,7 +188,6 @@ class StackRunner:
         t = time.monotonic()
         up = stack.up(on_event=on_event, color="never", suppress_progress=True)
         result.timings["up"] = time.monotonic() - t
-        result.summary = dict(up.summary.resource_changes or {})
         result.outputs = {k: v.value for k, v in up.outputs.items()}
         return result
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from service.config import PULUMI_VERSION, cache_dir
+
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("STACKSPACE_CACHE", Path.home() / ".cache" / "stackspace"))
+CACHE = cache_dir()
 
 
 def unavailable(reason: str) -> None:
@@ -31,7 +33,7 @@ def pulumi_bin() -> Path:
     """Directory with the Pulumi CLI and language host built by scripts/setup."""
     from_env = os.environ.get("STACKSPACE_PULUMI_BIN")
     candidates = [Path(from_env)] if from_env else []
-    candidates.append(CACHE / "pulumi" / "3.259.0" / "bin")
+    candidates.append(CACHE / "pulumi" / PULUMI_VERSION / "bin")
     for d in candidates:
         if (d / "pulumi").is_file() and (d / "pulumi-language-python").is_file():
             return d
