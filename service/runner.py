@@ -90,7 +90,10 @@ class OperationRunner:
             return False
         if op["status"] == "queued":
             self.store.update_operation(op_id, status="cancelled", ended=time.time())
-            self._finish_state(op, ok=False, error="cancelled before it started")
+            # Nothing ran: the workspace keeps its state, except a create that
+            # never happened, which is left failed for the user to retry or delete.
+            self._finish_state(op, ok=False, error="cancelled before it started",
+                               unchanged=op["kind"] != "create")
             self._wake.set()
             return True
         pid = op.get("worker_pid")
@@ -188,11 +191,11 @@ class OperationRunner:
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
         self._finish_state(op, ok=outcome.ok, error=outcome.error, outputs=outcome.outputs,
-                           refused=outcome.error_type == "storage-at-risk")
+                           unchanged=outcome.error_type == "storage-at-risk")
         self._wake.set()
 
     def _finish_state(self, op: dict[str, Any], ok: bool, error: str | None = None,
-                      outputs: dict[str, Any] | None = None, refused: bool = False) -> None:
+                      outputs: dict[str, Any] | None = None, unchanged: bool = False) -> None:
         owner, name, kind = op["owner"], op["workspace"], op["kind"]
         ws = self.store.workspace(owner, name)
         if ws is None:
@@ -209,8 +212,9 @@ class OperationRunner:
             if outputs is not None:
                 fields["outputs"] = outputs
             self.store.update_workspace(owner, name, **fields)
-        elif refused:
-            # Nothing changed: the workspace keeps its state, and what it wants.
+        elif unchanged:
+            # Nothing changed (plan refused, or cancelled before it ran): the
+            # workspace keeps its state, and what it wants.
             prev = op.get("prev_state") or ws["state"]
             desired = "stopped" if prev == "stopped" else "running"
             self.store.update_workspace(owner, name, state=prev, desired=desired,

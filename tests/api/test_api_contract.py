@@ -138,3 +138,22 @@ def test_refused_plan_leaves_state_and_desire_unchanged(idle_service):
     assert ws["last_error"].startswith("refused")
     assert ws["last_operation"]["status"] == "failed"
     assert ws["last_operation"]["error_type"] == "storage-at-risk"
+
+
+def test_cancelled_queued_stop_leaves_the_workspace_as_it_was(idle_service):
+    svc = idle_service
+    svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "busy2"})
+    create = svc.store.last_operation("alice", "busy2")
+    svc.store.update_operation(create["id"], status="succeeded")
+    svc.store.update_workspace("alice", "busy2", state="running")
+    stop = svc.call("POST", "/api/v1/workspaces/busy2/stop", svc.alice).json()
+    assert svc.call("POST", f"/api/v1/operations/{stop['id']}/cancel", svc.alice
+                    ).status_code == 202
+    ws = svc.call("GET", "/api/v1/workspaces/busy2", svc.alice).json()
+    assert (ws["state"], ws["desired"]) == ("running", "running")
+    assert ws["last_operation"]["status"] == "cancelled"
+    # a create cancelled before it ran leaves a failed workspace to retry or delete
+    svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "never"})
+    create = svc.store.last_operation("alice", "never")
+    svc.call("POST", f"/api/v1/operations/{create['id']}/cancel", svc.alice)
+    assert svc.call("GET", "/api/v1/workspaces/never", svc.alice).json()["state"] == "failed"
