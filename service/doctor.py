@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from components.clients import docker_client, kube_api_client
 from components.runtime import DockerRuntime, KubernetesRuntime
 from service.config import ServiceConfig
 
@@ -51,23 +52,17 @@ def run_checks(cfg: ServiceConfig) -> list[dict[str, Any]]:
 
 def _runtime_check(rt: DockerRuntime | KubernetesRuntime) -> dict[str, Any]:
     if isinstance(rt, DockerRuntime):
-        import docker
-
         try:
-            tls = None
-            if rt.host.startswith("tcp://"):
-                tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file),
-                                           ca_cert=rt.ca_file, verify=True)
-            client = docker.DockerClient(base_url=rt.host, tls=tls, timeout=10)
+            client = docker_client(rt, timeout=10)
             version = client.version().get("Version", "?")
             client.close()
             return _check(f"runtime {rt.name} (docker)", True, f"Docker Engine {version}")
         except Exception as e:  # noqa: BLE001 - report any failure as the reason
             return _check(f"runtime {rt.name} (docker)", False, f"{rt.host}: {type(e).__name__}")
-    from kubernetes import client, config
+    from kubernetes import client
 
     try:
-        api = config.new_client_from_config(config_file=rt.kubeconfig, context=rt.context)
+        api = kube_api_client(rt)
         version = client.VersionApi(api).get_code().git_version
         client.CoreV1Api(api).read_namespace(rt.namespace)
         return _check(f"runtime {rt.name} (kubernetes)", True,
