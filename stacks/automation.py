@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -190,8 +191,16 @@ class StackRunner:
             if on_event:
                 on_event(event)
 
-        stack.preview(program=inline_program(cfg), on_event=watch, color="never",
-                      suppress_progress=True)
+        try:
+            stack.preview(program=inline_program(cfg), on_event=watch, color="never",
+                          suppress_progress=True)
+        except auto.errors.CommandError as e:
+            # Storage is also protected in the program: the engine itself then
+            # refuses the plan. That is the same verdict, said by us.
+            protected = protected_storage(str(e))
+            if not protected:
+                raise
+            risky += [("replace or delete (protected)", urn) for urn in protected]
         if risky:
             raise StorageAtRisk(risky)
 
@@ -298,6 +307,14 @@ class StackRunner:
                                    + _error_lines(proc.stdout + proc.stderr))
         self.refresh(stack_name, on_event)
         return [a.split(",", 1)[0] for a in adopt]
+
+
+def protected_storage(error_text: str) -> list[str]:
+    """Storage URNs named by the engine's "marked for protection" refusal."""
+    if "protect" not in error_text:
+        return []
+    urns = re.findall(r"urn:pulumi:[^\s\"']+", error_text)
+    return sorted({u for u in urns if any(t in u for t in STORAGE_TYPES)})
 
 
 def _error_lines(text: str) -> str:

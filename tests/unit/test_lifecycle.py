@@ -169,3 +169,4 @@ class WorkspaceModel(RuleBasedStateMachine):
 TestWorkspaceModel = WorkspaceModel.TestCase
 TestWorkspaceModel.settings = settings(max_examples=300, stateful_step_count=40,
                                        deadline=None)
+
