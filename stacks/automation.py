@@ -286,27 +286,31 @@ class StackRunner:
         stack = self.stack(stack_name, create=False)
         stack.cancel()
         deployment = stack.export_stack().deployment or {}
-        adopt = []
-        for pending in deployment.get("pending_operations") or []:
+        adopt: list[tuple[str, str]] = []
+        pending_ops = deployment.get("pending_operations") or []
+        for pending in pending_ops:
             res = pending.get("resource", {})
             if pending.get("type") != "creating":
                 continue
             found = find_object(runtime, res.get("type", ""), res.get("inputs") or {})
             if found:
-                adopt.append(f"{res['urn']},{found}")
-        args = ["refresh", "--yes", "--skip-preview", "--stack", stack_name,
-                "--clear-pending-creates"]
-        if adopt:
-            args = ["refresh", "--yes", "--skip-preview", "--stack", stack_name]
-            for item in adopt:
-                args += ["--import-pending-creates", item]
-        if deployment.get("pending_operations") or adopt:
-            proc = self.cli(*args)
+                adopt.append((res["urn"], found))
+        if pending_ops:
+            base = ["refresh", "--yes", "--skip-preview", "--stack", stack_name]
+            imports = [arg for urn, obj in adopt
+                       for arg in ("--import-pending-creates", urn,
+                                   "--import-pending-creates", obj)]
+            proc = self.cli(*base, *imports, "--clear-pending-creates")
+            if proc.returncode != 0 and adopt:
+                # Adopt one by one failed as a whole: adopt nothing, drop them all
+                # (delete still finds those objects by their labels).
+                proc = self.cli(*base, "--clear-pending-creates")
+                adopt = []
             if proc.returncode != 0:
                 raise RuntimeError("recovery refresh failed: "
                                    + _error_lines(proc.stdout + proc.stderr))
         self.refresh(stack_name, on_event)
-        return [a.split(",", 1)[0] for a in adopt]
+        return [urn for urn, _ in adopt]
 
 
 def protected_storage(error_text: str) -> list[str]:
