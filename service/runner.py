@@ -176,7 +176,8 @@ class OperationRunner:
                           running=flags.running, deleting=flags.deleting)
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
-                          recover=bool(ws.get("needs_recovery")))
+                          recover=bool(ws.get("needs_recovery")),
+                          secrets_digest=ws.get("secrets_digest"))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         with self._lock:
@@ -209,7 +210,8 @@ class OperationRunner:
         self.store.finish_operation(op, status, settled, error=outcome.error,
                                     error_type=outcome.error_type, timings=outcome.timings,
                                     outputs=outcome.outputs if outcome.ok else None,
-                                    recovered=outcome.recovered)
+                                    recovered=outcome.recovered,
+                                    secrets_digest=outcome.secrets_digest)
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
         if outcome.error_type == lifecycle.INTERRUPTED:

@@ -47,6 +47,8 @@ class Job:
     # An earlier run on this stack was cut off: clear its lock and pending
     # operations, adopt what it created, before anything else.
     recover: bool = False
+    # Keyed digest of the secret config the stack holds (skip rewriting it).
+    secrets_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Outcome:
     # The run's config reached the stack (an update's spec is then the workspace's).
     config_written: bool = False
     recovered: bool = False
+    secrets_digest: str | None = None
 
 
 def serve(conn: Any, tag: str) -> None:
@@ -144,6 +147,7 @@ def run(job: Job) -> Outcome:
     started = time.monotonic()
     timings: dict[str, float] = {}
     written = recovered = False
+    digest = None
     try:
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
@@ -161,14 +165,16 @@ def run(job: Job) -> Outcome:
                                             "message": f"removed {left} unrecorded object(s)"})
             timings.update(result.timings)
         elif job.kind != "refresh":
-            result = runner.apply(cfg, job.stack, on_event, guard=True)
+            result = runner.apply(cfg, job.stack, on_event, guard=True,
+                                  secrets_digest=job.secrets_digest)
             written = result.config_written
+            digest = result.secrets_digest
             timings.update(result.timings)
             outputs = dict(result.outputs)
         timings["total"] = time.monotonic() - started
         observed = observe() if job.kind == "refresh" else None
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
-                       recovered)
+                       recovered, digest)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",

@@ -11,6 +11,8 @@ run them in worker processes, never as inline programs on threads.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -91,12 +93,8 @@ class RunResult:
     outputs: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     config_written: bool = False
-
-
-class ConfigWritten(Exception):
-    """Marks a failure after the run's config reached the stack."""
-
-    config_written = True
+    # Digest of the secret config the stack now holds (see `apply`).
+    secrets_digest: str | None = None
 
 
 def inline_program(cfg: StackConfig) -> Callable[[], None]:
@@ -142,6 +140,21 @@ class StackRunner:
 
     def exists(self, name: str) -> bool:
         return any(s.name == name for s in self.workspace.list_stacks())
+
+    def select_or_create(self, name: str) -> tuple[auto.Stack, bool]:
+        """The stack, and whether it existed before (one CLI call when it does)."""
+        with self._select_lock():
+            try:
+                return auto.Stack.select(name, self.workspace), True
+            except auto.errors.StackNotFoundError:
+                return auto.Stack.create(name, self.workspace), False
+
+    def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
+        """A keyed digest of a stack's secret config, so an unchanged secret is not
+        written again (one CLI process less per start/stop). Keyed with the
+        passphrase: it says nothing to whoever cannot decrypt the config anyway."""
+        return hmac.new(self.settings.passphrase.encode(),
+                        f"{stack_name}\0{secrets_json}".encode(), hashlib.sha256).hexdigest()
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run the Pulumi CLI on the project (for what the Automation API lacks).
@@ -205,13 +218,13 @@ class StackRunner:
             raise StorageAtRisk(risky)
 
     def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
-              guard: bool = True) -> RunResult:
+              guard: bool = True, secrets_digest: str | None = None) -> RunResult:
         """Converge a stack to `cfg` (create/start/stop/update): check the plan
-        (the storage guard), then write the whole config, then up."""
+        (the storage guard), then write the whole config, then up.
+        `secrets_digest`: what the stack's secret config was last set to, if known."""
         result = RunResult()
         t = time.monotonic()
-        existed = self.exists(stack_name)
-        stack = self.stack(stack_name)
+        stack, existed = self.select_or_create(stack_name)
         result.timings["select"] = time.monotonic() - t
         if guard:
             t = time.monotonic()
@@ -224,7 +237,11 @@ class StackRunner:
                 raise
             result.timings["preview"] = time.monotonic() - t
         t = time.monotonic()
-        self.write_config(stack, cfg.to_config())
+        values = cfg.to_config()
+        result.secrets_digest = self.secrets_digest(stack_name, values[KEY_SECRETS][0])
+        if existed and result.secrets_digest == secrets_digest:
+            del values[KEY_SECRETS]
+        self.write_config(stack, values)
         result.config_written = True
         result.timings["config"] = time.monotonic() - t
         t = time.monotonic()
