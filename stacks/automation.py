@@ -10,6 +10,7 @@ run them in worker processes, never as inline programs on threads.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import hashlib
 import hmac
@@ -19,13 +20,15 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pulumi import automation as auto
 from pulumi.automation import events
+from pulumi.automation._stack import StackInitMode
 
 from components.runtime import Runtime
 from stacks.config import (
@@ -47,6 +50,9 @@ DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-
                              "discard", "discard-replaced"})
 
 EventSink = Callable[[events.EngineEvent], None]
+# Config values longer than this go through stdin (one argv string is capped
+# at 128 KiB by Linux).
+ARGV_VALUE_LIMIT = 32 * 1024
 
 
 class StorageAtRisk(Exception):
@@ -97,17 +103,68 @@ class RunResult:
     secrets_digest: str | None = None
 
 
-def inline_program(cfg: StackConfig) -> Callable[[], None]:
+def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None
+                   ) -> Callable[[], None]:
     """The workspace program for `cfg`, run inside this process: the same
     `stacks.program.build` the local program (__main__.py) runs from stack
     config, but fed from memory, so a plan can be checked before the config
-    is written, and no interpreter starts per engine pass."""
+    is written, and no interpreter starts per engine pass. With `outputs`,
+    the stack outputs land there as they resolve (no `stack output` call)."""
+    import pulumi
+
     from stacks import program
 
     def run() -> None:
         program.build(cfg)
+        if outputs is not None:
+            root = pulumi.runtime.get_root_resource()
+            for key, value in getattr(root, "outputs", {}).items():
+                pulumi.Output.from_input(value).apply(
+                    lambda v, key=key: outputs.__setitem__(key, v))
 
     return run
+
+
+class EngineCommand(auto.PulumiCommand):
+    """The Pulumi CLI, with extra arguments for the next `up`: its `--config`
+    flags save the run's config as part of the update (one CLI process less
+    than `config set-all` first)."""
+
+    up_args: list[str]
+
+    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
+            on_output: Any = None, on_error: Any = None) -> auto.CommandResult:
+        if args[:1] == ["up"] and getattr(self, "up_args", None):
+            args = [*args, *self.up_args]
+        return super().run(args, cwd, additional_env, on_output, on_error)
+
+
+class WorkspaceStack(auto.Stack):
+    """A stack whose `up` skips the three CLI calls the SDK makes afterwards
+    (`stack output` twice, `stack history`): the inline program hands over the
+    outputs, the engine's summary event the summary."""
+
+    def __init__(self, name: str, workspace: auto.LocalWorkspace,
+                 mode: StackInitMode | None = None) -> None:
+        if mode is None:  # known to exist: attach without `stack select`
+            self.name, self.workspace, self._mode = name, workspace, StackInitMode.SELECT
+        else:
+            super().__init__(name, workspace, mode)
+        self.program_outputs: dict[str, Any] | None = None
+
+    def outputs(self) -> auto.OutputMap:
+        if self.program_outputs is None:
+            return super().outputs()
+        return {k: auto.OutputValue(v, False) for k, v in self.program_outputs.items()}
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        if self.program_outputs is None:
+            return super().info(show_secrets)
+        # Our own up just succeeded (it raises otherwise); callers read the
+        # engine's summary from its events, not from here.
+        now = datetime.datetime.now(datetime.UTC)
+        return auto.UpdateSummary(kind="update", start_time=now, end_time=now, message="",
+                                  environment={}, config={}, result="succeeded")
 
 
 class StackRunner:
@@ -115,7 +172,7 @@ class StackRunner:
         self.settings = settings
         # PulumiCommand wants the directory above bin/.
         root = str(settings.bin_dir.parent) if settings.bin_dir else None
-        self.command = auto.PulumiCommand(root=root, skip_version_check=True)
+        self.command = EngineCommand(root=root, skip_version_check=True)
         self.workspace = auto.LocalWorkspace(
             work_dir=str(PROJECT_DIR), env_vars=settings.env(), pulumi_command=self.command,
             pulumi_home=str(settings.pulumi_home),
@@ -141,13 +198,16 @@ class StackRunner:
     def exists(self, name: str) -> bool:
         return any(s.name == name for s in self.workspace.list_stacks())
 
-    def select_or_create(self, name: str) -> tuple[auto.Stack, bool]:
-        """The stack, and whether it existed before (one CLI call when it does)."""
+    def select_or_create(self, name: str, known: bool = False) -> tuple[WorkspaceStack, bool]:
+        """The stack, and whether it existed before. `known`: the store knows it
+        exists (its config was written), so no CLI call is needed at all."""
+        if known:
+            return WorkspaceStack(name, self.workspace), True
         with self._select_lock():
             try:
-                return auto.Stack.select(name, self.workspace), True
+                return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
             except auto.errors.StackNotFoundError:
-                return auto.Stack.create(name, self.workspace), False
+                return WorkspaceStack(name, self.workspace, StackInitMode.CREATE), False
 
     def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
         """A keyed digest of a stack's secret config, so an unchanged secret is not
@@ -184,7 +244,13 @@ class StackRunner:
             return {}
 
     def _set_secret(self, stack_name: str, key: str, value: str) -> None:
-        proc = self.cli("config", "set", "--secret", "--stack", stack_name, key, stdin=value)
+        self._set_from_stdin(stack_name, key, value, secret=True)
+
+    def _set_from_stdin(self, stack_name: str, key: str, value: str, secret: bool) -> None:
+        """`pulumi config set` with the value on stdin: never in argv (secrets;
+        and one argv string is capped at 128 KiB)."""
+        kind = "--secret" if secret else "--plaintext"
+        proc = self.cli("config", "set", kind, "--stack", stack_name, key, stdin=value)
         if proc.returncode != 0:
             # stderr may echo the key name but never the value (it came via stdin).
             raise RuntimeError(f"pulumi config set {key} failed (exit {proc.returncode})")
@@ -224,12 +290,17 @@ class StackRunner:
         `secrets_digest`: what the stack's secret config was last set to, if known."""
         result = RunResult()
         t = time.monotonic()
-        stack, existed = self.select_or_create(stack_name)
+        stack, existed = self.select_or_create(stack_name, known=secrets_digest is not None)
         result.timings["select"] = time.monotonic() - t
         if guard:
             t = time.monotonic()
             try:
-                self.check_storage_safe(stack, cfg, on_event)
+                try:
+                    self.check_storage_safe(stack, cfg, on_event)
+                except auto.errors.StackNotFoundError:
+                    # The store thought it existed (someone removed it): start over.
+                    stack, existed = self.select_or_create(stack_name)
+                    self.check_storage_safe(stack, cfg, on_event)
             except StorageAtRisk:
                 if not existed:  # the refused create leaves no empty stack behind
                     with self._select_lock():
@@ -241,16 +312,28 @@ class StackRunner:
         result.secrets_digest = self.secrets_digest(stack_name, values[KEY_SECRETS][0])
         if existed and result.secrets_digest == secrets_digest:
             del values[KEY_SECRETS]
-        self.write_config(stack, values)
-        result.config_written = True
+        # Secrets and large values first, through stdin; the rest is saved by
+        # the update itself (`up --config`), before the engine runs.
+        small: dict[str, str] = {}
+        for key, (value, secret) in values.items():
+            if secret or len(value) > ARGV_VALUE_LIMIT:
+                self._set_from_stdin(stack_name, f"{NAMESPACE}:{key}", value, secret)
+            else:
+                small[f"{NAMESPACE}:{key}"] = value
         result.timings["config"] = time.monotonic() - t
         t = time.monotonic()
+        stack.program_outputs = {}
+        self.command.up_args = [a for k, v in small.items() for a in ("--config", f"{k}={v}")]
         try:
-            up = stack.up(program=inline_program(cfg), on_event=on_event, color="never",
-                          suppress_progress=True)
+            # Written even if the update then fails: the CLI saves config first.
+            result.config_written = True
+            up = stack.up(program=inline_program(cfg, stack.program_outputs),
+                          on_event=on_event, color="never", suppress_progress=True)
         except Exception as e:
             e.config_written = True  # type: ignore[attr-defined]
             raise
+        finally:
+            self.command.up_args = []
         result.timings["up"] = time.monotonic() - t
         result.outputs = {k: v.value for k, v in up.outputs.items()}
         return result
