@@ -35,6 +35,7 @@ from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
 from service import lifecycle, worker
 from service.pool import WorkerDied, WorkerPool, kill_tagged
+from service.runtime_objects import workload_running
 from service.store import Conflict, Store
 from stacks.automation import PulumiSettings
 from stacks.config import StackConfig
@@ -159,9 +160,7 @@ class OperationRunner:
 
     def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> worker.Job:
         """The run's whole config, rebuilt from the store every time."""
-        runtime = self.runtimes.get(ws["runtime"])
-        if runtime is None and ws.get("runtime_config"):
-            runtime = parse_runtime(ws["runtime_config"])
+        runtime = self._runtime(ws)
         if runtime is None:
             raise RuntimeError(f"runtime {ws['runtime']!r} is not configured")
         public, secrets = ws["spec"], None
@@ -185,7 +184,7 @@ class OperationRunner:
         if isinstance(answer, WorkerDied):
             answer = worker.Outcome(op["id"], False,
                                     "interrupted: the worker running it stopped; retry it",
-                                    lifecycle.INTERRUPTED, {}, {})
+                                    lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
         elif active and active.interrupted is not None and not answer.ok:
             answer = worker.Outcome(op["id"], False, answer.error or "cancelled",
                                     lifecycle.CANCELLED,
@@ -216,6 +215,18 @@ class OperationRunner:
                                         **({"error": outcome.error} if outcome.error else {})})
         if outcome.error_type == lifecycle.INTERRUPTED:
             self._request_recovery(op["owner"], op["workspace"])
+
+    def _runtime(self, ws: dict[str, Any]) -> Runtime | None:
+        runtime = self.runtimes.get(ws["runtime"])
+        if runtime is None and ws.get("runtime_config"):
+            runtime = parse_runtime(ws["runtime_config"])
+        return runtime
+
+    def _observe(self, ws: dict[str, Any]) -> bool | None:
+        """Whether the workspace's workload runs, asked of its runtime directly
+        (so the API tells the truth even before the recovery run)."""
+        runtime = self._runtime(ws)
+        return workload_running(runtime, ws["owner"], ws["name"]) if runtime else None
 
     def _request_recovery(self, owner: str, name: str) -> None:
         """Queue a recovery run (refresh; or the pending delete) unless another
@@ -300,7 +311,7 @@ class OperationRunner:
                 continue
             self._end(op, ws, worker.Outcome(
                 op["id"], False, "interrupted: the service stopped during the run; retry it",
-                lifecycle.INTERRUPTED, {}, {}))
+                lifecycle.INTERRUPTED, {}, {}, self._observe(ws)))
 
 
 def _interrupt_children(pid: int) -> None:
