@@ -23,12 +23,10 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from components.runtime import Runtime, parse_runtime
@@ -51,7 +49,8 @@ CANCEL_GRACE = 30.0
 class _Active:
     op: dict[str, Any]
     started: float  # monotonic
-    interrupted: float | None = None  # monotonic time of the one SIGINT
+    interrupted: float | None = None  # monotonic time the worker was asked to stop
+    timed_out: bool = False
 
 
 class OperationRunner:
@@ -79,7 +78,8 @@ class OperationRunner:
     # --- life of the runner ---------------------------------------------------
     def start(self) -> None:
         self.recover()
-        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve)
+        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve,
+                                args=(self.settings,))
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -186,7 +186,9 @@ class OperationRunner:
                                     "interrupted: the worker running it stopped; retry it",
                                     lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
         elif active and active.interrupted is not None and not answer.ok:
-            answer = worker.Outcome(op["id"], False, answer.error or "cancelled",
+            why = f"timed out after {self.timeout:.0f}s" if active.timed_out else "cancelled"
+            answer = worker.Outcome(op["id"], False,
+                                    f"{why}; the engine stopped at its next safe point",
                                     lifecycle.CANCELLED,
                                     {}, answer.timings, answer.observed_running,
                                     answer.config_written, answer.recovered)
@@ -252,16 +254,16 @@ class OperationRunner:
                 op = self.store.operation(op_id) or {}
                 if not (timed_out or op.get("cancel_requested")):
                     continue
+                pid = self._pool.pid_of(op_id)
+                if pid is None:
+                    continue  # not on a worker yet: ask again on the next pass
                 message = "operation timed out" if timed_out else "cancel requested"
                 log.warning(message, extra={"op": op_id})
                 self.store.add_event(op_id, {"type": "diagnostic", "severity": "error"
                                              if timed_out else "info", "message": message})
-                if timed_out:
-                    self.store.request_cancel(op_id)
-                run.interrupted = now
-                pid = self._pool.pid_of(op_id)
-                if pid:
-                    _interrupt_children(pid)
+                run.interrupted, run.timed_out = now, timed_out
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, worker.CANCEL_SIGNAL)
             elif now - run.interrupted > self.cancel_grace:
                 log.warning("engine did not stop in time: killing it", extra={"op": op_id})
                 self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
@@ -313,16 +315,3 @@ class OperationRunner:
                 op["id"], False, "interrupted: the service stopped during the run; retry it",
                 lifecycle.INTERRUPTED, {}, {}, self._observe(ws)))
 
-
-def _interrupt_children(pid: int) -> None:
-    """SIGINT the worker's children (the Pulumi CLI): the CLI's graceful cancel."""
-    children_file = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        children = [int(c) for c in children_file.read_text().split()]
-    except OSError:
-        return
-    for child in children:
-        try:
-            os.kill(child, signal.SIGINT)
-        except ProcessLookupError:
-            continue

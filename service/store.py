@@ -235,9 +235,11 @@ class Store:
             if ws is None:
                 raise KeyError(name)
             desired = lifecycle.admit(kind, ws["desired"])
+            # The service's own recovery runs (refresh) never make a user wait
+            # with a 409: the request queues behind them.
             active = db.execute(
                 "SELECT id FROM operations WHERE owner=? AND workspace=? AND status IN "
-                "('queued','running')", (owner, name)).fetchone()
+                "('queued','running') AND kind != 'refresh'", (owner, name)).fetchone()
             if active and not queue:
                 raise Conflict(f"operation {active['id']} is still in progress")
             op = _insert_op(db, owner, name, kind, idempotency_key,

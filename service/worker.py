@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from pulumi.automation import events
 
-from service.pool import ENGINE_TAG
+from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, workload_running
 from service.store import Store
 from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
@@ -67,10 +68,13 @@ class Outcome:
     secrets_digest: str | None = None
 
 
-def serve(conn: Any, tag: str) -> None:
+def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
     """A worker process's main loop (service.pool): one job at a time."""
     os.environ[ENGINE_TAG] = tag  # inherited by the CLI and providers it starts
     init_process()
+    if settings is not None:
+        _runner_for(settings)  # warm: `pulumi version` once, before any job
+    conn.send(READY)  # signals are handled from here on (see service.pool)
     while True:
         try:
             job = conn.recv()
@@ -91,7 +95,28 @@ def init_process() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(CANCEL_SIGNAL, _on_cancel)
     import stacks.program  # noqa: F401 - pulumi, pulumi_docker, pulumi_kubernetes, once
+
+
+# The runner asks a worker to stop its job with this signal: the job stops at
+# its next step, and the Pulumi CLI running now gets one SIGINT (its graceful
+# cancel). A flag, not just a signal to the CLI: the request must not be lost
+# between two CLI processes.
+CANCEL_SIGNAL = signal.SIGUSR1
+_cancelled = threading.Event()
+
+
+def _on_cancel(signum: int, frame: Any) -> None:
+    _cancelled.set()
+    pid = os.getpid()
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGINT)
 
 
 def _runner_for(settings: PulumiSettings) -> StackRunner:
@@ -132,7 +157,7 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 
 def run(job: Job) -> Outcome:
     store = _store_for(job.store_path)
-    runner = _runner_for(job.settings)
+    _cancelled.clear()
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
 
@@ -149,6 +174,8 @@ def run(job: Job) -> Outcome:
     written = recovered = False
     digest = None
     try:
+        runner = _runner_for(job.settings)
+        runner.should_stop = _cancelled.is_set
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
             runner.recover(job.stack, cfg.runtime, on_event)

@@ -55,6 +55,10 @@ EventSink = Callable[[events.EngineEvent], None]
 ARGV_VALUE_LIMIT = 32 * 1024
 
 
+class Cancelled(Exception):
+    """The run was asked to stop before its next step."""
+
+
 class StorageAtRisk(Exception):
     """A non-delete plan would delete or replace workspace storage."""
 
@@ -178,6 +182,13 @@ class StackRunner:
             pulumi_home=str(settings.pulumi_home),
         )
         self.lock_path = (settings.lock_dir or settings.pulumi_home) / "stack-select.lock"
+        # Polled between steps: a cancel that arrives between two CLI processes
+        # must still stop the run.
+        self.should_stop: Callable[[], bool] = lambda: False
+
+    def _checkpoint(self, step: str) -> None:
+        if self.should_stop():
+            raise Cancelled(f"cancelled before {step}")
 
     @contextmanager
     def _select_lock(self) -> Iterator[None]:
@@ -294,6 +305,7 @@ class StackRunner:
         result.timings["select"] = time.monotonic() - t
         if guard:
             t = time.monotonic()
+            self._checkpoint("the plan check")
             try:
                 try:
                     self.check_storage_safe(stack, cfg, on_event)
@@ -307,6 +319,7 @@ class StackRunner:
                         self.workspace.remove_stack(stack_name)
                 raise
             result.timings["preview"] = time.monotonic() - t
+        self._checkpoint("writing the config")
         t = time.monotonic()
         values = cfg.to_config()
         result.secrets_digest = self.secrets_digest(stack_name, values[KEY_SECRETS][0])
@@ -321,6 +334,7 @@ class StackRunner:
             else:
                 small[f"{NAMESPACE}:{key}"] = value
         result.timings["config"] = time.monotonic() - t
+        self._checkpoint("the update")
         t = time.monotonic()
         stack.program_outputs = {}
         self.command.up_args = [a for k, v in small.items() for a in ("--config", f"{k}={v}")]
@@ -357,6 +371,7 @@ class StackRunner:
         if proc.returncode != 0 and "no resources" not in proc.stderr.lower():
             raise RuntimeError(f"pulumi state unprotect failed (exit {proc.returncode})")
         result.timings["unprotect"] = time.monotonic() - t
+        self._checkpoint("destroy")
         t = time.monotonic()
         stack.destroy(on_event=on_event, color="never", suppress_progress=True)
         result.timings["destroy"] = time.monotonic() - t
