@@ -183,7 +183,7 @@ def run(job: Job) -> Outcome:
             recovered = True
         outputs: dict[str, Any] = {}
         if job.kind == "delete":
-            result = runner.delete(job.stack, on_event, config=cfg)
+            result = runner.delete(job.stack, on_event)
             t = time.monotonic()
             left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name)
             timings["sweep"] = time.monotonic() - t

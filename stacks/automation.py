@@ -352,21 +352,17 @@ class StackRunner:
         result.outputs = {k: v.value for k, v in up.outputs.items()}
         return result
 
-    def delete(self, stack_name: str, on_event: EventSink | None = None,
-               config: StackConfig | None = None) -> RunResult:
+    def delete(self, stack_name: str, on_event: EventSink | None = None) -> RunResult:
         """The only path that removes storage: lift protection in the state
         (no program run: nothing new gets created on the way out), destroy,
-        remove the stack."""
+        remove the stack. Only the flags are written: destroy runs no program."""
         result = RunResult()
         if not self.exists(stack_name):
             return result
         t = time.monotonic()
         stack = self.stack(stack_name, create=False)
-        values: ConfigValues = {KEY_RUNNING: ("false", False), KEY_DELETING: ("true", False)}
-        if config is not None:
-            values = StackConfig(config.owner, config.spec, config.runtime, running=False,
-                                 deleting=True).to_config()
-        self.write_config(stack, values)
+        self.write_config(stack, {KEY_RUNNING: ("false", False),
+                                  KEY_DELETING: ("true", False)})
         proc = self.cli("state", "unprotect", "--all", "--yes", "--stack", stack_name)
         if proc.returncode != 0 and "no resources" not in proc.stderr.lower():
             raise RuntimeError(f"pulumi state unprotect failed (exit {proc.returncode})")
