@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import docker  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from service.exec_client import run_exec, subprotocols  # noqa: E402
-from service.proxy import ProxyConfig  # noqa: E402
-from service.tickets import mint_ticket  # noqa: E402
-from tests.e2e.exec_fixtures import ProxyThread, docker_target, workspace_container  # noqa: E402
+from proxy.protocol import subprotocols  # noqa: E402
+from proxy.server import ProxyConfig  # noqa: E402
+from proxy.tickets import mint_ticket  # noqa: E402
+from service.exec_client import run_exec  # noqa: E402
+from tests.e2e.exec_fixtures import ProxyProcess, docker_target, workspace_container  # noqa: E402
 
 MIB = 1024 * 1024
 _keep: list[object] = []
@@ -150,7 +151,7 @@ def main() -> None:
     api = client.api
     key = os.urandom(32)
     rows: list[tuple[str, str, str]] = []
-    with workspace_container(client) as ws, ProxyThread.running(
+    with workspace_container(client) as ws, ProxyProcess.running(
             ProxyConfig(key=key, max_sessions_per_user=100)) as proxy:
         target = docker_target(host, ws)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from proxy.server import ProxyConfig
+from proxy.tickets import mint_ticket
 from service.exec_client import run_exec
-from service.proxy import ProxyConfig
-from service.tickets import mint_ticket
-from tests.e2e.exec_fixtures import ProxyThread
+from tests.e2e.exec_fixtures import ProxyProcess
 from tests.e2e.stack_helpers import ensure_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -51,7 +51,7 @@ def test_exec_through_proxy_into_a_pod(pod):
     kubeconfig, name = pod
     target = {"type": "kubernetes", "kubeconfig": str(kubeconfig), "context": None,
               "namespace": NAMESPACE, "pod": name, "container": "workspace"}
-    with ProxyThread.running(ProxyConfig(key=KEY)) as proxy:
+    with ProxyProcess.running(ProxyConfig(key=KEY)) as proxy:
         ticket, _ = mint_ticket(KEY, user="alice", workspace="alice/k", target=target,
                                 command=["sh", "-c", "id -u; pwd; cat; echo err >&2; exit 6"],
                                 tty=False)
