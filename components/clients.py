@@ -21,11 +21,17 @@ def docker_client(rt: DockerRuntime, timeout: float = 30) -> Any:
 
     if rt.host.startswith("ssh://"):
         return _ssh_docker_client(rt, timeout)
-    tls = None
-    if rt.host.startswith("tcp://"):
-        tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file),
-                                   ca_cert=rt.ca_file, verify=True)
-    return docker.DockerClient(base_url=rt.host, tls=tls, timeout=timeout, max_pool_size=32)
+    if not rt.host.startswith("tcp://"):
+        return docker.DockerClient(base_url=rt.host, timeout=timeout, max_pool_size=32)
+    tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file), ca_cert=rt.ca_file,
+                               verify=True)
+    # Built without connecting, then told to ignore the environment: requests would
+    # otherwise verify against REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE instead of ca_file.
+    client = docker.DockerClient(base_url=rt.host, tls=tls, timeout=timeout, max_pool_size=32,
+                                 version="1.41")
+    client.api.trust_env = False
+    client.api._version = client.api._retrieve_server_version()
+    return client
 
 
 class HostKeyError(Exception):
