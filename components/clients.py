@@ -9,6 +9,7 @@ imports here: the exec proxy must not need the Pulumi SDK.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,41 @@ def docker_client(rt: DockerRuntime, timeout: float = 30) -> Any:
 
 class HostKeyError(Exception):
     """The SSH host's key is unknown or does not match the runtime's known_hosts."""
+
+
+def check_ssh_host_key(rt: DockerRuntime, timeout: float = 20) -> None:
+    """Raise HostKeyError (naming the runtime) unless the ssh:// host presents a key its
+    known_hosts lists; only the key exchange, no login. Run before the Pulumi provider
+    (which uses the ssh binary) so a bad host fails with this error and creates nothing."""
+    import socket
+
+    import paramiko
+
+    url = urlsplit(rt.host)
+    host, port = url.hostname or "", url.port or 22
+    path = rt.ssh_known_hosts_file or os.path.expanduser("~/.ssh/known_hosts")
+    known = paramiko.HostKeys(path) if os.path.exists(path) else paramiko.HostKeys()
+    entry = known.lookup(host if port == 22 else f"[{host}]:{port}")
+    if not entry:
+        raise HostKeyError(f"runtime {rt.name!r}: no host key for {host}:{port} in {path}")
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except OSError as exc:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach {host}:{port}: {exc}") from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.get_security_options().key_types = [
+            t for t in transport.get_security_options().key_types if t in entry]
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise HostKeyError(f"runtime {rt.name!r}: {host}:{port} offered no host key listed "
+                           f"in {path}: {exc}") from exc
+    finally:
+        transport.close()
+    if entry.get(key.get_name()) != key:
+        raise HostKeyError(f"runtime {rt.name!r}: the host key of {host}:{port} does not "
+                           f"match {path}")
 
 
 def _ssh_docker_client(rt: DockerRuntime, timeout: float) -> Any:

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
+from components.clients import check_ssh_host_key
 from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
 from components.runtime import DockerRuntime
 from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID, WorkspaceSpec
@@ -45,6 +46,8 @@ def _check_init_exit(code: int | None, logs: str | None = None) -> int | None:
 
 
 def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provider:
+    if runtime.host.startswith("ssh://"):
+        check_ssh_host_key(runtime)  # a clear error naming the runtime; nothing created
     tls: dict = {}
     if runtime.host.startswith("tcp://"):
         tls = {
