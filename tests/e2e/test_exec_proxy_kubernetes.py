@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
