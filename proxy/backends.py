@@ -247,7 +247,14 @@ class DockerExec(ExecProcess):
                 self._eof = True
                 return None
             self._pending.extend(self._frames(data))
-        return self._pending.pop(0)
+        channel, data = self._pending.pop(0)
+        if self._pending and self._pending[0][0] == channel:
+            # Coalesce what arrived together: fewer, larger WebSocket messages.
+            parts = [data]
+            while self._pending and self._pending[0][0] == channel:
+                parts.append(self._pending.pop(0)[1])
+            data = b"".join(parts)
+        return channel, data
 
     async def wait(self) -> int:
         api = self._api()

@@ -105,20 +105,28 @@ class TLSStream(SockStream):
         await self._flush()
 
     async def recv(self) -> bytes:
-        while True:
+        """Everything decrypted so far (one read returns one record at most: gather
+        them, fewer and larger frames downstream), waiting for the socket if none."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < READ_CHUNK:
             try:
-                data = self.tls.read(READ_CHUNK)
+                data = self.tls.read(READ_CHUNK - size)
             except ssl.SSLWantReadError:
-                if self.outgoing.pending:
+                if self.outgoing.pending:  # e.g. a TLS 1.3 key update answer
                     await self._flush()
+                if chunks:
+                    break
                 if not await self._fill():
                     return b""  # the peer closed without close_notify
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            if self.outgoing.pending:  # e.g. a TLS 1.3 key update answer
-                await self._flush()
-            return data
+                break
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+        return b"".join(chunks)
 
     async def send(self, data: bytes) -> None:
         self.tls.write(data)
