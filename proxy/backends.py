@@ -32,10 +32,10 @@ from typing import Any
 import docker
 
 from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
-from components.clients import docker_client
+from components.clients import HostKeyError, docker_client
 from components.runtime import DockerRuntime, KubernetesRuntime, parse_runtime
 from components.spec import SpecError
-from proxy.engine_stream import EngineStream, StreamError, open_upgraded
+from proxy.engine_stream import EngineStream, open_upgraded
 from proxy.protocol import STDERR, STDOUT
 
 READ_CHUNK = 64 * 1024
@@ -147,7 +147,9 @@ def docker_api(rt: DockerRuntime) -> docker.APIClient:
         if rt not in _clients:
             try:
                 _clients[rt] = docker_client(rt).api
-            except Exception as exc:  # TLS files, SSH host key, unreachable engine
+            except HostKeyError as exc:  # already names the runtime
+                raise ExecError(str(exc)) from exc
+            except Exception as exc:  # TLS files, unreachable engine, SSH auth
                 raise ExecError(f"runtime {rt.name!r}: {exc}") from exc
         return _clients[rt]
 
@@ -206,7 +208,9 @@ class DockerExec(ExecProcess):
             self._stream, early = await open_upgraded(
                 self.rt, api, f"/exec/{self.exec_id}/start",
                 {"Detach": False, "Tty": self.req.tty})
-        except (docker.errors.APIError, StreamError, OSError) as exc:
+        except ExecError:
+            raise
+        except Exception as exc:  # API errors, a broken connection, SSH channel refused
             _forget(self.rt)
             detail = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
             raise ExecError(f"runtime {self.rt.name!r}: {detail}") from exc
