@@ -161,22 +161,34 @@ def _forget(rt: DockerRuntime) -> None:
 
 
 class _Demux:
-    """Splits Docker's non-TTY stream: 8-byte headers (stream, 0, 0, 0, size BE32)."""
+    """Splits Docker's non-TTY stream: 8-byte headers (stream, 0, 0, 0, size BE32).
+    Consecutive payloads of one stream come back joined (one copy, fewer messages)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._rest = b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= 8:
-            stream, size = struct.unpack(">BxxxL", self._buf[:8])
-            if len(self._buf) < 8 + size:
+        buf = self._rest + data if self._rest else data
+        view = memoryview(buf)
+        out: list[tuple[int, bytes]] = []
+        parts: list[memoryview] = []
+        current = STDOUT
+        i, n = 0, len(buf)
+        while n - i >= 8:
+            stream, size = struct.unpack_from(">BxxxL", buf, i)
+            if n - i - 8 < size:
                 break
-            payload = bytes(self._buf[8:8 + size])
-            del self._buf[:8 + size]
-            if payload:
-                out.append((STDERR if stream == 2 else STDOUT, payload))
+            channel = STDERR if stream == 2 else STDOUT
+            if parts and channel != current:
+                out.append((current, b"".join(parts)))
+                parts = []
+            if size:
+                current = channel
+                parts.append(view[i + 8:i + 8 + size])
+            i += 8 + size
+        if parts:
+            out.append((current, b"".join(parts)))
+        self._rest = bytes(view[i:])
         return out
 
 
