@@ -14,6 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
+from components.clients import check_ssh_host_key
 from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
 from components.runtime import DockerRuntime
 from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID, WorkspaceSpec
@@ -45,6 +46,8 @@ def _check_init_exit(code: int | None, logs: str | None = None) -> int | None:
 
 
 def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provider:
+    if runtime.host.startswith("ssh://"):
+        check_ssh_host_key(runtime)  # a clear error naming the runtime; nothing created
     tls: dict = {}
     if runtime.host.startswith("tcp://"):
         tls = {
@@ -52,10 +55,23 @@ def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provide
             "cert_material": Path(runtime.cert_file or "").read_text(),
             "key_material": pulumi.Output.secret(Path(runtime.key_file or "").read_text()),
         }
-    ssh_opts = (["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-                if runtime.host.startswith("ssh://") else None)
-    return docker.Provider("docker", host=runtime.host, ssh_opts=ssh_opts,
+    return docker.Provider("docker", host=runtime.host, ssh_opts=ssh_options(runtime),
                            opts=pulumi.ResourceOptions(parent=parent), **tls)
+
+
+def ssh_options(runtime: DockerRuntime) -> list[str] | None:
+    """OpenSSH options for the provider's `ssh ... docker system dial-stdio`: explicit
+    files (ssh reads the passwd home's ~/.ssh, not $HOME), strict host keys, no prompts."""
+    if not runtime.host.startswith("ssh://"):
+        return None
+    opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=30"]
+    if runtime.ssh_identity_file:
+        opts += ["-i", runtime.ssh_identity_file, "-o", "IdentitiesOnly=yes"]
+    if runtime.ssh_known_hosts_file:
+        opts += ["-o", f"UserKnownHostsFile={runtime.ssh_known_hosts_file}",
+                 "-o", "GlobalKnownHostsFile=/dev/null"]
+    return opts
 
 
 class DockerWorkspace(pulumi.ComponentResource):
