@@ -23,7 +23,7 @@ from typing import Any
 from pulumi.automation import events
 
 from service.pool import ENGINE_TAG, READY
-from service.runtime_objects import remove_labelled, workload_running
+from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
 from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
 from stacks.config import StackConfig
@@ -178,11 +178,19 @@ def run(job: Job) -> Outcome:
         runner.should_stop = _cancelled.is_set
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
-            runner.recover(job.stack, cfg.runtime, on_event)
+            recorded = runner.recover(job.stack, on_event)
+            orphans = remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name, recorded)
             timings["recover"] = time.monotonic() - t
             recovered = True
+            if orphans:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
+                                            "message": f"recovery removed {orphans} container(s)"
+                                                       " an interrupted run never recorded"})
         outputs: dict[str, Any] = {}
         if job.kind == "delete":
+            if not recovered:  # a container in use would keep destroy from the volume
+                remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name,
+                                  runner.recorded_ids(job.stack))
             result = runner.delete(job.stack, on_event)
             t = time.monotonic()
             left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name)

@@ -30,7 +30,6 @@ from pulumi import automation as auto
 from pulumi.automation import events
 from pulumi.automation._stack import StackInitMode
 
-from components.runtime import Runtime
 from stacks.config import (
     KEY_DELETING,
     KEY_RUNNING,
@@ -386,42 +385,28 @@ class StackRunner:
         """Remove a stale lock left by a killed run (DIY backends)."""
         self.stack(stack_name, create=False).cancel()
 
-    def recover(self, stack_name: str, runtime: Runtime,
-                on_event: EventSink | None = None) -> list[str]:
+    def recover(self, stack_name: str, on_event: EventSink | None = None) -> set[str]:
         """Bring a stack an interrupted run left behind back to a state any run
-        can start from: clear the stale lock, adopt what its pending creates
-        made (found on the runtime by their deterministic names), drop the
-        ones that made nothing, refresh. Returns the URNs adopted."""
+        can start from: clear the stale lock, drop pending creates, refresh.
+        Returns the provider IDs the state records (the caller removes the
+        workspace's objects that are not among them: what a cut-off run made
+        but never recorded). Storage needs no adopting: creating a Docker volume
+        that exists returns it, and pulumi-kubernetes 4.25 applies a PVC that
+        exists server-side."""
         if not self.exists(stack_name):
-            return []
+            return set()
         stack = self.stack(stack_name, create=False)
         stack.cancel()
-        deployment = stack.export_stack().deployment or {}
-        adopt: list[tuple[str, str]] = []
-        pending_ops = deployment.get("pending_operations") or []
-        for pending in pending_ops:
-            res = pending.get("resource", {})
-            if pending.get("type") != "creating":
-                continue
-            found = find_object(runtime, res.get("type", ""), res.get("inputs") or {})
-            if found:
-                adopt.append((res["urn"], found))
-        if pending_ops:
-            base = ["refresh", "--yes", "--skip-preview", "--stack", stack_name]
-            imports = [arg for urn, obj in adopt
-                       for arg in ("--import-pending-creates", urn,
-                                   "--import-pending-creates", obj)]
-            proc = self.cli(*base, *imports, "--clear-pending-creates")
-            if proc.returncode != 0 and adopt:
-                # Adopt one by one failed as a whole: adopt nothing, drop them all
-                # (delete still finds those objects by their labels).
-                proc = self.cli(*base, "--clear-pending-creates")
-                adopt = []
-            if proc.returncode != 0:
-                raise RuntimeError("recovery refresh failed: "
-                                   + _error_lines(proc.stdout + proc.stderr))
-        self.refresh(stack_name, on_event)
-        return [urn for urn, _ in adopt]
+        stack.refresh(on_event=on_event, color="never", suppress_progress=True,
+                      clear_pending_creates=True)
+        return self.recorded_ids(stack_name)
+
+    def recorded_ids(self, stack_name: str) -> set[str]:
+        """Provider IDs of every resource in the stack's state."""
+        if not self.exists(stack_name):
+            return set()
+        deployment = self.stack(stack_name, create=False).export_stack().deployment or {}
+        return {r["id"] for r in deployment.get("resources", []) if r.get("id")}
 
 
 def protected_storage(error_text: str) -> list[str]:
@@ -435,53 +420,3 @@ def protected_storage(error_text: str) -> list[str]:
 def _error_lines(text: str) -> str:
     return "; ".join(ln.strip() for ln in text.splitlines() if "error" in ln.lower())[:500]
 
-
-def find_object(runtime: Runtime, resource_type: str, inputs: dict) -> str | None:
-    """The provider ID of an object a pending create may have made, looked up on
-    the runtime by the name the program gave it (names are deterministic)."""
-    from components.clients import docker_client, kube_api_client
-    from components.runtime import DockerRuntime
-
-    if resource_type.startswith("docker:") and isinstance(runtime, DockerRuntime):
-        name = inputs.get("name")
-        if not name:
-            return None
-        import docker.errors
-
-        client = docker_client(runtime)
-        try:
-            if resource_type == "docker:index/volume:Volume":
-                return client.volumes.get(name).name
-            if resource_type == "docker:index/container:Container":
-                return client.containers.get(name).id
-        except docker.errors.NotFound:
-            return None
-        finally:
-            client.close()
-        return None
-    if resource_type.startswith("kubernetes:") and not isinstance(runtime, DockerRuntime):
-        meta = inputs.get("metadata") or {}
-        name, ns = meta.get("name"), meta.get("namespace") or runtime.namespace
-        if not name:
-            return None
-        from kubernetes import client as k8s
-        from kubernetes.dynamic import DynamicClient
-        from kubernetes.dynamic.exceptions import NotFoundError
-
-        group_version, kind = _k8s_type(resource_type)
-        try:
-            api = DynamicClient(kube_api_client(runtime)).resources.get(
-                api_version=group_version, kind=kind)
-            api.get(name=name, namespace=ns)
-            return f"{ns}/{name}"
-        except (NotFoundError, k8s.ApiException):
-            return None
-    return None
-
-
-def _k8s_type(token: str) -> tuple[str, str]:
-    """'kubernetes:core/v1:PersistentVolumeClaim' -> ('v1', 'PersistentVolumeClaim');
-    'kubernetes:networking.k8s.io/v1:NetworkPolicy' keeps its group."""
-    _, group_version, kind = token.split(":")
-    group, _, version = group_version.partition("/")
-    return (version if group == "core" else group_version), kind
