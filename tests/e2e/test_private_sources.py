@@ -5,6 +5,7 @@ name (`repository.username` + `credential`). No secret stays in a container."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
@@ -71,10 +72,8 @@ def private_image(docker_client, registry: Registry, git_server: GitServer) -> I
         assert "error" not in line, line
     docker_client.images.remove(f"{repo}:{tag}")
     yield f"{repo}:{tag}"
-    try:
+    with contextlib.suppress(docker.errors.ImageNotFound):
         docker_client.images.remove(f"{repo}:{tag}")
-    except docker.errors.ImageNotFound:
-        pass
 
 
 def test_private_image_and_repository_with_username(runner, docker_host, docker_client,
