@@ -84,10 +84,15 @@ def exec_in(kube: client.ApiClient, pod: str, command: str) -> str:
 
 
 def pod_gone(core: client.CoreV1Api, name: str) -> bool:
-    try:
-        core.read_namespaced_pod(name, NAMESPACE)
-    except ApiException as e:
-        return e.status == 404
+    """Whether the pod is gone (waits out its termination: a Deployment's pods are
+    removed by Kubernetes' garbage collector, after their grace period)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespaced_pod(name, NAMESPACE)
+        except ApiException as e:
+            return e.status == 404
+        time.sleep(0.5)
     return False
 
 
@@ -119,6 +124,9 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     assert pod.metadata.labels["stackspace.dev/owner"] == owner
     assert exec_in(kube, pod_name, "cat /workspace/README.md") == "hello from git\n"
     assert exec_in(kube, pod_name, "cat /workspace/.config/app.toml; id -u") == "k = 1\n1000\n"
+    # The workspace command is not PID 1 (the pause process is), so SIGTERM stops it.
+    assert exec_in(kube, pod_name, "cat /proc/1/comm") != "sleep\n"
+    assert "sleep" in exec_in(kube, pod_name, "cat /proc/[0-9]*/comm")
     exec_in(kube, pod_name, "echo mine > /workspace/mine.txt")
     secret = core.read_namespaced_secret(f"{base}-input-0", namespace)
     assert "credential" in secret.data
@@ -132,7 +140,6 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     assert exec_in(kube, healed, "cat /workspace/mine.txt") == "mine\n"
     pod_name = healed
 
-    # stop is quick: SIGTERM reaches `sleep` (not PID 1), no grace period wait
     converge(spec, False)
     assert pod_gone(core, pod_name)
     pvc = core.read_namespaced_persistent_volume_claim(f"{base}-home", namespace)
