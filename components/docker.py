@@ -26,8 +26,11 @@ from components.spec import (
 
 CPU_PERIOD = 100_000  # microseconds
 # Init's input files go into the init container's own filesystem (not the
-# volume), directly under the sticky /tmp and owned by the workspace user, so
-# init can remove them: nothing secret stays in the exited container.
+# volume). The provider can only upload root-owned files (its owner option
+# needs the daemon to resolve the container's user, which fails for
+# "uid:gid"), and the sticky /tmp keeps uid 1000 from deleting them, so they
+# are writable and init empties them once read: nothing secret stays in the
+# exited container.
 INIT_INPUT_PREFIX = "/tmp/stackspace-init-"  # noqa: S108 - inside the container
 
 HARDENING = {
@@ -114,8 +117,7 @@ class DockerWorkspace(pulumi.ComponentResource):
             uploads.append({
                 "file": f"{INIT_INPUT_PREFIX}{input_name}",
                 "content": pulumi.Output.secret(content) if secret else content,
-                "owner": str(WORKSPACE_UID), "group": str(WORKSPACE_GID),
-                "permissions": "0600",
+                "permissions": "0666",
             })
 
         # Named by its fingerprint (repository + file entries only): start,

@@ -10,7 +10,8 @@ until that file's entry itself changes.
 The script is a constant: plain values (URL, paths, modes, digests) reach it
 through the environment; file contents and the repository credential reach it
 as files named `<STACKSPACE_INPUT>f<i>` and `<STACKSPACE_INPUT>credential`
-(Docker: uploaded into the init container's own filesystem, removed by init;
+(Docker: uploaded into the init container's own filesystem, emptied and
+removed by init;
 Kubernetes: a mounted Secret). So no content travels in one env string (the
 kernel caps those at 128 KiB) and no secret sits in a container's config.
 The credential reaches git through GIT_ASKPASS, never a command line.
@@ -33,11 +34,14 @@ root="${STACKSPACE_ROOT:?}"
 input="${STACKSPACE_INPUT:?}"
 state="$root/.stackspace"
 marker="$state/initialized"
+# Empty, then try to remove, every input file: emptying works even where the
+# directory does not let init remove a file it does not own.
+scrub() { [ -f "$1" ] || return 0; (: > "$1") 2>/dev/null || true; rm -f "$1" 2>/dev/null || :; }
 cleanup() {
   [ "${STACKSPACE_INPUT_REMOVE:-0}" = 1 ] || return 0
-  rm -f "${input}credential"
+  scrub "${input}credential"
   n=0
-  while [ "$n" -lt "${STACKSPACE_FILE_COUNT:-0}" ]; do rm -f "${input}f$n"; n=$((n + 1)); done
+  while [ "$n" -lt "${STACKSPACE_FILE_COUNT:-0}" ]; do scrub "${input}f$n"; n=$((n + 1)); done
 }
 trap cleanup EXIT
 umask 022

@@ -28,11 +28,9 @@ from components.spec import (
     registry_host,
 )
 
-# Where the init Job mounts its input Secrets (file contents, credential).
+# Where the init Job mounts its input Secret (file contents, credential). The
+# spec's config budget (components/spec.py) keeps it far below the 1 MiB cap.
 INIT_INPUT_DIR = "/var/run/stackspace-init"
-# One Secret holds at most this much input (the API server caps an object
-# near 1.5 MiB); more files spread over several Secrets in one projected volume.
-SECRET_CHUNK_BYTES = 700 * 1024
 
 # Replacing a PVC loses its data: these changes are never applied in place.
 PVC_IMMUTABLE = ["spec.storageClassName", "spec.accessModes", "spec.volumeName",
@@ -77,21 +75,6 @@ def dockerconfigjson(spec: WorkspaceSpec) -> str:
                                         "auth": auth}}}, sort_keys=True)
 
 
-def chunks(files: dict[str, str], limit: int = SECRET_CHUNK_BYTES) -> list[dict[str, str]]:
-    """Split init input files over Secrets of at most `limit` bytes each (in order,
-    so a change to one file's content changes at most the Secrets it lands in)."""
-    out: list[dict[str, str]] = [{}]
-    size = 0
-    for name, content in files.items():
-        n = len(content.encode())
-        if out[-1] and size + n > limit:
-            out.append({})
-            size = 0
-        out[-1][name] = content
-        size += n
-    return [c for c in out if c]
-
-
 class KubernetesWorkspace(pulumi.ComponentResource):
     pvc_name: pulumi.Output[str]
     deployment_name: pulumi.Output[str] | None
@@ -130,12 +113,12 @@ class KubernetesWorkspace(pulumi.ComponentResource):
                                  {".dockerconfigjson": dockerconfigjson(spec)},
                                  "kubernetes.io/dockerconfigjson")
 
-        # Init's inputs (file contents, credential) as Secrets mounted into
+        # Init's inputs (file contents, credential) as a Secret mounted into
         # the Job: no content in its env (the 128 KiB env-string cap), no
         # secret in its spec.
         init = init_inputs(spec, f"{INIT_INPUT_DIR}/", remove_inputs=False)
-        input_secrets = [secret(f"init-input-{i}", f"{base}-input-{i}", data)
-                         for i, data in enumerate(chunks(init.files))]
+        input_secret = (secret("init-input", f"{base}-input", init.files)
+                        if init.files else None)
 
         env_secret = None
         if spec.secret_env:
@@ -160,10 +143,9 @@ class KubernetesWorkspace(pulumi.ComponentResource):
         mounts = [{"name": "home", "mountPath": WORKSPACE_ROOT}]
         init_volumes = [home]
         init_mounts = list(mounts)
-        if input_secrets:
-            init_volumes.append({"name": "init-input", "projected": {
-                "defaultMode": 0o440,
-                "sources": [{"secret": {"name": s.metadata.name}} for s in input_secrets]}})
+        if input_secret is not None:
+            init_volumes.append({"name": "init-input", "secret": {
+                "secretName": input_secret.metadata.name, "defaultMode": 0o440}})
             init_mounts.append({"name": "init-input", "mountPath": INIT_INPUT_DIR,
                                 "readOnly": True})
 
@@ -196,7 +178,7 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                 custom_timeouts=pulumi.CustomTimeouts(create="10m"),
-                depends_on=[*input_secrets, *([pull_secret] if pull_secret else [])],
+                depends_on=[r for r in (input_secret, pull_secret) if r is not None],
                 # An image update is not an init change: no new init run.
                 ignore_changes=["spec.template.spec.containers[0].image"],
             )),

@@ -9,6 +9,7 @@ them from its environment).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,7 +25,13 @@ DEFAULT_COMMAND = ["sleep", "infinity"]
 
 MAX_NAME = 40
 MAX_FILES = 64
-MAX_FILE_BYTES = 256 * 1024
+# The whole spec lives in stack config, and the Pulumi language host hands all
+# config to the program in ONE environment string (PULUMI_CONFIG), which Linux
+# caps at 128 KiB (MAX_ARG_STRLEN). So the spec's values, as they appear there
+# (JSON inside JSON), share one budget, leaving room for the other keys; one
+# file may take most of it.
+MAX_CONFIG_BYTES = 120 * 1024
+MAX_FILE_BYTES = 100 * 1024
 MAX_ENV = 128
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -208,6 +215,9 @@ class WorkspaceSpec:
 
         if errors:
             raise SpecError(errors)
+        _check_config_budget(data, errors)
+        if errors:
+            raise SpecError(errors)
         return cls(
             name=name,
             image=image,
@@ -320,6 +330,29 @@ class WorkspaceSpec:
                  "storage can only grow"}
             )
         return new
+
+
+def _config_len(value: Any) -> int:
+    """Bytes `value` takes in PULUMI_CONFIG: JSON text (as in stack config),
+    encoded again as a Go JSON string (which also escapes <, > and &)."""
+    once = json.dumps(value, sort_keys=True)
+    twice = json.dumps(once, ensure_ascii=False)
+    return len(twice.encode()) + 5 * sum(once.count(c) for c in "<>&")
+
+
+def _check_config_budget(data: dict, errors: dict[str, str]) -> None:
+    """Reject a spec too large for stack config, naming its largest value."""
+    total = _config_len(data)
+    if total <= MAX_CONFIG_BYTES:
+        return
+    sizes = {f"files[{i}].content": _config_len(f.get("content", ""))
+             for i, f in enumerate(data.get("files", []))}
+    for where in ("env", "secret_env"):
+        sizes.update({f"{where}.{k}": _config_len(v) for k, v in data.get(where, {}).items()})
+    largest = max(sizes, key=sizes.get) if sizes else "body"
+    errors[largest] = (f"too large: the spec takes {total} bytes once encoded for stack config, "
+                       f"at most {MAX_CONFIG_BYTES} (text with many quotes, backslashes or "
+                       "non-ASCII characters takes more)")
 
 
 def _collect(errors: dict[str, str], fn):  # noqa: ANN001, ANN202

@@ -128,7 +128,7 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     assert exec_in(kube, pod_name, "cat /proc/1/comm") != "sleep\n"
     assert "sleep" in exec_in(kube, pod_name, "cat /proc/[0-9]*/comm")
     exec_in(kube, pod_name, "echo mine > /workspace/mine.txt")
-    secret = core.read_namespaced_secret(f"{base}-input-0", namespace)
+    secret = core.read_namespaced_secret(f"{base}-input", namespace)
     assert "credential" in secret.data
 
     assert_operator_preview_is_clean(pulumi_settings, stack, "k8s-secret-token")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.spec import SpecError, WorkspaceSpec, quantity_value
+from components.spec import MAX_FILE_BYTES, SpecError, WorkspaceSpec, quantity_value
 from stacks.naming import resource_base, stack_name
 
 
@@ -183,3 +183,16 @@ def test_secret_env_and_image_credentials_are_fixed_by_patch():
     with pytest.raises(SpecError) as exc:
         spec.merged({"secret_env": {"A": "b"}, "image_credentials": {"username": "u"}})
     assert set(exc.value.errors) == {"secret_env", "image_credentials"}
+
+
+def test_a_file_at_the_limit_is_accepted_and_an_oversized_spec_names_its_largest_value():
+    assert parse(files=[{"path": "big", "content": "a" * MAX_FILE_BYTES}])
+    assert "files[0].content" in errors_of(
+        name="dev", files=[{"path": "big", "content": "a" * (MAX_FILE_BYTES + 1)}])
+    # Each file fits alone, together they do not fit the one config env string.
+    errs = errors_of(name="dev", files=[{"path": "a", "content": "a" * 60_000},
+                                        {"path": "b", "content": "b" * 70_000}])
+    assert list(errs) == ["files[1].content"] and "too large" in errs["files[1].content"]
+    # Quotes take four bytes each once in stack config.
+    errs = errors_of(name="dev", files=[{"path": "q", "content": '"' * 40_000}])
+    assert list(errs) == ["files[0].content"]
