@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import secrets
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,5 +129,55 @@ def test_repository_credential_without_the_required_username_fails_clearly(
         with pytest.raises(Exception, match="clone failed") as failed:
             converger(runner, owner, runtime, stack)(spec, True)
         assert git_server.password not in str(failed.value)
+    finally:
+        runner.delete(stack)
+
+
+@pytest.fixture()
+def cluster_trusts_registry(kube_cluster: Path, registry: Registry) -> Iterator[None]:
+    """Let the test cluster's containerd pull from this test's registry over plain
+    HTTP on loopback (containerd reads certs.d/<host>/hosts.toml on every pull);
+    every other registry stays redirected to a closed port by scripts/test-cluster."""
+    hosts = kube_cluster.parent / "config" / "certs.d" / registry.address
+    hosts.mkdir(parents=True, exist_ok=True)
+    (hosts / "hosts.toml").write_text(
+        f'server = "http://{registry.address}"\n\n[host."http://{registry.address}"]\n'
+        '  capabilities = ["pull", "resolve"]\n')
+    yield
+    shutil.rmtree(hosts, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("kubernetes_provider", "cluster_trusts_registry")
+def test_private_image_on_kubernetes_is_pulled_with_an_image_pull_secret(
+        runner, kube_cluster, registry, private_image):
+    from kubernetes import client, config
+
+    from components.runtime import KubernetesRuntime
+    from tests.e2e.stack_helpers import ensure_namespace
+
+    kube = config.new_client_from_config(config_file=str(kube_cluster))
+    core = client.CoreV1Api(kube)
+    namespace = ensure_namespace(core, "stackspace-e2e")
+    owner, name = "alice", f"content-kpull-{secrets.token_hex(3)}"
+    runtime = KubernetesRuntime(name="test-cluster", kubeconfig=str(kube_cluster),
+                                namespace=namespace)
+    spec = WorkspaceSpec.parse({
+        "name": name, "image": private_image,
+        "image_credentials": {"username": registry.username, "password": registry.password},
+        "files": [{"path": "hello.txt", "content": "pulled\n"}],
+        "resources": {"cpu": "250m", "memory": "128Mi", "storage": "16Mi"},
+    })
+    stack = stack_name(owner, name)
+    try:
+        converger(runner, owner, runtime, stack)(spec, True)
+        selector = f"stackspace.dev/workspace={name},stackspace.dev/role=workspace"
+        [pod] = [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+                 if p.metadata.deletion_timestamp is None]
+        assert pod.status.phase == "Running"
+        assert pod.spec.containers[0].image == private_image
+        [pull] = pod.spec.image_pull_secrets
+        secret = core.read_namespaced_secret(pull.name, namespace)
+        assert secret.type == "kubernetes.io/dockerconfigjson"
+        assert registry.password not in json.dumps(kube.sanitize_for_serialization(pod))
     finally:
         runner.delete(stack)
