@@ -2,12 +2,13 @@
 
 What the user wrote stays theirs (SPEC §3): the repository is cloned once (a
 marker records it) and a spec file is written only when its own entry in
-`files` changed since init last wrote it. Init records a digest per entry
-under `.stackspace/files/`, so an image/env/command update, a restart or a
+`files` changed since init last wrote it. Init records each entry's mode and
+content digest (computed in the container, so no digest of a secret travels
+in a container's config) under `.stackspace/files/`, so an image/env/command update, a restart or a
 re-run of init writes nothing, and a user's edit to a spec file survives
 until that file's entry itself changes.
 
-The script is a constant: plain values (URL, paths, modes, digests) reach it
+The script is a constant: plain values (URL, paths, modes) reach it
 through the environment; file contents and the repository credential reach it
 as files named `<STACKSPACE_INPUT>f<i>` and `<STACKSPACE_INPUT>credential`
 (Docker: uploaded into the init container's own filesystem, emptied and
@@ -80,15 +81,17 @@ fi
 i=0
 while [ "$i" -lt "${STACKSPACE_FILE_COUNT:-0}" ]; do
   eval "path=\${STACKSPACE_FILE_${i}_PATH} mode=\${STACKSPACE_FILE_${i}_MODE}"
-  eval "key=\${STACKSPACE_FILE_${i}_KEY} digest=\${STACKSPACE_FILE_${i}_DIGEST}"
+  eval "key=\${STACKSPACE_FILE_${i}_KEY}"
+  src="${input}f$i"
   i=$((i + 1))
   case "$path" in
     /*|..|../*|*/..|*/../*) echo "stackspace-init: bad path: $path" >&2; exit 14;;
   esac
+  if [ ! -r "$src" ]; then echo "stackspace-init: no content for file $path" >&2; exit 15; fi
+  digest="$mode $(sha256sum < "$src")"
   record="$state/files/$key"
   # Written before with this very entry: leave the user's version alone.
   [ "$(cat "$record" 2>/dev/null || true)" = "$digest" ] && continue
-  src="${input}f$((i - 1))"
   dst="$root/$path"
   if ! { mkdir -p "$(dirname "$dst")" && cp "$src" "$dst.stackspace-tmp" &&
          chmod "$mode" "$dst.stackspace-tmp" && mv -f "$dst.stackspace-tmp" "$dst" &&
@@ -123,7 +126,7 @@ class InitInputs:
 
 
 def entry_digest(path: str, mode: str, content: str) -> str:
-    """Digest of one `files` entry: what init compares with its record."""
+    """Digest of one `files` entry (for the init fingerprint)."""
     return hashlib.sha256(json.dumps([path, mode, content]).encode()).hexdigest()
 
 
@@ -152,7 +155,6 @@ def init_inputs(spec: WorkspaceSpec, input_prefix: str, remove_inputs: bool) -> 
         env[f"STACKSPACE_FILE_{i}_PATH"] = f.path
         env[f"STACKSPACE_FILE_{i}_MODE"] = f.mode
         env[f"STACKSPACE_FILE_{i}_KEY"] = path_key(f.path)
-        env[f"STACKSPACE_FILE_{i}_DIGEST"] = entry_digest(f.path, f.mode, f.content)
         files[f"f{i}"] = f.content
         if f.secret:
             secret.add(f"f{i}")

@@ -242,6 +242,7 @@ def test_no_secret_lingers_in_containers_or_storage(runner, docker_host, docker_
     # was given are gone from its filesystem.
     init_config = json.dumps(docker_client.api.inspect_container(init.id))
     assert token not in init_config and body not in init_config
+    assert hashlib.sha256(body.encode()).hexdigest() not in init_config
     for input_name in ("credential", "f0"):
         assert input_left_in(init, f"{INIT_INPUT_PREFIX}{input_name}") == b""
     # The workspace has its secret env (that is what it is for), nothing else secret.

@@ -110,7 +110,7 @@ def test_kubernetes_init_job_reads_contents_and_credential_from_mounted_secrets(
     env = {e["name"]: e["value"] for e in c["env"]}  # every entry a plain, public value
     assert env["STACKSPACE_REPO_URL"] == "https://git.example.test/team/app.git"
     assert env["STACKSPACE_FILE_0_PATH"] == ".ssh/id"
-    assert not any(k.endswith("_DATA") or "CREDENTIAL" in k for k in env)
+    assert not any(k.endswith(("_DATA", "_DIGEST")) or "CREDENTIAL" in k for k in env)
     volume = next(v for v in pod["volumes"] if v["name"] == "init-input")["secret"]
     secret = next(r for r in run.by_type("core/v1:Secret")
                   if r.plain()["metadata"]["name"] == volume["secretName"])
