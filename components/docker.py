@@ -76,7 +76,7 @@ def _provider(runtime: DockerRuntime, parent: pulumi.Resource,
 def _registry_auth(spec: WorkspaceSpec) -> list[dict] | None:
     """The provider's login for pulling a private `image` (password as a secret)."""
     creds = spec.image_credentials
-    if creds is None or creds.password is None:
+    if creds is None:
         return None
     return [{"address": registry_host(spec.image), "username": creds.username,
              "password": pulumi.Output.secret(creds.password)}]

@@ -66,7 +66,7 @@ def _pod_spec(runtime: KubernetesRuntime, pull_secret: k8s.core.v1.Secret | None
 def dockerconfigjson(spec: WorkspaceSpec) -> str:
     """`.dockerconfigjson` of an imagePullSecret for the spec's image registry."""
     creds = spec.image_credentials
-    assert creds is not None and creds.password is not None
+    assert creds is not None
     host = registry_host(spec.image)
     if host == "docker.io":
         host = "https://index.docker.io/v1/"
@@ -108,7 +108,7 @@ class KubernetesWorkspace(pulumi.ComponentResource):
                 string_data=pulumi.Output.secret(data), opts=popts)
 
         pull_secret = None
-        if spec.image_credentials is not None and spec.image_credentials.password is not None:
+        if spec.image_credentials is not None:
             pull_secret = secret("image-pull", f"{base}-pull",
                                  {".dockerconfigjson": dockerconfigjson(spec)},
                                  "kubernetes.io/dockerconfigjson")

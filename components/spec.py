@@ -33,6 +33,8 @@ MAX_FILES = 64
 MAX_CONFIG_BYTES = 120 * 1024
 MAX_FILE_BYTES = 100 * 1024
 MAX_ENV = 128
+# Stands for a secret value in API responses and in a stored spec's public form.
+REDACTED = "[secret]"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -134,10 +136,10 @@ class Repository:
 
 @dataclass(frozen=True)
 class ImageCredentials:
-    """Registry login for pulling `image`. The password is secret; it is None
-    only in the public form of a stored spec (public_dict)."""
+    """Registry login for pulling `image`. The password is secret: the public
+    form of a stored spec (public_dict) holds REDACTED in its place."""
     username: str
-    password: str | None = None
+    password: str
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ class WorkspaceSpec:
         if self.repository is None:
             out.pop("repository")
         elif redact and self.repository.credential is not None:
-            out["repository"]["credential"] = "[secret]"
+            out["repository"]["credential"] = REDACTED
         elif self.repository.credential is None:
             out["repository"].pop("credential")
         if self.repository is not None and self.repository.username is None:
@@ -247,14 +249,12 @@ class WorkspaceSpec:
         if redact:
             for f in out["files"]:
                 if f["secret"]:
-                    f["content"] = "[secret]"
-            out["secret_env"] = {k: "[secret]" for k in self.secret_env}
+                    f["content"] = REDACTED
+            out["secret_env"] = {k: REDACTED for k in self.secret_env}
         if self.image_credentials is None:
             out.pop("image_credentials")
-        elif self.image_credentials.password is None:
-            out["image_credentials"].pop("password")
         elif redact:
-            out["image_credentials"]["password"] = "[secret]"  # noqa: S105 - the marker
+            out["image_credentials"]["password"] = REDACTED
         if self.runtime is None:
             out.pop("runtime")
         return out
@@ -271,7 +271,7 @@ class WorkspaceSpec:
         # Names stay visible (`pulumi config` shows what is set), values do not.
         out["secret_env"] = {k: "" for k in self.secret_env}
         if "image_credentials" in out:
-            out["image_credentials"].pop("password", None)
+            out["image_credentials"]["password"] = REDACTED
         return out
 
     def secret_values(self) -> dict[str, str]:
@@ -285,7 +285,7 @@ class WorkspaceSpec:
                 out[f"file:{f.path}"] = f.content
         for k, v in self.secret_env.items():
             out[f"env:{k}"] = v
-        if self.image_credentials and self.image_credentials.password is not None:
+        if self.image_credentials and self.image_credentials.password != REDACTED:
             out["image_password"] = self.image_credentials.password
         return out
 
@@ -392,9 +392,8 @@ def _parse_image_credentials(obj: Any, errors: dict[str, str]) -> ImageCredentia
     username, password = obj.get("username"), obj.get("password")
     if not isinstance(username, str) or not _USERNAME.match(username):
         errors[f"{where}.username"] = "must be a user name (letters, digits, '._@+-')"
-    # None only in a stored spec's public form; the program always has it.
-    if password is not None and (not isinstance(password, str) or not password
-                                 or len(password) > 16384 or "\0" in password):
+    if (not isinstance(password, str) or not password or len(password) > 16384
+            or "\0" in password):
         errors[f"{where}.password"] = "must be a non-empty string"
     if any(k.startswith(where) for k in errors):
         return None

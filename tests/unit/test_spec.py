@@ -166,6 +166,7 @@ def test_secret_env_image_credentials_and_username_round_trip_through_stack_conf
     ({"secret_env": ["A"]}, "secret_env"),
     ({"env": {"A": "1"}, "secret_env": {"A": "2"}}, "secret_env.A"),
     ({"image_credentials": {"username": "u", "password": ""}}, "image_credentials.password"),
+    ({"image_credentials": {"username": "u"}}, "image_credentials.password"),
     ({"image_credentials": {"password": "p"}}, "image_credentials.username"),
     ({"image_credentials": {"username": "u", "password": "p", "email": "e"}},
      "image_credentials.email"),
