@@ -63,15 +63,17 @@ def tree_rss(pid: int) -> int:
 
 
 class Service:
-    def __init__(self, tmp: Path, docker_host: str, pool: int):
+    def __init__(self, tmp: Path, docker_host: str, pool: int,
+                 runtimes: list[dict] | None = None):
         self.port = free_port()
         self.token = secrets.token_hex(16)
+        self.last_op: dict = {}  # the operation `run` waited for last
         cfg = tmp / "stackspace.yaml"
         cfg.write_text(yaml.safe_dump({
             "data_dir": str(tmp / "data"), "listen": f"127.0.0.1:{self.port}",
             "pool_size": pool, "quota": 100,
-            "runtimes": [{"name": "local", "type": "docker", "host": docker_host,
-                          "network_mode": "none"}]}))
+            "runtimes": runtimes or [{"name": "local", "type": "docker", "host": docker_host,
+                                      "network_mode": "none"}]}))
         env = {**os.environ, "STACKSPACE_ADMIN_TOKEN": self.token,
                "PULUMI_CONFIG_PASSPHRASE": "bench", "STACKSPACE_LOG_LEVEL": "WARNING"}
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
@@ -106,6 +108,7 @@ class Service:
             time.sleep(0.1)
             op = requests.get(f"{self.url}/operations/{op['id']}", headers=auth,
                               timeout=30).json()
+        self.last_op = op
         if op["status"] != "succeeded":
             raise RuntimeError(f"{method} {path}: {op['status']} {op.get('error')}")
         return time.monotonic() - t
