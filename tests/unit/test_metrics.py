@@ -49,14 +49,15 @@ def test_gauges_count_the_store_at_scrape_time(tmp_path):
     store = Store(tmp_path / "s.db")
     metrics = Metrics(store)
     assert value(scrape(metrics), "stackspace_workspaces", state="provisioning") is None
-    store.insert_workspace("alice", "one", "alice-one", "local", {"name": "one"})
-    store.insert_workspace("alice", "two", "alice-two", "local", {"name": "two"})
-    store.add_operation("alice", "one", "create", queue=False)
+    runtime = {"name": "local", "type": "docker"}
+    for name in ("one", "two"):
+        store.create_workspace("alice", name, f"alice-{name}", runtime, {"name": name}, {},
+                               quota=10)
     store.update_workspace("alice", "two", state="running")
     s = scrape(metrics)
     assert value(s, "stackspace_workspaces", state="provisioning") == 1
     assert value(s, "stackspace_workspaces", state="running") == 1
-    assert value(s, "stackspace_operations", status="queued") == 1
+    assert value(s, "stackspace_operations", status="queued") == 2
 
 
 def test_each_service_instance_counts_alone(tmp_path):
