@@ -2,12 +2,13 @@
 vs. the raw floor, on the shared test cluster (scripts/test-cluster).
 
 Measured in one run, in a namespace of its own that is deleted at the end:
-  - raw floor: the same PVC, init Job, NetworkPolicy and Pod the Kubernetes
-    component declares, made directly with the official kubernetes client,
-    waiting for what the Pulumi provider waits for: the PVC bound (or pending
-    under WaitForFirstConsumer), the Job complete, the Pod ready; stop =
-    delete the Pod and wait until it is gone; start = create it and wait ready;
-    delete = remove everything and wait until the PVC is gone;
+  - raw floor: the same PVC, init Job, NetworkPolicy and Deployment (one
+    pod) the Kubernetes component declares, made directly with the official
+    kubernetes client, waiting for what the Pulumi provider waits for: the PVC
+    bound (or pending under WaitForFirstConsumer), the Job complete, the
+    Deployment rolled out and available; stop = delete the Deployment
+    (foreground) and wait until it is gone; start = create it and wait
+    available; delete = remove everything and wait until the PVC is gone;
   - empty `pulumi up`: an up of the unchanged workspace stack (the engine's
     fixed cost per operation);
   - stackspace: create / stop / start / delete through the HTTP API until the
@@ -39,8 +40,12 @@ sys.path.insert(0, str(REPO))
 from bench.service_bench import Service  # noqa: E402
 from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE  # noqa: E402
 from components.clients import kube_api_client  # noqa: E402
-from components.init_script import INIT_SCRIPT, init_env  # noqa: E402
-from components.kubernetes import _pod_spec, _security_context  # noqa: E402
+from components.init_script import INIT_SCRIPT, init_inputs  # noqa: E402
+from components.kubernetes import (  # noqa: E402
+    INIT_INPUT_DIR,
+    _pod_spec,
+    _security_context,
+)
 from components.runtime import KubernetesRuntime, parse_runtime  # noqa: E402
 from components.spec import WORKSPACE_ROOT, WorkspaceSpec  # noqa: E402
 from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
@@ -78,6 +83,7 @@ class RawWorkspace:
     def __init__(self, api: client.ApiClient, runtime: KubernetesRuntime, name: str):
         self.core, self.batch = client.CoreV1Api(api), client.BatchV1Api(api)
         self.net, self.storage = client.NetworkingV1Api(api), client.StorageV1Api(api)
+        self.apps = client.AppsV1Api(api)
         self.ns, self.runtime = runtime.namespace, runtime
         self.spec = WorkspaceSpec.parse({"name": name, "resources": RESOURCES})
         self.base = f"raw-{name}"
@@ -112,19 +118,19 @@ class RawWorkspace:
         wait_for("PVC bound", lambda: self.core.read_namespaced_persistent_volume_claim(
             pvc, self.ns), self._pvc_ready)
         volumes, mounts = self._volumes()
-        plain, _ = init_env(self.spec)
+        init = init_inputs(self.spec, f"{INIT_INPUT_DIR}/", remove_inputs=False)
         job = f"{self.base}-init"
         self.batch.create_namespaced_job(self.ns, {
             "metadata": self._meta(job, "init"),
             "spec": {"backoffLimit": 0, "template": {
                 "metadata": {"labels": self._labels("init")},
-                "spec": {**_pod_spec(self.runtime), "restartPolicy": "Never",
+                "spec": {**_pod_spec(self.runtime, None), "restartPolicy": "Never",
                          "volumes": volumes,
                          "containers": [{
                              "name": "init", "image": self.spec.image,
                              "imagePullPolicy": "IfNotPresent",
                              "command": ["/bin/sh", "-c", INIT_SCRIPT],
-                             "env": [{"name": k, "value": v} for k, v in plain.items()],
+                             "env": [{"name": k, "value": v} for k, v in init.env.items()],
                              "volumeMounts": mounts, "securityContext": _security_context(),
                              "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}}]}}}})
 
@@ -145,25 +151,39 @@ class RawWorkspace:
     def start(self) -> None:
         volumes, mounts = self._volumes()
         cpu, memory = self.spec.resources.cpu, self.spec.resources.memory
-        self.core.create_namespaced_pod(self.ns, {
+        selector = self._labels("workspace")
+        pod_spec = {**_pod_spec(self.runtime, None), "hostname": self.spec.name,
+                    "restartPolicy": "Always", "shareProcessNamespace": True,
+                    "terminationGracePeriodSeconds": 10, "volumes": volumes,
+                    "containers": [{
+                        "name": "workspace", "image": self.spec.image,
+                        "imagePullPolicy": "IfNotPresent", "command": list(self.spec.command),
+                        "workingDir": WORKSPACE_ROOT, "env": [], "volumeMounts": mounts,
+                        "securityContext": _security_context(),
+                        "resources": {"requests": {"cpu": cpu, "memory": memory},
+                                      "limits": {"cpu": cpu, "memory": memory}}}]}
+        self.apps.create_namespaced_deployment(self.ns, {
             "metadata": self._meta(self.base, "workspace"),
-            "spec": {**_pod_spec(self.runtime), "hostname": self.spec.name,
-                     "restartPolicy": "Always", "terminationGracePeriodSeconds": 10,
-                     "volumes": volumes,
-                     "containers": [{
-                         "name": "workspace", "image": self.spec.image,
-                         "imagePullPolicy": "IfNotPresent", "command": list(self.spec.command),
-                         "workingDir": WORKSPACE_ROOT, "volumeMounts": mounts,
-                         "securityContext": _security_context(),
-                         "resources": {"requests": {"cpu": cpu, "memory": memory},
-                                       "limits": {"cpu": cpu, "memory": memory}}}]}})
-        wait_for("Pod ready", lambda: self.core.read_namespaced_pod(self.base, self.ns),
-                 lambda p: condition(p, "Ready"))
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                     "selector": {"matchLabels": selector},
+                     "template": {"metadata": {"labels": selector}, "spec": pod_spec}}})
+
+        def rolled_out(d: Any) -> bool:
+            st = d.status if d is not None else None
+            return bool(st and (st.observed_generation or 0) >= d.metadata.generation
+                        and st.updated_replicas == 1 and st.available_replicas == 1
+                        and condition(d, "Available"))
+
+        wait_for("Deployment available",
+                 lambda: self.apps.read_namespaced_deployment_status(self.base, self.ns),
+                 rolled_out)
 
     def stop(self) -> None:
-        self.core.delete_namespaced_pod(self.base, self.ns)
-        wait_for("Pod gone", lambda: self.core.read_namespaced_pod(self.base, self.ns),
-                 lambda p: p is None)
+        self.apps.delete_namespaced_deployment(self.base, self.ns,
+                                               propagation_policy="Foreground")
+        wait_for("Deployment gone",
+                 lambda: self.apps.read_namespaced_deployment(self.base, self.ns),
+                 lambda d: d is None)
 
     def delete(self) -> None:
         self.stop()
