@@ -35,8 +35,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.init_script import INIT_SCRIPT  # noqa: E402
-from components.spec import DEFAULT_IMAGE  # noqa: E402
+from components.docker import INIT_INPUT_PREFIX  # noqa: E402
+from components.init_script import INIT_SCRIPT, init_inputs  # noqa: E402
+from components.spec import DEFAULT_IMAGE, WorkspaceSpec  # noqa: E402
 from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
 
 
@@ -128,7 +129,9 @@ def raw_floor(client: docker.DockerClient) -> dict[str, float]:
     t = time.monotonic()
     client.volumes.create(f"{name}-home")
     init = client.containers.run(DEFAULT_IMAGE, ["/bin/sh", "-c", INIT_SCRIPT], detach=True,
-                                 environment={"STACKSPACE_ROOT": "/workspace"}, mounts=mounts,
+                                 environment=init_inputs(WorkspaceSpec.parse({"name": name}),
+                                                         INIT_INPUT_PREFIX, True).env,
+                                 mounts=mounts,
                                  name=f"{name}-init", **hardening)
     assert init.wait()["StatusCode"] == 0
 
