@@ -73,7 +73,10 @@ def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
     os.environ[ENGINE_TAG] = tag  # inherited by the CLI and providers it starts
     init_process()
     if settings is not None:
-        _runner_for(settings)  # warm: `pulumi version` once, before any job
+        try:
+            _runner_for(settings)  # warm: `pulumi version` once, before any job
+        except Exception as e:  # noqa: BLE001 - jobs then fail with the reason; never stall
+            log.warning("cannot start the Pulumi CLI", extra={"error_type": type(e).__name__})
     conn.send(READY)  # signals are handled from here on (see service.pool)
     while True:
         try:
