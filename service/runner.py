@@ -211,7 +211,9 @@ class OperationRunner:
         status = "succeeded" if outcome.ok else ("cancelled" if cancelled else "failed")
         self.store.finish_operation(op, status, settled, error=outcome.error,
                                     error_type=outcome.error_type, timings=outcome.timings,
-                                    outputs=outcome.outputs if outcome.ok else None,
+                                    # A recovery that did not converge keeps the outputs.
+                                    outputs=outcome.outputs if outcome.ok and (
+                                        outcome.outputs or op["kind"] != "refresh") else None,
                                     recovered=outcome.recovered,
                                     secrets_digest=outcome.secrets_digest)
         self.store.add_event(op["id"], {"type": "end", "status": status,

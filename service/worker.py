@@ -202,15 +202,21 @@ def run(job: Job) -> Outcome:
                 store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
                                             "message": f"removed {left} unrecorded object(s)"})
             timings.update(result.timings)
-        elif job.kind != "refresh":
+        observed = observe() if job.kind == "refresh" else None
+        # A recovery that finds the workload running where it should run makes
+        # the stack agree too (outputs a cut-off create never recorded, an
+        # object to adopt): the same guarded apply as any run.
+        converge = job.kind == "refresh" and cfg.running and observed
+        if job.kind not in ("delete", "refresh") or converge:
             result = runner.apply(cfg, job.stack, on_event, guard=True,
                                   secrets_digest=job.secrets_digest)
             written = result.config_written
             digest = result.secrets_digest
             timings.update(result.timings)
             outputs = dict(result.outputs)
+            if converge:
+                observed = observe()
         timings["total"] = time.monotonic() - started
-        observed = observe() if job.kind == "refresh" else None
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
                        recovered, digest)
     except StorageAtRisk as e:
