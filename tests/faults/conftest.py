@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import conftest as e2e
 from tests.faults.engine import DockerView, KubernetesView
 from tests.faults.harness import RESULTS, LiveService, matrix_table
 
-pytestmark = pytest.mark.e2e
+# The shared Kubernetes test cluster (scripts/test-cluster), also for tests here.
+kube_cluster = e2e.kube_cluster
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter

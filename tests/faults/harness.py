@@ -133,6 +133,10 @@ class LiveService:
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.settings = dict(self.settings)
+        # A shared passphrase lets two services use one backend (SPEC §9).
+        self.passphrase = (self.settings.pop("passphrase", None)
+                           or "faults-" + secrets.token_hex(8))
         self.data_dir = self.tmp / "data"
         self.config = self.tmp / "stackspace.yaml"
         self.config.write_text(yaml.safe_dump({
@@ -140,7 +144,6 @@ class LiveService:
             "proxy_listen": f"127.0.0.1:{self.proxy_port}", "quota": self.quota,
             "runtimes": self.runtimes, **self.settings}))
         self.log = self.tmp / "service.log"
-        self.passphrase = "faults-" + secrets.token_hex(8)
 
     @property
     def env(self) -> dict[str, str]:
@@ -158,6 +161,10 @@ class LiveService:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend_url(self) -> str:
+        return self.settings.get("backend_url") or f"file://{self.data_dir / 'state'}"
 
     def start(self, command: str = "run") -> None:
         def prepare() -> None:
@@ -292,7 +299,7 @@ class LiveService:
     # --- Pulumi, as an operator sees it -----------------------------------------
     def pulumi(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         binary = str(self.pulumi_bin / "pulumi") if self.pulumi_bin else "pulumi"
-        env = {**self.env, "PULUMI_BACKEND_URL": f"file://{self.data_dir / 'state'}",
+        env = {**self.env, "PULUMI_BACKEND_URL": self.backend_url,
                "PULUMI_SKIP_UPDATE_CHECK": "true", "PYTHONPATH": str(REPO),
                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
         proc = subprocess.run([binary, *args, "--non-interactive"], cwd=REPO, env=env,
