@@ -115,10 +115,18 @@ def test_failed_clone_fails_the_create_and_keeps_no_workspace(runner, docker_hos
 def test_plan_that_loses_storage_is_refused_and_changes_nothing(
         change, runner, docker_host, docker_client, repo_image):
     """A program change that would delete or replace the volume (resource
-    dropped, or renamed without protection) is refused; the volume survives."""
+    dropped, or renamed) is refused by stackspace's guard; nothing changes.
+    The volume is unprotected in state first (as `pulumi state unprotect`
+    leaves it), so Pulumi's own `protect` check cannot be what refuses."""
+    import json
+    import os
+    import subprocess
+
     import pulumi
     import pulumi_docker as pdocker
     from pulumi import automation as auto
+
+    from stacks.automation import PROJECT_DIR
 
     owner, name = "alice", f"guard-{secrets.token_hex(3)}"
     spec = WorkspaceSpec.parse({"name": name, "image": repo_image})
@@ -126,6 +134,21 @@ def test_plan_that_loses_storage_is_refused_and_changes_nothing(
     local = DockerRuntime(name="local", host=docker_host, network_mode="none")
     runner.apply(StackConfig(owner=owner, spec=spec, runtime=local, running=False), stack)
     volume = docker_client.volumes.get(f"{resource_base(owner, name)}-home")
+
+    def pulumi_cli(*args: str) -> str:
+        env = {**os.environ, **runner.settings.env()}
+        proc = subprocess.run(["pulumi", *args, "--stack", stack, "--non-interactive"],
+                              cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    def resources() -> list[dict]:
+        return json.loads(pulumi_cli("stack", "export"))["deployment"]["resources"]
+
+    (urn,) = [r["urn"] for r in resources() if r["type"] == "docker:index/volume:Volume"]
+    pulumi_cli("state", "unprotect", urn, "--yes")
+    before_state, before_config = resources(), pulumi_cli("config", "--json")
 
     def changed_program() -> None:
         if change == "rename":
@@ -140,12 +163,12 @@ def test_plan_that_loses_storage_is_refused_and_changes_nothing(
         opts=auto.LocalWorkspaceOptions(env_vars=runner.settings.env(),
                                         pulumi_home=str(runner.settings.pulumi_home),
                                         pulumi_command=runner.command))
-    with pytest.raises((StorageAtRisk, auto.errors.CommandError)) as refused:
+    with pytest.raises(StorageAtRisk) as refused:
         runner.check_storage_safe(inline)
-    if not isinstance(refused.value, StorageAtRisk):
-        # The engine's own protection caught it first: same outcome, nothing ran.
-        assert "protect" in str(refused.value)
+    assert "storage" in str(refused.value)
     assert docker_client.volumes.get(volume.name).id == volume.id
+    assert resources() == before_state
+    assert pulumi_cli("config", "--json") == before_config
     runner.delete(stack)
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(volume.name)
