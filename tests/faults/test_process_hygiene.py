@@ -5,6 +5,7 @@ killed worker costs at most its own operation."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -39,9 +40,22 @@ def proxy_pids(svc: LiveService) -> list[int]:
     return [p for p in process_tree(svc.proc.pid) if "service.cli proxy" in cmdline(p)]
 
 
-def worker_pids(svc: LiveService) -> list[int]:
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def busy_workers(svc: LiveService) -> set[int]:
+    """The service's child processes that are running a Pulumi CLI."""
     assert svc.proc is not None
-    return [p for p in process_tree(svc.proc.pid) if "multiprocessing" in cmdline(p)]
+    found = set()
+    for pid in process_tree(svc.proc.pid):
+        if cmdline(pid).split(" ")[0].rsplit("/", 1)[-1] != "pulumi":
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            while parent(pid) != svc.proc.pid:
+                pid = parent(pid)
+            found.add(pid)
+    return found - set(proxy_pids(svc))
 
 
 def accepts(port: int) -> bool:
@@ -68,9 +82,9 @@ def test_signal_stops_service_proxy_and_workers_and_a_second_run_works(
         assert_whole_service_up(svc)
         name = unique("fault-hyg")
         assert svc.run_op("POST", "/workspaces", json={"name": name})["status"] == "succeeded"
-        assert worker_pids(svc), "no worker process ran the create"
         assert svc.proc is not None
         tree = process_tree(svc.proc.pid)
+        assert len(tree) >= 3, "expected the service, the proxy and a worker"
         os.kill(svc.proc.pid, sig)
         svc.proc.wait(timeout=60)
         left = wait_gone(tree, timeout=30)
@@ -119,9 +133,10 @@ def test_a_killed_worker_costs_only_its_operation(tmp_path, docker_runtime, pulu
         matched, _ = svc.follow(op["id"], any_resource_event)
         assert matched, "the create ended before any resource step"
         # The busy worker is the one running a Pulumi CLI.
-        busy = [w for w in worker_pids(svc) if process_tree(w)[1:]]
-        assert len(busy) == 1, [(w, cmdline(w)) for w in worker_pids(svc)]
-        os.kill(busy[0], signal.SIGKILL)
+        busy = busy_workers(svc)
+        assert len(busy) == 1, [(w, cmdline(w)) for w in busy]
+        assert svc.proc is not None and busy != {svc.proc.pid}, "no worker process"
+        os.kill(busy.pop(), signal.SIGKILL)
         ended = svc.wait_op(op["id"], timeout=300)
         assert ended["status"] in ("failed", "succeeded"), ended
         assert svc.proc is not None and alive(svc.proc.pid), "the service died with a worker"
