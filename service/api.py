@@ -13,14 +13,14 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import openapi
+from service import lifecycle, openapi
 from service.config import ServiceConfig
 from service.problems import Problem
-from service.runner import OperationRunner, Submission
-from service.store import Conflict, Store
+from service.runner import OperationRunner
+from service.store import Conflict, QuotaExceeded, Store
 from service.terminals import Terminals
-from stacks.config import KEY_SPEC, StackConfig
 from stacks.naming import stack_name
 
 log = logging.getLogger("stackspace.api")
@@ -110,16 +110,23 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         resp.headers["Location"] = f"{PREFIX}/operations/{op['id']}"
         return resp
 
-    def enqueue(ws: dict[str, Any], kind: str, submission: Submission | None = None
+    def enqueue(ws: dict[str, Any], kind: str, spec: WorkspaceSpec | None = None
                 ) -> dict[str, Any]:
+        """Persist the operation and the desired state it asks for (one transaction)."""
         queue = request.args.get("queue", "false") == "true"
         try:
-            op, created = store.add_operation(ws["owner"], ws["name"], kind, queue=queue,
-                                              idempotency_key=idempotency_key())
+            op, created = store.request_operation(
+                ws["owner"], ws["name"], kind, queue=queue, idempotency_key=idempotency_key(),
+                spec=spec.public_dict() if spec else None,
+                secrets=spec.secret_values() if spec else None)
         except Conflict as e:
             raise Problem("conflict", f"{e}; retry later or add ?queue=true") from e
+        except lifecycle.Refused as e:
+            raise Problem("conflict", str(e)) from e
+        except KeyError as e:
+            raise Problem("not-found", f"no workspace named {ws['name']!r}") from e
         if created:
-            runner.submit(op, submission)
+            runner.submit(op)
         return op
 
     def idempotency_key() -> str | None:
@@ -148,19 +155,18 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         if runtime is None:
             raise Problem("validation", "unknown runtime",
                           {"runtime": f"no runtime named {spec.runtime!r}"})
-        if store.count_workspaces(g.user.name) >= cfg.quota:
-            raise Problem("quota-exceeded", f"at most {cfg.quota} workspaces per user")
-        stack = stack_name(g.user.name, spec.name)
         try:
-            store.insert_workspace(g.user.name, spec.name, stack, runtime.name,
-                                   spec.public_dict())
+            op, created = store.create_workspace(
+                g.user.name, spec.name, stack_name(g.user.name, spec.name),
+                runtime_dict(runtime), spec.public_dict(), spec.secret_values(),
+                quota=cfg.quota, idempotency_key=idempotency_key())
+        except QuotaExceeded as e:
+            raise Problem("quota-exceeded", str(e)) from e
         except Conflict as e:
             raise Problem("conflict", str(e)) from e
-        ws = store.workspace(g.user.name, spec.name)
-        assert ws is not None
-        values = StackConfig(owner=g.user.name, spec=spec, runtime=runtime,
-                             running=True).to_config()
-        return accepted(enqueue(ws, "create", Submission(values=values)))
+        if created:
+            runner.submit(op)
+        return accepted(op)
 
     @app.get(f"{PREFIX}/workspaces")
     @authed
@@ -186,34 +192,24 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         ws = find_workspace(name)
         if (op := replay(ws["owner"])) is not None:
             return accepted(op)
-        current = WorkspaceSpec.parse(ws["spec"])
+        current = WorkspaceSpec.from_public(ws["spec"],
+                                            store.workspace_secrets(ws["owner"], name))
         try:
             new = current.merged(data)
         except SpecError as e:
             raise Problem("validation", "the update is not valid", e.errors) from e
-        secret_files = None
-        if "files" in data:
-            secret_files = {f"file:{f.path}": f.content for f in new.files if f.secret}
-        op = enqueue(ws, "update", Submission(
-            values={KEY_SPEC: (json.dumps(new.public_dict(), sort_keys=True), False)},
-            secret_files=secret_files))
-        store.update_workspace(ws["owner"], name, spec=new.public_dict(), desired="running")
-        return accepted(op)
+        return accepted(enqueue(ws, "update", new))
 
-    def lifecycle(name: str, kind: str, desired: str) -> Response:
+    def lifecycle_route(name: str, kind: str) -> Response:
         ws = find_workspace(name)
         if (op := replay(ws["owner"])) is not None:
             return accepted(op)
-        op = enqueue(ws, kind)
-        store.update_workspace(ws["owner"], name, desired=desired)
-        return accepted(op)
+        return accepted(enqueue(ws, kind))
 
-    for kind, method, suffix, desired in (("start", "POST", "/start", "running"),
-                                          ("stop", "POST", "/stop", "stopped"),
-                                          ("delete", "DELETE", "", "deleted")):
+    for kind, method, suffix in (("start", "POST", "/start"), ("stop", "POST", "/stop"),
+                                 ("delete", "DELETE", "")):
         app.add_url_rule(f"{PREFIX}/workspaces/<name>{suffix}", f"{kind}_workspace",
-                         authed(partial(lifecycle, kind=kind, desired=desired)),
-                         methods=[method])
+                         authed(partial(lifecycle_route, kind=kind)), methods=[method])
 
     @app.post(f"{PREFIX}/workspaces/<name>/terminals")
     @authed
@@ -221,7 +217,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         ws = find_workspace(name)
         if terminals is None:
             raise Problem("conflict", "the exec proxy is not configured")
-        if ws["state"] != "running":
+        if ws["state"] != "running" or not ws["outputs"]:
             raise Problem("conflict", f"workspace is {ws['state']}, not running")
         data = request.get_json(silent=True) or {}
         if not isinstance(data, dict):
@@ -264,7 +260,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @authed
     def operation_events(op_id: str) -> Response:
         find_operation(op_id)
-        last = int(request.headers.get("Last-Event-ID", "0") or 0)
+        try:
+            last = int(request.headers.get("Last-Event-ID", "0") or 0)
+        except ValueError as e:
+            raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
         def stream() -> Iterator[str]:
             after = last

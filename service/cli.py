@@ -4,9 +4,11 @@ a client of the HTTP API (SPEC §7)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +62,7 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
-                             cfg.operation_timeout, cfg.idle_stop_after)
+                             cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes)
     runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
     app = create_app(cfg, store, runner, terminals)
@@ -72,10 +74,34 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     from werkzeug.serving import make_server
 
     server = make_server(host, int(port), app, threaded=True)
+    stop_on_signals()
     try:
         server.serve_forever()
+    except Stopped:
+        log.info("stopping on signal")
     finally:
+        server.server_close()
         runner.shutdown()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: unwind so every `finally` runs."""
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop the service cleanly, even when it was started with
+    SIGINT ignored (nohup, `cmd &` in scripts): shutdown code must run."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGKILL when the service dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def server_options(listen_help: str) -> Any:
@@ -104,12 +130,18 @@ def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
         args += ["--data-dir", data_dir]
     if listen:
         args += ["--api", listen]
-    proxy = subprocess.Popen(args)
+    stop_on_signals()
+    proxy = subprocess.Popen(args, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
     try:
         _serve(config, data_dir, listen)
+    except Stopped:
+        pass
     finally:
         proxy.terminate()
-        proxy.wait(timeout=10)
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
 
 
 @main.command()

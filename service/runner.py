@@ -1,71 +1,84 @@
 """The operation runner: persisted operations, one at a time per workspace in
-order, a bounded pool of worker processes across workspaces.
+order, on a pool of warm worker processes.
 
-Operations are written to the store before anything runs (`Store.add_operation`);
-a dispatcher thread claims the oldest queued operation of each idle workspace
-and hands it to a spawned worker process. After a crash, `recover()` marks what
-was running as interrupted, clears the stack lock and refreshes the stack, so
-the workspace shows its true state and the user can retry.
+Every request is written to the store before anything runs. The dispatcher
+claims the oldest queued operation of an idle workspace with one conditional
+update (so a cancel or another dispatcher cannot race it), builds the run's
+whole config from the store (spec, decrypted secrets, runtime, and the
+running/deleting flags of service.lifecycle), and hands it to a worker. When
+it ends, lifecycle.settle decides the workspace's state, written with the
+operation's end in one transaction.
+
+Faults: a run cut off (service crash, dead worker, cancel past its grace)
+marks the workspace for recovery, which the next run on it does first
+(stale lock, pending creates adopted or dropped, refresh); after a restart
+every interrupted workspace gets a recovery run at once, so the API shows
+what really exists. Delete is retried with backoff until it succeeds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service import worker
+from components.runtime import Runtime, parse_runtime
+from components.spec import WorkspaceSpec
+from service import lifecycle, worker
+from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.store import Conflict, Store
-from stacks.automation import PulumiSettings, StackRunner
-from stacks.config import ConfigValues
+from stacks.automation import PulumiSettings
+from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.runner")
 
-# What a successful operation leaves the workspace in, and what it shows meanwhile.
-FINAL_STATE = {"create": "running", "start": "running", "stop": "stopped",
-               "update": "running", "refresh": None, "delete": None}
-BUSY_STATE = {"create": "provisioning", "start": "starting", "stop": "stopping",
-              "update": "provisioning", "refresh": None, "delete": "deleting"}
+# After the one graceful SIGINT of a cancel or timeout, how long the engine
+# gets to stop cleanly before its worker is killed.
+CANCEL_GRACE = 30.0
 
 
 @dataclass
-class Submission:
-    values: ConfigValues | None = None
-    secret_files: dict[str, str] | None = None
+class _Active:
+    op: dict[str, Any]
+    started: float  # monotonic
+    interrupted: float | None = None  # monotonic time of the one SIGINT
 
 
 class OperationRunner:
     def __init__(self, store: Store, settings: PulumiSettings, pool_size: int | None = None,
-                 timeout: float = 1800.0, idle_stop_after: float | None = None):
+                 timeout: float = 1800.0, idle_stop_after: float | None = None,
+                 runtimes: list[Runtime] | None = None, cancel_grace: float = CANCEL_GRACE):
         self.store = store
-        self.idle_stop_after = idle_stop_after
         self.settings = settings
         self.timeout = timeout
+        self.idle_stop_after = idle_stop_after
+        self.cancel_grace = cancel_grace
+        self.runtimes = {r.name: r for r in runtimes or []}
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
-        self._pool = ProcessPoolExecutor(max_workers=self.pool_size,
-                                         mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=worker.init_process)
-        self._pending: dict[str, Submission] = {}
-        # A create's full config (secrets included), kept in memory until some
-        # operation has converged the stack: a create interrupted before its
-        # config was written can then be retried with `start`.
-        self._initial: dict[tuple[str, str], ConfigValues] = {}
-        self._running: dict[str, float] = {}  # op id -> monotonic start
+        # Engine processes carry "<instance>:<run>:..." (service.pool): the
+        # instance is this data dir, the run is this start of the service.
+        self.instance = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:12]
+        self.run_id = uuid.uuid4().hex[:12]
+        self._pool: WorkerPool | None = None
+        self._active: dict[str, _Active] = {}
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
 
+    # --- life of the runner ---------------------------------------------------
     def start(self) -> None:
         self.recover()
+        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve)
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -73,82 +86,183 @@ class OperationRunner:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown()
 
-    def submit(self, op: dict[str, Any], submission: Submission | None = None) -> None:
-        """Attach the run's inputs (kept in memory only: they may hold secrets)."""
-        with self._lock:
-            self._pending[op["id"]] = submission or Submission()
-            if op["kind"] == "create" and submission and submission.values:
-                self._initial[(op["owner"], op["workspace"])] = submission.values
+    def submit(self, op: dict[str, Any], submission: Any = None) -> None:
+        """A new operation is in the store: look at the queue now. (Everything a
+        run needs is read from the store, so nothing rides along in memory.)"""
         self._wake.set()
 
     def cancel(self, op_id: str) -> bool:
-        """Cancel a queued operation, or interrupt a running one (graceful SIGINT)."""
+        """Cancel a queued operation, or interrupt a running one: one SIGINT
+        (the engine's graceful cancel), then a kill after the grace period."""
         op = self.store.operation(op_id)
-        if op is None or op["status"] not in ("queued", "running"):
+        if op is None:
             return False
-        if op["status"] == "queued":
-            self.store.update_operation(op_id, status="cancelled", ended=time.time())
-            # Nothing ran: the workspace keeps its state, except a create that
-            # never happened, which is left failed for the user to retry or delete.
-            self._finish_state(op, ok=False, error="cancelled before it started",
-                               unchanged=op["kind"] != "create")
+        if op["status"] == "queued" and self.store.cancel_queued(op_id):
+            ws = self.store.workspace(op["owner"], op["workspace"])
+            settled = lifecycle.settle(
+                op["kind"], ok=False, error_type="not-started",
+                desired=ws["desired"] if ws else "running",
+                prev_state=ws["state"] if ws else "failed",
+                prev_desired=op.get("prev_desired") or "running", observed_running=None,
+                superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
+            self.store.finish_operation(op, "cancelled", settled,
+                                        error="cancelled before it started",
+                                        error_type="not-started")
+            self.store.add_event(op_id, {"type": "end", "status": "cancelled"})
             self._wake.set()
             return True
-        pid = op.get("worker_pid")
-        if pid:
-            _interrupt_children(pid)
-        return True
+        if self.store.request_cancel(op_id):
+            self._wake.set()
+            return True
+        op = self.store.operation(op_id)
+        return bool(op and op["status"] == "running")
 
-    # --- dispatcher -----------------------------------------------------------
+    # --- dispatcher -------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             try:
+                self._retry_deletes()
                 self._dispatch()
-                self._enforce_timeouts()
+                self._watch_running()
                 self._stop_idle()
             except Exception:  # noqa: BLE001 - keep dispatching whatever happens
                 log.exception("dispatcher error")
 
     def _dispatch(self) -> None:
+        assert self._pool is not None
         for owner, name in self.store.queued_workspaces():
-            if len(self._running) >= self.pool_size:
+            if len(self._active) >= self.pool_size:
                 return
             op = self.store.next_queued(owner, name)
-            if op is None or op["id"] in self._running:
-                continue
-            with self._lock:
-                sub = self._pending.pop(op["id"], None)
-                initial = self._initial.get((owner, name))
-            if initial and op["kind"] in ("start", "update"):
-                sub = sub or Submission()
-                sub = Submission(values={**initial, **(sub.values or {})},
-                                 secret_files=sub.secret_files)
-            if sub is None and op["kind"] in ("create", "update"):
-                # Inputs were lost (the service restarted before the run began).
-                self.store.update_operation(op["id"], status="failed", ended=time.time(),
-                                            error="interrupted before it started; retry")
-                self._finish_state(op, ok=False, error="interrupted before it started")
+            if op is None or not self.store.claim(op["id"]):
                 continue
             ws = self.store.workspace(owner, name)
-            if ws is None:
+            if ws is None:  # cannot happen (delete is the last operation); be safe
                 self.store.update_operation(op["id"], status="cancelled", ended=time.time())
                 continue
-            self.store.update_operation(op["id"], status="running", started=time.time())
-            # Kept so a refused plan (nothing changed) can put the state back.
-            op["prev_state"] = ws["state"]
-            if BUSY_STATE[op["kind"]]:
-                self.store.update_workspace(owner, name, state=BUSY_STATE[op["kind"]])
-            job = worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
-                             store_path=str(self.store.path), settings=self.settings,
-                             values=sub.values if sub else None,
-                             secret_files=sub.secret_files if sub else None)
-            future = self._pool.submit(worker.run, job)
-            self._running[op["id"]] = time.monotonic()
-            future.add_done_callback(lambda f, op=op: self._done(op, f))
+            try:
+                job = self._job(op, ws)
+            except Exception as e:  # noqa: BLE001 - a run that cannot start changes nothing
+                self._end(op, ws, worker.Outcome(op["id"], False, f"cannot start: {e}",
+                                                 "not-started", {}, {}))
+                continue
+            busy = lifecycle.busy_state(op["kind"], ws["desired"], ws["state"])
+            self.store.update_workspace(owner, name, state=busy)
+            with self._lock:
+                self._active[op["id"]] = _Active(op, time.monotonic())
+            self._pool.submit(job, lambda answer, op=op, ws=ws: self._done(op, ws, answer))
+
+    def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> worker.Job:
+        """The run's whole config, rebuilt from the store every time."""
+        runtime = self.runtimes.get(ws["runtime"])
+        if runtime is None and ws.get("runtime_config"):
+            runtime = parse_runtime(ws["runtime_config"])
+        if runtime is None:
+            raise RuntimeError(f"runtime {ws['runtime']!r} is not configured")
+        public, secrets = ws["spec"], None
+        if op["kind"] in ("create", "update") and op.get("spec"):
+            public = json.loads(op["spec"])
+            secrets = self.store.operation_secrets(op)
+        if secrets is None:
+            secrets = self.store.workspace_secrets(ws["owner"], ws["name"])
+        spec = WorkspaceSpec.from_public(public, secrets)
+        flags = lifecycle.run_flags(op["kind"], ws["desired"])
+        cfg = StackConfig(owner=ws["owner"], spec=spec, runtime=runtime,
+                          running=flags.running, deleting=flags.deleting)
+        return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
+                          store_path=str(self.store.path), settings=self.settings, config=cfg,
+                          recover=bool(ws.get("needs_recovery")))
+
+    def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
+        with self._lock:
+            active = self._active.pop(op["id"], None)
+        if isinstance(answer, WorkerDied):
+            answer = worker.Outcome(op["id"], False,
+                                    "interrupted: the worker running it stopped; retry it",
+                                    lifecycle.INTERRUPTED, {}, {})
+        elif active and active.interrupted is not None and not answer.ok:
+            answer = worker.Outcome(op["id"], False, answer.error or "cancelled",
+                                    lifecycle.CANCELLED,
+                                    {}, answer.timings, answer.observed_running,
+                                    answer.config_written, answer.recovered)
+        self._end(op, ws, answer)
+        self._wake.set()
+
+    def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: worker.Outcome) -> None:
+        current = self.store.workspace(op["owner"], op["workspace"]) or ws
+        settled = lifecycle.settle(
+            op["kind"], ok=outcome.ok, error_type=outcome.error_type,
+            desired=current["desired"], prev_state=ws["state"],
+            prev_desired=op.get("prev_desired") or ws["desired"],
+            observed_running=outcome.observed_running,
+            superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
+        if outcome.config_written and op["kind"] == "update":
+            self.store.apply_spec(op)
+        cancelled = outcome.error_type in (lifecycle.CANCELLED, "not-started") and \
+            bool((self.store.operation(op["id"]) or {}).get("cancel_requested"))
+        status = "succeeded" if outcome.ok else ("cancelled" if cancelled else "failed")
+        self.store.finish_operation(op, status, settled, error=outcome.error,
+                                    error_type=outcome.error_type, timings=outcome.timings,
+                                    outputs=outcome.outputs if outcome.ok else None,
+                                    recovered=outcome.recovered)
+        self.store.add_event(op["id"], {"type": "end", "status": status,
+                                        **({"error": outcome.error} if outcome.error else {})})
+        if outcome.error_type == lifecycle.INTERRUPTED:
+            self._request_recovery(op["owner"], op["workspace"])
+
+    def _request_recovery(self, owner: str, name: str) -> None:
+        """Queue a recovery run (refresh; or the pending delete) unless another
+        operation is queued anyway: every run recovers first when needed."""
+        ws = self.store.workspace(owner, name)
+        if ws is None:
+            return
+        kind = "delete" if ws["desired"] == "deleted" else "refresh"
+        with contextlib.suppress(Conflict, lifecycle.Refused):
+            self.store.request_operation(owner, name, kind, queue=False)
+        self._wake.set()
+
+    def _watch_running(self) -> None:
+        """Cancels and timeouts: one SIGINT, then a kill once the grace is over."""
+        assert self._pool is not None
+        now = time.monotonic()
+        with self._lock:
+            active = list(self._active.values())
+        for run in active:
+            op_id = run.op["id"]
+            if run.interrupted is None:
+                timed_out = now - run.started > self.timeout
+                op = self.store.operation(op_id) or {}
+                if not (timed_out or op.get("cancel_requested")):
+                    continue
+                message = "operation timed out" if timed_out else "cancel requested"
+                log.warning(message, extra={"op": op_id})
+                self.store.add_event(op_id, {"type": "diagnostic", "severity": "error"
+                                             if timed_out else "info", "message": message})
+                if timed_out:
+                    self.store.request_cancel(op_id)
+                run.interrupted = now
+                pid = self._pool.pid_of(op_id)
+                if pid:
+                    _interrupt_children(pid)
+            elif now - run.interrupted > self.cancel_grace:
+                log.warning("engine did not stop in time: killing it", extra={"op": op_id})
+                self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
+                                             "message": "the engine did not stop within "
+                                                        f"{self.cancel_grace:.0f}s; killed"})
+                self._pool.kill(op_id)
+
+    def _retry_deletes(self) -> None:
+        for owner, name in self.store.due_delete_retries():
+            try:
+                self.store.request_operation(owner, name, "delete", queue=False)
+                log.info("retrying delete", extra={"owner": owner, "workspace": name})
+            except (Conflict, lifecycle.Refused):
+                continue
 
     def _stop_idle(self) -> None:
         """Stop running workspaces nobody has used for `idle_stop_after` seconds
@@ -157,124 +271,34 @@ class OperationRunner:
             return
         for owner, name in self.store.idle_workspaces(self.idle_stop_after):
             try:
-                op, _ = self.store.add_operation(owner, name, "stop", queue=False)
-            except Conflict:
+                op, _ = self.store.request_operation(owner, name, "stop", queue=False)
+            except (Conflict, lifecycle.Refused):
                 continue  # something else is in flight; look again later
-            self.store.update_workspace(owner, name, desired="stopped")
             self.store.add_event(op["id"], {"type": "diagnostic", "severity": "info",
                                             "message": "idle: no terminal activity for "
                                                        f"{self.idle_stop_after:.0f}s"})
             log.info("idle auto-stop", extra={"owner": owner, "workspace": name})
-            self.submit(op)
-
-    def _enforce_timeouts(self) -> None:
-        for op_id, started in list(self._running.items()):
-            if time.monotonic() - started > self.timeout:
-                op = self.store.operation(op_id)
-                if op and op.get("worker_pid"):
-                    log.warning("operation timed out", extra={"op": op_id})
-                    self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
-                                                 "message": "operation timed out"})
-                    _interrupt_children(op["worker_pid"])
-
-    def _done(self, op: dict[str, Any], future: Future) -> None:
-        self._running.pop(op["id"], None)
-        try:
-            outcome: worker.Outcome = future.result()
-        except Exception as e:  # noqa: BLE001 - a dead worker fails the operation
-            outcome = worker.Outcome(op["id"], False, f"worker failed: {type(e).__name__}",
-                                     type(e).__name__, {}, {})
-        status = "succeeded" if outcome.ok else "failed"
-        self.store.update_operation(op["id"], status=status, ended=time.time(),
-                                    timings=outcome.timings, error=outcome.error,
-                                    error_type=outcome.error_type)
-        self.store.add_event(op["id"], {"type": "end", "status": status,
-                                        **({"error": outcome.error} if outcome.error else {})})
-        self._finish_state(op, ok=outcome.ok, error=outcome.error, outputs=outcome.outputs,
-                           unchanged=outcome.error_type == "storage-at-risk")
-        self._wake.set()
-
-    def _finish_state(self, op: dict[str, Any], ok: bool, error: str | None = None,
-                      outputs: dict[str, Any] | None = None, unchanged: bool = False) -> None:
-        owner, name, kind = op["owner"], op["workspace"], op["kind"]
-        ws = self.store.workspace(owner, name)
-        if ws is None:
-            return
-        if ok and kind == "delete":
-            self.store.delete_workspace(owner, name)
-            return
-        if ok:
-            with self._lock:
-                self._initial.pop((owner, name), None)
-            fields: dict[str, Any] = {"last_error": None}
-            if FINAL_STATE[kind]:
-                fields["state"] = FINAL_STATE[kind]
-            if outputs is not None:
-                fields["outputs"] = outputs
-            self.store.update_workspace(owner, name, **fields)
-        elif unchanged:
-            # Nothing changed (plan refused, or cancelled before it ran): the
-            # workspace keeps its state, and what it wants.
-            prev = op.get("prev_state") or ws["state"]
-            desired = "stopped" if prev == "stopped" else "running"
-            self.store.update_workspace(owner, name, state=prev, desired=desired,
-                                        last_error=error)
-        else:
-            self.store.update_workspace(owner, name, state="failed", last_error=error)
+            self._wake.set()
 
     # --- crash recovery -----------------------------------------------------
     def recover(self) -> None:
-        """Mark operations a dead service left running as interrupted, clear the
-        stack lock, refresh the stack and record the workspace's true state."""
-        interrupted = self.store.running_operations()
-        if not interrupted:
-            return
-        runner = StackRunner(self.settings)
-        for op in interrupted:
-            if op.get("worker_pid"):
-                # A Pulumi CLI the dead service left behind must not run on
-                # while we clear its lock: kill its whole process group.
-                _kill_group(op["worker_pid"])
-            self.store.update_operation(op["id"], status="failed", ended=time.time(),
-                                        error="interrupted: the service stopped during the run;"
-                                              " retry the operation",
-                                        error_type="interrupted")
-            self.store.add_event(op["id"], {"type": "end", "status": "failed",
-                                            "error": "interrupted"})
+        """After a restart: stop what earlier runs of this service left running
+        (found by their engine tag, never by a saved pid), end their operations
+        as interrupted, and queue a recovery run for each workspace, so the API
+        soon shows what really exists and every operation can be retried."""
+        mine = f"{self.instance}:"
+        killed = kill_tagged(lambda tag: tag.startswith(mine)
+                             and not tag.startswith(f"{mine}{self.run_id}:"))
+        if killed:
+            log.warning("killed engine processes of an earlier run", extra={"count": killed})
+        for op in self.store.running_operations():
             ws = self.store.workspace(op["owner"], op["workspace"])
             if ws is None:
+                self.store.update_operation(op["id"], status="failed", ended=time.time())
                 continue
-            state = "failed"
-            try:
-                if runner.exists(ws["stack"]):
-                    runner.cancel(ws["stack"])
-                    runner.refresh(ws["stack"])
-                    state = "running" if _has_workload(runner, ws["stack"]) else "stopped"
-                else:
-                    state = "failed"
-            except Exception as e:  # noqa: BLE001 - recovery must go on for other stacks
-                log.warning("recovery failed", extra={"stack": ws["stack"],
-                                                      "error_type": type(e).__name__})
-            self.store.update_workspace(op["owner"], op["workspace"], state=state,
-                                        last_error="interrupted: the service stopped during "
-                                                   f"a {op['kind']} operation; retry it")
-
-
-def _has_workload(runner: StackRunner, stack_name: str) -> bool:
-    """Whether the stack's state holds a running pod/container after refresh."""
-    state = runner.stack(stack_name, create=False).export_stack().deployment
-    workload = ("kubernetes:core/v1:Pod", "docker:index/container:Container")
-    return any(r.get("type") in workload and "-init-" not in r.get("id", "")
-               and not r.get("urn", "").endswith("::init")
-               for r in state.get("resources", []))
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-        for _ in range(50):
-            os.killpg(pgid, 0)
-            time.sleep(0.1)
+            self._end(op, ws, worker.Outcome(
+                op["id"], False, "interrupted: the service stopped during the run; retry it",
+                lifecycle.INTERRUPTED, {}, {}))
 
 
 def _interrupt_children(pid: int) -> None:
@@ -285,5 +309,7 @@ def _interrupt_children(pid: int) -> None:
     except OSError:
         return
     for child in children:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(child, signal.SIGINT)
+        except ProcessLookupError:
+            continue

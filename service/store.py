@@ -1,14 +1,20 @@
 """SQLite store (WAL) for users, tokens, workspaces, operations and their events.
 
-The store is the authority for "what was asked" and for the per-workspace
-order of operations; Pulumi's state is the authority for "what exists".
-Each thread gets its own connection; writes are short transactions.
+The store is the authority for "what was asked" (the whole spec, its secrets
+encrypted at rest, so any operation can rebuild the stack config after a
+crash) and for the per-workspace order of operations; Pulumi's state and the
+runtime are the authority for "what exists". Each thread gets its own
+connection; writes are short transactions, and every transition that must
+not race (create + its operation + quota, claim, cancel) is one conditional
+statement or one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -19,6 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.fernet import Fernet
+
+from service import lifecycle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -42,6 +52,11 @@ CREATE TABLE IF NOT EXISTS workspaces (
   last_error TEXT,
   outputs TEXT NOT NULL DEFAULT '{}',
   last_activity REAL,            -- last terminal activity the exec proxy reported
+  secrets TEXT,                  -- the spec's secret values, Fernet-encrypted
+  runtime_config TEXT,           -- the runtime it was created on (JSON)
+  needs_recovery INTEGER NOT NULL DEFAULT 0,
+  retry_at REAL,                 -- when a failed delete is tried again
+  delete_attempts INTEGER NOT NULL DEFAULT 0,
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -60,7 +75,12 @@ CREATE TABLE IF NOT EXISTS operations (
   error TEXT,
   error_type TEXT,
   worker_pid INTEGER,
-  idempotency_key TEXT
+  idempotency_key TEXT,
+  spec TEXT,                     -- create/update: the spec it applies (public JSON)
+  secrets TEXT,                  -- ... and its secret values, Fernet-encrypted
+  prev_state TEXT,               -- the workspace before the request
+  prev_desired TEXT,
+  cancel_requested REAL
 );
 CREATE INDEX IF NOT EXISTS ops_by_ws ON operations(owner, workspace, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS ops_idem ON operations(owner, idempotency_key)
@@ -80,6 +100,19 @@ ADDED_COLUMNS = [
     ("operations", "error_type", "TEXT"),
     ("operations", "worker_pid", "INTEGER"),
     ("workspaces", "last_activity", "REAL"),
+    # The secret part of the spec (credential, secret files), Fernet-encrypted.
+    ("workspaces", "secrets", "TEXT"),
+    ("workspaces", "runtime_config", "TEXT"),
+    # An interrupted run may have left pending operations or unrecorded objects.
+    ("workspaces", "needs_recovery", "INTEGER NOT NULL DEFAULT 0"),
+    ("workspaces", "retry_at", "REAL"),
+    ("workspaces", "delete_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    # create/update: the spec this operation applies (public JSON + encrypted secrets).
+    ("operations", "spec", "TEXT"),
+    ("operations", "secrets", "TEXT"),
+    ("operations", "prev_state", "TEXT"),
+    ("operations", "prev_desired", "TEXT"),
+    ("operations", "cancel_requested", "REAL"),
 ]
 
 
@@ -97,16 +130,22 @@ class Conflict(Exception):
     """A uniqueness rule was broken (workspace exists, operation in flight)."""
 
 
+class QuotaExceeded(Exception):
+    """The owner already has as many workspaces as the quota allows."""
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = path
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._box = Fernet(_key(path.parent / "store.key"))
         self.db.executescript(SCHEMA)  # executescript manages its own transaction
         for table, column, decl in ADDED_COLUMNS:
             have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                with contextlib.suppress(sqlite3.OperationalError):  # another process won
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -150,18 +189,88 @@ class Store:
         return User(row["name"], bool(row["admin"])) if row else None
 
     # --- workspaces ---------------------------------------------------------
-    def insert_workspace(self, owner: str, name: str, stack: str, runtime: str,
-                         spec: dict[str, Any]) -> None:
+    def create_workspace(self, owner: str, name: str, stack: str, runtime: dict[str, Any],
+                         spec: dict[str, Any], secrets: dict[str, str], *, quota: int,
+                         idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Insert a workspace and its create operation in one transaction, with
+        the quota checked inside it (concurrent creates cannot overrun it).
+        Returns (operation, created); a repeated idempotency key returns the
+        operation it first created."""
         now = time.time()
-        try:
-            with self.tx() as db:
-                db.execute(
-                    "INSERT INTO workspaces(owner, name, stack, runtime, spec, desired, state,"
-                    " created, updated) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (owner, name, stack, runtime, json.dumps(spec), "running", "provisioning",
-                     now, now))
-        except sqlite3.IntegrityError as e:
-            raise Conflict(f"workspace {name!r} already exists") from e
+        with self.tx() as db:
+            if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
+                return _op(row), False
+            if db.execute("SELECT 1 FROM workspaces WHERE owner=? AND name=?",
+                          (owner, name)).fetchone():
+                raise Conflict(f"workspace {name!r} already exists")
+            count = db.execute("SELECT COUNT(*) FROM workspaces WHERE owner=?",
+                               (owner,)).fetchone()[0]
+            if count >= quota:
+                raise QuotaExceeded(f"at most {quota} workspaces per user")
+            db.execute(
+                "INSERT INTO workspaces(owner, name, stack, runtime, spec, secrets, runtime_config,"
+                " desired, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (owner, name, stack, runtime["name"], json.dumps(spec), self._seal(secrets),
+                 json.dumps(runtime), "running", "provisioning", now, now))
+            op = _insert_op(db, owner, name, "create", idempotency_key,
+                            prev_state="provisioning", prev_desired="running",
+                            spec=json.dumps(spec), secrets=self._seal(secrets))
+        return op, True
+
+    def request_operation(self, owner: str, name: str, kind: str, *, queue: bool,
+                          idempotency_key: str | None = None,
+                          spec: dict[str, Any] | None = None,
+                          secrets: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        """Persist a queued operation and the desired state it asks for, in one
+        transaction. Without `queue`, refuses (Conflict) while another operation
+        on the workspace is queued or running; a workspace being deleted refuses
+        everything but delete (lifecycle.Refused). Returns (operation, created)."""
+        with self.tx() as db:
+            if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
+                return _op(row), False
+            ws = db.execute("SELECT state, desired FROM workspaces WHERE owner=? AND name=?",
+                            (owner, name)).fetchone()
+            if ws is None:
+                raise KeyError(name)
+            desired = lifecycle.admit(kind, ws["desired"])
+            active = db.execute(
+                "SELECT id FROM operations WHERE owner=? AND workspace=? AND status IN "
+                "('queued','running')", (owner, name)).fetchone()
+            if active and not queue:
+                raise Conflict(f"operation {active['id']} is still in progress")
+            op = _insert_op(db, owner, name, kind, idempotency_key,
+                            prev_state=ws["state"], prev_desired=ws["desired"],
+                            spec=json.dumps(spec) if spec is not None else None,
+                            secrets=self._seal(secrets) if secrets is not None else None)
+            db.execute("UPDATE workspaces SET desired=?, updated=? WHERE owner=? AND name=?",
+                       (desired, time.time(), owner, name))
+        return op, True
+
+    def workspace_secrets(self, owner: str, name: str) -> dict[str, str]:
+        row = self.db.execute("SELECT secrets FROM workspaces WHERE owner=? AND name=?",
+                              (owner, name)).fetchone()
+        return self._open(row["secrets"]) if row else {}
+
+    def operation_secrets(self, op: dict[str, Any]) -> dict[str, str] | None:
+        row = self.db.execute("SELECT secrets FROM operations WHERE id=?", (op["id"],)).fetchone()
+        return self._open(row["secrets"]) if row and row["secrets"] else None
+
+    def apply_spec(self, op: dict[str, Any]) -> None:
+        """Make an update's spec the workspace's (its config reached the stack)."""
+        row = self.db.execute("SELECT spec, secrets FROM operations WHERE id=?",
+                              (op["id"],)).fetchone()
+        if row is None or row["spec"] is None:
+            return
+        with self.tx() as db:
+            db.execute("UPDATE workspaces SET spec=?, secrets=COALESCE(?, secrets), updated=?"
+                       " WHERE owner=? AND name=?",
+                       (row["spec"], row["secrets"], time.time(), op["owner"], op["workspace"]))
+
+    def _seal(self, secrets: dict[str, str]) -> str:
+        return self._box.encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
+
+    def _open(self, token: str | None) -> dict[str, str]:
+        return json.loads(self._box.decrypt(token.encode())) if token else {}
 
     def workspace(self, owner: str, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM workspaces WHERE owner=? AND name=?",
@@ -210,35 +319,6 @@ class Store:
             db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
 
     # --- operations ---------------------------------------------------------
-    def add_operation(self, owner: str, workspace: str, kind: str, *, queue: bool,
-                      idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
-        """Persist a queued operation. Returns (operation, created).
-
-        Without `queue`, refuses (Conflict) while another operation on the
-        workspace is queued or running. A repeated idempotency key returns the
-        operation it first created.
-        """
-        with self.tx() as db:
-            if idempotency_key:
-                row = db.execute("SELECT * FROM operations WHERE owner=? AND "
-                                 "idempotency_key=?", (owner, idempotency_key)).fetchone()
-                if row:
-                    return _op(row), False
-            active = db.execute(
-                "SELECT id FROM operations WHERE owner=? AND workspace=? AND status IN "
-                "('queued','running')", (owner, workspace)).fetchone()
-            if active and not queue:
-                raise Conflict(f"operation {active['id']} is still in progress")
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM operations WHERE owner=? "
-                             "AND workspace=?", (owner, workspace)).fetchone()[0]
-            op_id = uuid.uuid4().hex
-            db.execute(
-                "INSERT INTO operations(id, owner, workspace, kind, status, seq, created,"
-                " idempotency_key) VALUES (?,?,?,?,?,?,?,?)",
-                (op_id, owner, workspace, kind, "queued", seq, time.time(), idempotency_key))
-            row = db.execute("SELECT * FROM operations WHERE id=?", (op_id,)).fetchone()
-        return _op(row), True
-
     def operation_by_key(self, owner: str, idempotency_key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
                               (owner, idempotency_key)).fetchone()
@@ -262,13 +342,88 @@ class Store:
             return None
         return _op(rows[0])
 
+    def has_queued(self, owner: str, workspace: str, after: int) -> bool:
+        """Whether requests made after operation `after` (a seq) are queued."""
+        return self.db.execute("SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
+                               " status='queued' AND seq>?", (owner, workspace, after)
+                               ).fetchone() is not None
+
     def queued_workspaces(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT DISTINCT owner, workspace FROM operations WHERE status='queued'")]
+            "SELECT owner, workspace FROM operations WHERE status='queued'"
+            " GROUP BY owner, workspace ORDER BY MIN(created)")]
 
     def running_operations(self) -> list[dict[str, Any]]:
         return [_op(r) for r in self.db.execute(
             "SELECT * FROM operations WHERE status='running'")]
+
+    def claim(self, op_id: str) -> bool:
+        """queued -> running, only if it is still queued, is its workspace's
+        oldest active operation and nothing else of that workspace runs. One
+        conditional UPDATE, so a cancel or another dispatcher cannot race it."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE operations SET status='running', started=? WHERE id=? AND status='queued'"
+                " AND seq = (SELECT MIN(o.seq) FROM operations o WHERE o.owner=operations.owner"
+                " AND o.workspace=operations.workspace AND o.status IN ('queued','running'))",
+                (time.time(), op_id))
+            return cur.rowcount == 1
+
+    def cancel_queued(self, op_id: str) -> bool:
+        """queued -> cancelled, only if no dispatcher claimed it first."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE operations SET status='cancelled', ended=? WHERE id=? AND"
+                             " status='queued'", (time.time(), op_id))
+            return cur.rowcount == 1
+
+    def request_cancel(self, op_id: str) -> bool:
+        """Mark a running operation as asked to cancel (once)."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE operations SET cancel_requested=? WHERE id=? AND"
+                             " status='running' AND cancel_requested IS NULL",
+                             (time.time(), op_id))
+            return cur.rowcount == 1
+
+    def finish_operation(self, op: dict[str, Any], status: str, settled: lifecycle.Settled,
+                         *, error: str | None = None, error_type: str | None = None,
+                         timings: dict[str, float] | None = None,
+                         outputs: dict[str, Any] | None = None,
+                         recovered: bool = False) -> None:
+        """End a running operation and settle its workspace, in one transaction."""
+        now = time.time()
+        owner, name = op["owner"], op["workspace"]
+        with self.tx() as db:
+            db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?, timings=?"
+                       " WHERE id=?", (status, now, error, error_type,
+                                       json.dumps(timings or {}), op["id"]))
+            if settled.state is None:
+                db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
+                return
+            fields: dict[str, Any] = {"state": settled.state, "desired": settled.desired,
+                                      "last_error": error, "updated": now}
+            if outputs is not None:
+                fields["outputs"] = json.dumps(outputs)
+            if recovered:
+                fields["needs_recovery"] = 0
+            if error_type == lifecycle.INTERRUPTED:
+                fields["needs_recovery"] = 1
+            if settled.retry_delete:
+                attempts = db.execute("SELECT delete_attempts FROM workspaces WHERE owner=? AND"
+                                      " name=?", (owner, name)).fetchone()
+                n = (attempts[0] if attempts else 0) + 1
+                fields["delete_attempts"] = n
+                fields["retry_at"] = now + lifecycle.delete_retry_delay(n)
+            cols = ", ".join(f"{k}=?" for k in fields)
+            db.execute(f"UPDATE workspaces SET {cols} WHERE owner=? AND name=?",  # noqa: S608
+                       (*fields.values(), owner, name))
+
+    def due_delete_retries(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Workspaces whose delete failed and is due again, with nothing in flight."""
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT w.owner, w.name FROM workspaces w WHERE w.desired='deleted' AND"
+            " w.retry_at IS NOT NULL AND w.retry_at <= ? AND NOT EXISTS (SELECT 1 FROM"
+            " operations o WHERE o.owner=w.owner AND o.workspace=w.name AND o.status IN"
+            " ('queued','running'))", (now or time.time(),))]
 
     def update_operation(self, op_id: str, **fields: Any) -> None:
         if "timings" in fields:
@@ -290,14 +445,47 @@ class Store:
             "SELECT seq, body FROM events WHERE op=? AND seq>? ORDER BY seq", (op_id, after))]
 
 
+def _key(path: Path) -> bytes:
+    """The store's encryption key, generated once (0600) beside the database."""
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(Fernet.generate_key())
+    return path.read_bytes().strip()
+
+
+def _by_key(db: sqlite3.Connection, owner: str, key: str) -> sqlite3.Row | None:
+    return db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
+                      (owner, key)).fetchone()
+
+
+def _insert_op(db: sqlite3.Connection, owner: str, workspace: str, kind: str,
+               idempotency_key: str | None, **fields: Any) -> dict[str, Any]:
+    seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM operations WHERE owner=? AND"
+                     " workspace=?", (owner, workspace)).fetchone()[0]
+    row = {"id": uuid.uuid4().hex, "owner": owner, "workspace": workspace, "kind": kind,
+           "status": "queued", "seq": seq, "created": time.time(),
+           "idempotency_key": idempotency_key, **fields}
+    cols = ", ".join(row)
+    db.execute(f"INSERT INTO operations({cols}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608
+               tuple(row.values()))
+    return _op(db.execute("SELECT * FROM operations WHERE id=?", (row["id"],)).fetchone())
+
+
 def _ws(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
+    out.pop("secrets", None)  # only workspace_secrets() hands them out, decrypted
     out["spec"] = json.loads(out["spec"])
+    out["runtime_config"] = json.loads(out["runtime_config"] or "null")
     out["outputs"] = json.loads(out["outputs"])
     return out
 
 
 def _op(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
+    out.pop("secrets", None)
     out["timings"] = json.loads(out["timings"])
     return out

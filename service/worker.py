@@ -1,14 +1,15 @@
-"""One operation, run in a worker process (never on a thread of the Flask process:
-the Automation API and the gRPC servers of inline programs are not thread-safe,
-pulumi#7782). The worker writes progress straight into the store (SQLite WAL is
-multi-process safe) so events reach SSE clients while the run goes on.
+"""One operation, run in a long-lived worker process (never on a thread of the
+Flask process: the Automation API and the gRPC servers of inline programs are
+not thread-safe, pulumi#7782). The worker runs the workspace program inline
+(warm imports, and the plan is checked before any config reaches the stack)
+and writes progress straight into the store (SQLite WAL is multi-process
+safe) so events reach SSE clients while the run goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -20,9 +21,11 @@ from typing import Any
 
 from pulumi.automation import events
 
+from service.pool import ENGINE_TAG
+from service.runtime_objects import remove_labelled, workload_running
 from service.store import Store
 from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
-from stacks.config import KEY_RUNNING, KEY_SECRETS, ConfigValues
+from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.worker")
 PR_SET_PDEATHSIG = 1
@@ -38,10 +41,12 @@ class Job:
     stack: str
     store_path: str
     settings: PulumiSettings
-    # Config keys to write before the run (create/update); start/stop write `running`.
-    values: ConfigValues | None = None
-    # update: secret files of the new spec; merged with the stack's credential.
-    secret_files: dict[str, str] | None = None
+    # The whole config the run applies (from the store: spec, secrets, runtime,
+    # and the running/deleting flags the lifecycle rules give this kind).
+    config: StackConfig
+    # An earlier run on this stack was cut off: clear its lock and pending
+    # operations, adopt what it created, before anything else.
+    recover: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,15 +57,38 @@ class Outcome:
     error_type: str | None
     outputs: dict[str, Any]
     timings: dict[str, float]
+    # Whether the workspace's workload runs after the run (None: not observed).
+    observed_running: bool | None = None
+    # The run's config reached the stack (an update's spec is then the workspace's).
+    config_written: bool = False
+    recovered: bool = False
+
+
+def serve(conn: Any, tag: str) -> None:
+    """A worker process's main loop (service.pool): one job at a time."""
+    os.environ[ENGINE_TAG] = tag  # inherited by the CLI and providers it starts
+    init_process()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(run(job))
 
 
 def init_process() -> None:
-    """Worker start-up: own process group (so recovery can kill the worker and
-    the Pulumi CLI it runs together), and die with the service."""
+    """Worker start-up: own session (a Ctrl-C at the service's terminal is not
+    the engine's cancel), die with the service, default signal dispositions
+    (a service started under nohup ignores SIGINT, and the Pulumi CLI would
+    inherit that and never cancel gracefully), and warm imports."""
     os.setsid()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    import stacks.program  # noqa: F401 - pulumi, pulumi_docker, pulumi_kubernetes, once
 
 
 def _runner_for(settings: PulumiSettings) -> StackRunner:
@@ -103,43 +131,56 @@ def run(job: Job) -> Outcome:
     store = _store_for(job.store_path)
     runner = _runner_for(job.settings)
     store.update_operation(job.op_id, worker_pid=os.getpid())
+    cfg = job.config
 
     def on_event(event: events.EngineEvent) -> None:
         digest = event_summary(event)
         if digest is not None:
             store.add_event(job.op_id, digest)
 
+    def observe() -> bool | None:
+        return workload_running(cfg.runtime, cfg.owner, cfg.spec.name)
+
     started = time.monotonic()
+    timings: dict[str, float] = {}
+    written = recovered = False
     try:
+        if job.recover or job.kind == "refresh":
+            t = time.monotonic()
+            runner.recover(job.stack, cfg.runtime, on_event)
+            timings["recover"] = time.monotonic() - t
+            recovered = True
+        outputs: dict[str, Any] = {}
         if job.kind == "delete":
-            result = runner.delete(job.stack, on_event)
-        elif job.kind == "refresh":
-            runner.cancel(job.stack)
-            runner.refresh(job.stack, on_event)
-            result = None
-        else:
-            values: ConfigValues = dict(job.values or {})
-            if job.kind in ("start", "stop"):
-                values[KEY_RUNNING] = ("true" if job.kind == "start" else "false", False)
-            if job.kind == "update" and job.secret_files is not None:
-                current = runner.read_secrets(job.stack)
-                merged = {k: v for k, v in current.items() if not k.startswith("file:")}
-                merged.update(job.secret_files)
-                values[KEY_SECRETS] = (json.dumps(merged, sort_keys=True), True)
-            result = runner.apply(values, job.stack, on_event, guard=job.kind != "create")
-        timings = dict(result.timings) if result else {}
+            result = runner.delete(job.stack, on_event, config=cfg)
+            t = time.monotonic()
+            left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name)
+            timings["sweep"] = time.monotonic() - t
+            if left:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
+                                            "message": f"removed {left} unrecorded object(s)"})
+            timings.update(result.timings)
+        elif job.kind != "refresh":
+            result = runner.apply(cfg, job.stack, on_event, guard=True)
+            written = result.config_written
+            timings.update(result.timings)
+            outputs = dict(result.outputs)
         timings["total"] = time.monotonic() - started
-        return Outcome(job.op_id, True, None, None, dict(result.outputs) if result else {},
-                       timings)
+        observed = observe() if job.kind == "refresh" else None
+        return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
+                       recovered)
     except StorageAtRisk as e:
+        timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",
-                       {}, {"total": time.monotonic() - started})
+                       {}, timings, None, False, recovered)
     except Exception as e:  # noqa: BLE001 - every failure becomes the operation's error
         log.warning("operation failed", extra={"op": job.op_id, "kind": job.kind,
                                                "error_type": type(e).__name__})
         log.debug("operation traceback: %s", traceback.format_exc())
-        return Outcome(job.op_id, False, describe_error(e), type(e).__name__, {},
-                       {"total": time.monotonic() - started})
+        timings["total"] = time.monotonic() - started
+        written = written or getattr(e, "config_written", False)
+        return Outcome(job.op_id, False, describe_error(e), type(e).__name__, {}, timings,
+                       observe(), written, False)
 
 
 # Exceptions our program raises on purpose; their messages are written for users.

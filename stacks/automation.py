@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from pulumi import automation as auto
 from pulumi.automation import events
 
+from components.runtime import Runtime
 from stacks.config import (
     KEY_DELETING,
     KEY_RUNNING,
@@ -88,6 +90,26 @@ class PulumiSettings:
 class RunResult:
     outputs: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    config_written: bool = False
+
+
+class ConfigWritten(Exception):
+    """Marks a failure after the run's config reached the stack."""
+
+    config_written = True
+
+
+def inline_program(cfg: StackConfig) -> Callable[[], None]:
+    """The workspace program for `cfg`, run inside this process: the same
+    `stacks.program.build` the local program (__main__.py) runs from stack
+    config, but fed from memory, so a plan can be checked before the config
+    is written, and no interpreter starts per engine pass."""
+    from stacks import program
+
+    def run() -> None:
+        program.build(cfg)
+
+    return run
 
 
 class StackRunner:
@@ -121,6 +143,14 @@ class StackRunner:
     def exists(self, name: str) -> bool:
         return any(s.name == name for s in self.workspace.list_stacks())
 
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """Run the Pulumi CLI on the project (for what the Automation API lacks).
+        Output is not returned to clients: it may hold secrets."""
+        binary = str(self.settings.bin_dir / "pulumi") if self.settings.bin_dir else "pulumi"
+        env = {**os.environ, **self.settings.env()}
+        return subprocess.run([binary, *args, "--non-interactive"], input=stdin, text=True,
+                              capture_output=True, cwd=PROJECT_DIR, env=env, check=False)
+
     def write_config(self, stack: auto.Stack, values: ConfigValues) -> None:
         """Write `stackspace:*` keys. Secret values go through stdin, never argv."""
         plain = {}
@@ -133,7 +163,7 @@ class StackRunner:
             stack.set_all_config(plain)
 
     def read_secrets(self, stack_name: str) -> dict[str, str]:
-        """The stack's current secret values (to merge into an update)."""
+        """The stack's current secret values."""
         stack = self.stack(stack_name, create=False)
         try:
             return json.loads(stack.get_config(f"{NAMESPACE}:{KEY_SECRETS}").value)
@@ -141,20 +171,15 @@ class StackRunner:
             return {}
 
     def _set_secret(self, stack_name: str, key: str, value: str) -> None:
-        binary = str(self.settings.bin_dir / "pulumi") if self.settings.bin_dir else "pulumi"
-        env = {**os.environ, **self.settings.env()}
-        proc = subprocess.run(
-            [binary, "config", "set", "--secret", "--stack", stack_name, key,
-             "--non-interactive"],
-            input=value, text=True, capture_output=True, cwd=PROJECT_DIR, env=env, check=False,
-        )
+        proc = self.cli("config", "set", "--secret", "--stack", stack_name, key, stdin=value)
         if proc.returncode != 0:
             # stderr may echo the key name but never the value (it came via stdin).
             raise RuntimeError(f"pulumi config set {key} failed (exit {proc.returncode})")
 
-    def check_storage_safe(self, stack: auto.Stack, on_event: EventSink | None = None
-                           ) -> None:
-        """Preview; raise StorageAtRisk if storage would be deleted or replaced."""
+    def check_storage_safe(self, stack: auto.Stack, cfg: StackConfig,
+                           on_event: EventSink | None = None) -> None:
+        """Preview `cfg` (from memory: nothing is written to the stack) and raise
+        StorageAtRisk if the plan would delete or replace storage."""
         risky: list[tuple[str, str]] = []
 
         def watch(event: events.EngineEvent) -> None:
@@ -166,40 +191,71 @@ class StackRunner:
             if on_event:
                 on_event(event)
 
-        stack.preview(on_event=watch, color="never", suppress_progress=True)
+        try:
+            stack.preview(program=inline_program(cfg), on_event=watch, color="never",
+                          suppress_progress=True)
+        except auto.errors.CommandError as e:
+            # Storage is also protected in the program: the engine itself then
+            # refuses the plan. That is the same verdict, said by us.
+            protected = protected_storage(str(e))
+            if not protected:
+                raise
+            risky += [("replace or delete (protected)", urn) for urn in protected]
         if risky:
             raise StorageAtRisk(risky)
 
-    def apply(self, values: ConfigValues | StackConfig, stack_name: str,
-              on_event: EventSink | None = None, guard: bool = True) -> RunResult:
-        """Converge a stack (create/start/stop/update): write the given config
-        keys (all of a StackConfig, or just e.g. `running`), preview, up."""
-        if isinstance(values, StackConfig):
-            values = values.to_config()
+    def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
+              guard: bool = True) -> RunResult:
+        """Converge a stack to `cfg` (create/start/stop/update): check the plan
+        (the storage guard), then write the whole config, then up."""
         result = RunResult()
         t = time.monotonic()
+        existed = self.exists(stack_name)
         stack = self.stack(stack_name)
-        self.write_config(stack, values)
-        result.timings["config"] = time.monotonic() - t
+        result.timings["select"] = time.monotonic() - t
         if guard:
             t = time.monotonic()
-            self.check_storage_safe(stack, on_event)
+            try:
+                self.check_storage_safe(stack, cfg, on_event)
+            except StorageAtRisk:
+                if not existed:  # the refused create leaves no empty stack behind
+                    with self._select_lock():
+                        self.workspace.remove_stack(stack_name)
+                raise
             result.timings["preview"] = time.monotonic() - t
         t = time.monotonic()
-        up = stack.up(on_event=on_event, color="never", suppress_progress=True)
+        self.write_config(stack, cfg.to_config())
+        result.config_written = True
+        result.timings["config"] = time.monotonic() - t
+        t = time.monotonic()
+        try:
+            up = stack.up(program=inline_program(cfg), on_event=on_event, color="never",
+                          suppress_progress=True)
+        except Exception as e:
+            e.config_written = True  # type: ignore[attr-defined]
+            raise
         result.timings["up"] = time.monotonic() - t
         result.outputs = {k: v.value for k, v in up.outputs.items()}
         return result
 
-    def delete(self, stack_name: str, on_event: EventSink | None = None) -> RunResult:
-        """The only path that removes storage: unprotect, destroy, remove the stack."""
+    def delete(self, stack_name: str, on_event: EventSink | None = None,
+               config: StackConfig | None = None) -> RunResult:
+        """The only path that removes storage: lift protection in the state
+        (no program run: nothing new gets created on the way out), destroy,
+        remove the stack."""
         result = RunResult()
         if not self.exists(stack_name):
             return result
         t = time.monotonic()
         stack = self.stack(stack_name, create=False)
-        self.write_config(stack, {KEY_RUNNING: ("false", False), KEY_DELETING: ("true", False)})
-        stack.up(on_event=on_event, color="never", suppress_progress=True)
+        values: ConfigValues = {KEY_RUNNING: ("false", False), KEY_DELETING: ("true", False)}
+        if config is not None:
+            values = StackConfig(config.owner, config.spec, config.runtime, running=False,
+                                 deleting=True).to_config()
+        self.write_config(stack, values)
+        proc = self.cli("state", "unprotect", "--all", "--yes", "--stack", stack_name)
+        if proc.returncode != 0 and "no resources" not in proc.stderr.lower():
+            raise RuntimeError(f"pulumi state unprotect failed (exit {proc.returncode})")
         result.timings["unprotect"] = time.monotonic() - t
         t = time.monotonic()
         stack.destroy(on_event=on_event, color="never", suppress_progress=True)
@@ -218,3 +274,103 @@ class StackRunner:
     def cancel(self, stack_name: str) -> None:
         """Remove a stale lock left by a killed run (DIY backends)."""
         self.stack(stack_name, create=False).cancel()
+
+    def recover(self, stack_name: str, runtime: Runtime,
+                on_event: EventSink | None = None) -> list[str]:
+        """Bring a stack an interrupted run left behind back to a state any run
+        can start from: clear the stale lock, adopt what its pending creates
+        made (found on the runtime by their deterministic names), drop the
+        ones that made nothing, refresh. Returns the URNs adopted."""
+        if not self.exists(stack_name):
+            return []
+        stack = self.stack(stack_name, create=False)
+        stack.cancel()
+        deployment = stack.export_stack().deployment or {}
+        adopt: list[tuple[str, str]] = []
+        pending_ops = deployment.get("pending_operations") or []
+        for pending in pending_ops:
+            res = pending.get("resource", {})
+            if pending.get("type") != "creating":
+                continue
+            found = find_object(runtime, res.get("type", ""), res.get("inputs") or {})
+            if found:
+                adopt.append((res["urn"], found))
+        if pending_ops:
+            base = ["refresh", "--yes", "--skip-preview", "--stack", stack_name]
+            imports = [arg for urn, obj in adopt
+                       for arg in ("--import-pending-creates", urn,
+                                   "--import-pending-creates", obj)]
+            proc = self.cli(*base, *imports, "--clear-pending-creates")
+            if proc.returncode != 0 and adopt:
+                # Adopt one by one failed as a whole: adopt nothing, drop them all
+                # (delete still finds those objects by their labels).
+                proc = self.cli(*base, "--clear-pending-creates")
+                adopt = []
+            if proc.returncode != 0:
+                raise RuntimeError("recovery refresh failed: "
+                                   + _error_lines(proc.stdout + proc.stderr))
+        self.refresh(stack_name, on_event)
+        return [urn for urn, _ in adopt]
+
+
+def protected_storage(error_text: str) -> list[str]:
+    """Storage URNs named by the engine's "marked for protection" refusal."""
+    if "protect" not in error_text:
+        return []
+    urns = re.findall(r"urn:pulumi:[^\s\"']+", error_text)
+    return sorted({u for u in urns if any(t in u for t in STORAGE_TYPES)})
+
+
+def _error_lines(text: str) -> str:
+    return "; ".join(ln.strip() for ln in text.splitlines() if "error" in ln.lower())[:500]
+
+
+def find_object(runtime: Runtime, resource_type: str, inputs: dict) -> str | None:
+    """The provider ID of an object a pending create may have made, looked up on
+    the runtime by the name the program gave it (names are deterministic)."""
+    from components.clients import docker_client, kube_api_client
+    from components.runtime import DockerRuntime
+
+    if resource_type.startswith("docker:") and isinstance(runtime, DockerRuntime):
+        name = inputs.get("name")
+        if not name:
+            return None
+        import docker.errors
+
+        client = docker_client(runtime)
+        try:
+            if resource_type == "docker:index/volume:Volume":
+                return client.volumes.get(name).name
+            if resource_type == "docker:index/container:Container":
+                return client.containers.get(name).id
+        except docker.errors.NotFound:
+            return None
+        finally:
+            client.close()
+        return None
+    if resource_type.startswith("kubernetes:") and not isinstance(runtime, DockerRuntime):
+        meta = inputs.get("metadata") or {}
+        name, ns = meta.get("name"), meta.get("namespace") or runtime.namespace
+        if not name:
+            return None
+        from kubernetes import client as k8s
+        from kubernetes.dynamic import DynamicClient
+        from kubernetes.dynamic.exceptions import NotFoundError
+
+        group_version, kind = _k8s_type(resource_type)
+        try:
+            api = DynamicClient(kube_api_client(runtime)).resources.get(
+                api_version=group_version, kind=kind)
+            api.get(name=name, namespace=ns)
+            return f"{ns}/{name}"
+        except (NotFoundError, k8s.ApiException):
+            return None
+    return None
+
+
+def _k8s_type(token: str) -> tuple[str, str]:
+    """'kubernetes:core/v1:PersistentVolumeClaim' -> ('v1', 'PersistentVolumeClaim');
+    'kubernetes:networking.k8s.io/v1:NetworkPolicy' keeps its group."""
+    _, group_version, kind = token.split(":")
+    group, _, version = group_version.partition("/")
+    return (version if group == "core" else group_version), kind

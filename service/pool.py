@@ -1,0 +1,174 @@
+"""A pool of long-lived worker processes that outlives any one of them.
+
+Each slot owns one spawned worker (warm: Pulumi SDK and providers' SDKs
+imported once) and feeds it one job at a time over a pipe. A worker that dies
+fails only its own job (`WorkerDied`); the slot kills whatever engine
+processes that worker left behind and starts a fresh worker. (A
+ProcessPoolExecutor breaks for good when one worker dies.)
+
+Every process a worker starts (the Pulumi CLI, providers) inherits the
+worker's ENGINE_TAG environment variable, so leftovers are found precisely by
+that tag, never by a saved pid that may since belong to someone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("stackspace.pool")
+
+ENGINE_TAG = "STACKSPACE_ENGINE_TAG"
+
+
+class WorkerDied(Exception):
+    """The worker process running a job died before answering."""
+
+
+@dataclass
+class _Running:
+    op_id: str
+    pid: int
+    tag: str
+
+
+class WorkerPool:
+    def __init__(self, size: int, tag_prefix: str, target: Callable[..., None]):
+        self.size = size
+        self.tag_prefix = tag_prefix
+        self._target = target
+        self._ctx = multiprocessing.get_context("spawn")
+        self._jobs: queue.Queue[tuple[Any, Callable[[Any], None]] | None] = queue.Queue()
+        self._running: dict[str, _Running] = {}
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._slot, args=(i,), name=f"worker-slot-{i}",
+                                          daemon=True) for i in range(size)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Any, done: Callable[[Any], None]) -> None:
+        """Run `job` (it has an `op_id`) on the next free worker; `done` gets the
+        worker's answer or a WorkerDied."""
+        self._jobs.put((job, done))
+
+    def pid_of(self, op_id: str) -> int | None:
+        with self._lock:
+            run = self._running.get(op_id)
+        return run.pid if run else None
+
+    def kill(self, op_id: str) -> None:
+        """Hard-stop the worker running `op_id` and every engine process it started."""
+        with self._lock:
+            run = self._running.get(op_id)
+        if run is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGKILL)
+            kill_tagged(lambda tag, run=run: tag == run.tag)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=15)
+        # Workers die with their slot thread (PR_SET_PDEATHSIG); their engines too.
+        kill_tagged(lambda tag: tag.startswith(self.tag_prefix + ":"))
+
+    # --- one slot ---------------------------------------------------------------
+    def _slot(self, index: int) -> None:
+        generation = 0
+        proc, conn, tag = self._spawn(index, generation)
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            job, done = item
+            if not proc.is_alive():
+                generation += 1
+                proc, conn, tag = self._spawn(index, generation)
+            with self._lock:
+                self._running[job.op_id] = _Running(job.op_id, proc.pid or 0, tag)
+            try:
+                conn.send(job)
+                answer: Any = self._answer(proc, conn)
+            except (EOFError, OSError, WorkerDied) as e:
+                answer = e if isinstance(e, WorkerDied) else WorkerDied(str(e))
+            if isinstance(answer, WorkerDied):
+                log.warning("worker died", extra={"op": job.op_id, "pid": proc.pid})
+                kill_tagged(lambda t, tag=tag: t == tag)
+                with contextlib.suppress(Exception):
+                    proc.kill()
+                proc.join(timeout=5)
+                generation += 1
+                proc, conn, tag = self._spawn(index, generation)
+            with self._lock:
+                self._running.pop(job.op_id, None)
+            try:
+                done(answer)
+            except Exception:  # noqa: BLE001 - one bad callback must not kill the slot
+                log.exception("operation completion failed", extra={"op": job.op_id})
+        with contextlib.suppress(Exception):
+            conn.close()
+            proc.kill()
+
+    def _spawn(self, index: int, generation: int) -> tuple[Any, Any, str]:
+        tag = f"{self.tag_prefix}:{index}:{generation}"
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=self._target, args=(child, tag), daemon=True,
+                                 name=f"stackspace-worker-{index}")
+        proc.start()
+        child.close()
+        return proc, parent, tag
+
+    @staticmethod
+    def _answer(proc: Any, conn: Any) -> Any:
+        while True:
+            if conn.poll(0.5):
+                return conn.recv()
+            if not proc.is_alive():
+                if conn.poll(0):  # answered just before exiting
+                    return conn.recv()
+                raise WorkerDied(f"worker exited with code {proc.exitcode}")
+
+
+def tagged_processes(match: Callable[[str], bool]) -> list[int]:
+    """Pids whose environment carries an ENGINE_TAG that `match` accepts."""
+    found = []
+    marker = f"{ENGINE_TAG}=".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(marker) and match(var[len(marker):].decode(errors="replace")):
+                found.append(int(entry.name))
+                break
+    return found
+
+
+def kill_tagged(match: Callable[[str], bool], wait: float = 10.0) -> int:
+    """SIGKILL every process whose ENGINE_TAG `match` accepts, until none is left."""
+    killed = 0
+    deadline = time.monotonic() + wait
+    while pids := tagged_processes(match):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        if time.monotonic() > deadline:
+            log.warning("engine processes survive SIGKILL", extra={"pids": pids})
+            break
+        time.sleep(0.1)
+    return killed

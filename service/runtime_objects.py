@@ -1,0 +1,107 @@
+"""A workspace's objects on its runtime, found by their labels rather than by
+Pulumi's state: whether its workload runs (what the API reports after an
+interrupted run), and removing everything it owns at delete, including
+objects an interrupted run created but never recorded.
+
+Every object a workspace owns carries `stackspace.dev/workspace` and
+`stackspace.dev/owner` (components/base.py), which together are unique.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
+from components.clients import docker_client, kube_api_client
+from components.runtime import DockerRuntime, Runtime
+
+log = logging.getLogger("stackspace.runtime_objects")
+
+
+def _labels(owner: str, name: str) -> dict[str, str]:
+    return {LABEL_WORKSPACE: name, LABEL_OWNER: owner}
+
+
+def _selector(owner: str, name: str, **extra: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in {**_labels(owner, name), **extra}.items())
+
+
+def workload_running(rt: Runtime, owner: str, name: str) -> bool | None:
+    """Whether the workspace's container/pod runs now; None if the runtime
+    cannot be asked (unreachable host, no cluster)."""
+    try:
+        if isinstance(rt, DockerRuntime):
+            client = docker_client(rt, timeout=10)
+            try:
+                found = client.containers.list(filters={"label": [
+                    f"{k}={v}" for k, v in {**_labels(owner, name),
+                                            LABEL_ROLE: "workspace"}.items()]})
+                return any(c.status == "running" for c in found)
+            finally:
+                client.close()
+        from kubernetes import client as k8s
+
+        core = k8s.CoreV1Api(kube_api_client(rt))
+        pods = core.list_namespaced_pod(
+            rt.namespace, label_selector=_selector(owner, name, **{LABEL_ROLE: "workspace"}))
+        return any(p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+                   for p in pods.items)
+    except Exception as e:  # noqa: BLE001 - "cannot tell" is an answer here
+        log.warning("cannot observe workload", extra={"runtime": rt.name,
+                                                      "error_type": type(e).__name__})
+        return None
+
+
+def remove_labelled(rt: Runtime, owner: str, name: str) -> int:
+    """Remove every object labelled for the workspace (delete only: this takes
+    its storage too). Returns how many were found; raises if the runtime
+    cannot be reached, so the delete is retried."""
+    if isinstance(rt, DockerRuntime):
+        return _remove_docker(rt, owner, name)
+    return _remove_kubernetes(rt, owner, name)
+
+
+def _remove_docker(rt: DockerRuntime, owner: str, name: str) -> int:
+    client = docker_client(rt)
+    try:
+        labels = [f"{k}={v}" for k, v in _labels(owner, name).items()]
+        n = 0
+        for c in client.containers.list(all=True, filters={"label": labels}):
+            c.remove(force=True, v=False)
+            n += 1
+        for v in client.volumes.list(filters={"label": labels}):
+            v.remove(force=True)
+            n += 1
+        return n
+    finally:
+        client.close()
+
+
+def _remove_kubernetes(rt: Any, owner: str, name: str) -> int:
+    from kubernetes import client as k8s
+
+    api = kube_api_client(rt)
+    core, batch, apps = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.AppsV1Api(api)
+    net = k8s.NetworkingV1Api(api)
+    selector = _selector(owner, name)
+    ns = rt.namespace
+    kinds = [
+        (apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
+        (batch.list_namespaced_job, batch.delete_namespaced_job),
+        (core.list_namespaced_pod, core.delete_namespaced_pod),
+        (core.list_namespaced_secret, core.delete_namespaced_secret),
+        (net.list_namespaced_network_policy, net.delete_namespaced_network_policy),
+        (core.list_namespaced_persistent_volume_claim,
+         core.delete_namespaced_persistent_volume_claim),
+    ]
+    n = 0
+    for list_fn, delete_fn in kinds:
+        for obj in list_fn(ns, label_selector=selector).items:
+            try:
+                delete_fn(obj.metadata.name, ns, propagation_policy="Background")
+            except k8s.ApiException as e:
+                if e.status != 404:
+                    raise
+            n += 1
+    return n

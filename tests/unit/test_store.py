@@ -1,0 +1,141 @@
+"""The store's transitions that must not race: create + its operation + quota,
+claim, cancel; and secrets encrypted at rest. Real SQLite, real threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from service import lifecycle
+from service.store import Conflict, QuotaExceeded, Store
+
+RUNTIME = {"name": "local", "type": "docker", "host": "unix:///var/run/docker.sock"}
+
+
+def create(store: Store, owner: str, name: str, quota: int = 10, **kw):
+    return store.create_workspace(owner, name, f"ws-{owner}-{name}", RUNTIME, {"name": name},
+                                  {"credential": "s3cr3t-token"}, quota=quota, **kw)
+
+
+def test_create_writes_the_workspace_and_its_operation_together(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    op, created = create(store, "alice", "one")
+    assert created and op["kind"] == "create" and op["status"] == "queued"
+    ws = store.workspace("alice", "one")
+    assert ws["state"] == "provisioning" and ws["desired"] == "running"
+    assert "secrets" not in ws and "secrets" not in op
+    with pytest.raises(Conflict):
+        create(store, "alice", "one")
+    # Nothing half-written by the refused duplicate.
+    assert [o["id"] for o in _ops(store)] == [op["id"]]
+
+
+def test_quota_holds_under_concurrent_creates(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    admitted, refused = [], []
+    barrier = threading.Barrier(12)
+
+    def attempt(i: int) -> None:
+        local = Store(tmp_path / "db")  # one connection per thread, like the API
+        barrier.wait()
+        try:
+            create(local, "bob", f"w{i}", quota=3)
+            admitted.append(i)
+        except QuotaExceeded:
+            refused.append(i)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3 and len(refused) == 9
+    assert len(store.workspaces("bob")) == 3
+    assert len(_ops(store)) == 3  # every workspace has exactly its create operation
+
+
+def test_idempotency_key_returns_the_first_operation(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    first, created = create(store, "alice", "one", idempotency_key="k1")
+    again, created_again = create(store, "alice", "one", idempotency_key="k1")
+    assert created and not created_again and again["id"] == first["id"]
+
+
+def test_only_one_claim_wins_and_cancel_cannot_undo_a_claim(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    op, _ = create(store, "alice", "one")
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        local = Store(tmp_path / "db")
+        barrier.wait()
+        results.append("claimed" if local.claim(op["id"]) else "lost")
+
+    def cancel() -> None:
+        local = Store(tmp_path / "db")
+        barrier.wait()
+        results.append("cancelled" if local.cancel_queued(op["id"]) else "late")
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    threads += [threading.Thread(target=cancel) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r in ("claimed", "cancelled")]
+    assert len(winners) == 1
+    status = store.operation(op["id"])["status"]
+    assert status == ("running" if winners == ["claimed"] else "cancelled")
+
+
+def test_claim_keeps_order_and_one_at_a_time(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    create_op, _ = create(store, "alice", "one")
+    stop, _ = store.request_operation("alice", "one", "stop", queue=True)
+    assert not store.claim(stop["id"])  # the create comes first
+    assert store.claim(create_op["id"])
+    assert not store.claim(stop["id"])  # the create still runs
+    store.finish_operation(create_op, "succeeded", lifecycle.Settled("running", "running"))
+    assert store.claim(stop["id"])
+
+
+def test_requests_set_desired_and_deletion_is_final(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    op, _ = create(store, "alice", "one")
+    with pytest.raises(Conflict):
+        store.request_operation("alice", "one", "stop", queue=False)
+    store.request_operation("alice", "one", "stop", queue=True)
+    assert store.workspace("alice", "one")["desired"] == "stopped"
+    store.request_operation("alice", "one", "delete", queue=True)
+    assert store.workspace("alice", "one")["desired"] == "deleted"
+    with pytest.raises(lifecycle.Refused):
+        store.request_operation("alice", "one", "start", queue=True)
+
+
+def test_secrets_are_encrypted_at_rest_and_given_back(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    create(store, "alice", "one")
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("db*"))
+    assert b"s3cr3t-token" not in raw
+    assert store.workspace_secrets("alice", "one") == {"credential": "s3cr3t-token"}
+    assert (tmp_path / "store.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_failed_delete_is_due_for_retry(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    op, _ = create(store, "alice", "one")
+    store.claim(op["id"])
+    store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
+    delete, _ = store.request_operation("alice", "one", "delete", queue=False)
+    store.claim(delete["id"])
+    assert store.due_delete_retries(now=1e12) == []  # still running
+    store.finish_operation(delete, "failed", lifecycle.Settled("deleting", "deleted", True))
+    assert store.due_delete_retries(now=0) == []  # not yet due
+    assert store.due_delete_retries(now=1e12) == [("alice", "one")]
+
+
+def _ops(store: Store) -> list[dict]:
+    return [dict(r) for r in store.db.execute("SELECT id, kind FROM operations")]
