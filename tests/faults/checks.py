@@ -23,6 +23,8 @@ def assert_truthful(svc: LiveService, engine: EngineView, name: str) -> dict[str
     if ws["state"] == "running":
         assert running, f"API says running, engine has {loads}"
         assert len(loads) == 1, f"more than one workload: {loads}"
+        assert running[0] in (ws["outputs"] or {}).values(), \
+            f"API says running but its outputs {ws['outputs']} do not name {running[0]}"
     elif ws["state"] == "stopped":
         assert not loads, f"API says stopped, engine has {loads}"
     else:
