@@ -6,6 +6,8 @@ delete leaves nothing. tests/faults/ kills the whole process tree instead."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.faults.checks import after_restart, converge, delete_clean
@@ -25,10 +27,11 @@ def test_kill_9_mid_operation_recovers(tmp_path, docker_host, docker_client, pul
         op = svc.call("POST", "/workspaces", json={"name": name}).json()
         stack = svc.workspace(name).json()["stack"]
         # Wait until the engine is really at work: the volume exists.
-        matched, _ = svc.follow(op["id"], lambda e: e.get("type") == "resource"
-                                and e.get("phase") == "done"
-                                and str(e.get("urn", "")).endswith("::storage"))
-        assert matched, "the create ended before it made its volume"
+        deadline = time.monotonic() + 300
+        while not engine.storage(name):
+            assert svc.op(op["id"])["status"] in ("queued", "running"), "create ended"
+            assert time.monotonic() < deadline, "the create never made its volume"
+            time.sleep(0.02)
         assert svc.proc is not None
         svc.proc.kill()
         svc.proc.wait()

@@ -22,6 +22,7 @@ class EngineView(Protocol):
     def workloads(self, name: str) -> list[Workload]: ...
     def storage(self, name: str) -> dict[str, str]: ...
     def objects(self, name: str) -> list[str]: ...
+    def roles(self, name: str) -> set[str]: ...
     def write_file(self, workload: str, path: str, text: str) -> None: ...
     def read_file(self, workload: str, path: str) -> str: ...
 
@@ -46,6 +47,11 @@ class DockerView:
     def objects(self, name: str) -> list[str]:
         return ([f"container/{c.name} ({c.status})" for c in self._containers(name)]
                 + [f"volume/{v}" for v in self.storage(name)])
+
+    def roles(self, name: str) -> set[str]:
+        """Roles (storage, init, workspace) of the objects the engine holds now."""
+        found = {c.labels.get(ROLE, "?") for c in self._containers(name)}
+        return found | ({"storage"} if self.storage(name) else set())
 
     def _exec(self, workload: str, cmd: list[str]) -> str:
         code, out = self.client.containers.get(workload).exec_run(cmd, user="1000")
@@ -97,6 +103,14 @@ class KubernetesView:
         found += [f"networkpolicy/{n.metadata.name}" for n in
                   self.net.list_namespaced_network_policy(self.ns, label_selector=sel).items]
         return found
+
+    def roles(self, name: str) -> set[str]:
+        sel = self._sel(name)
+        found = {(p.metadata.labels or {}).get(ROLE, "?") for p in
+                 self.core.list_namespaced_pod(self.ns, label_selector=sel).items}
+        found |= {"init" for _ in self.batch.list_namespaced_job(self.ns,
+                                                                  label_selector=sel).items}
+        return found | ({"storage"} if self.storage(name) else set())
 
     def _exec(self, workload: str, cmd: list[str]) -> str:
         from kubernetes import client

@@ -329,22 +329,38 @@ def any_resource_event(event: dict[str, Any]) -> bool:
     return event.get("type") == "resource"
 
 
+EngineCheck = Callable[[Any, str], bool]  # (EngineView, workspace name) -> reached?
+
+
 @dataclass(frozen=True)
 class KillPoint:
-    """Where to kill: right after the request (`at` = "request"), at a fixed
-    delay after the operation started running, or at an engine event."""
+    """Where to kill: right after the request (`at_request`), at a fixed
+    delay after the operation started running, at an engine event seen over
+    SSE, or as soon as the runtime shows a step's effect (`engine`: polled;
+    preview and update emit alike-looking events, the runtime does not lie)."""
 
     label: str
     event: Callable[[dict[str, Any]], bool] | None = None
     delay: float | None = None
     at_request: bool = False
+    engine: EngineCheck | None = None
 
 
-def kill_during(svc: LiveService, op: dict[str, Any], point: KillPoint) -> str:
+def kill_during(svc: LiveService, op: dict[str, Any], point: KillPoint,
+                engine: Any = None, name: str = "") -> str:
     """Kill the whole service at `point` of `op`; returns what the run had reached."""
     if point.at_request:
         svc.kill9()
         return "request accepted"
+    if point.engine is not None:
+        deadline = time.monotonic() + 600
+        while not point.engine(engine, name):
+            status = svc.op(op["id"])["status"]
+            assert status in ACTIVE, f"the operation ended ({status}) before {point.label}"
+            assert time.monotonic() < deadline, f"never reached {point.label}"
+            time.sleep(0.02)
+        svc.kill9()
+        return "engine has " + (",".join(sorted(engine.roles(name))) or "nothing")
     if point.delay is not None:
         deadline = time.monotonic() + 120
         while svc.op(op["id"])["status"] == "queued":

@@ -10,44 +10,56 @@ from typing import Any
 
 from tests.faults.checks import after_restart, assert_truthful, converge, delete_clean
 from tests.faults.engine import EngineView
-from tests.faults.harness import KillPoint, LiveService, kill_during, resource_event, trial
+from tests.faults.harness import (
+    EngineCheck,
+    KillPoint,
+    LiveService,
+    kill_during,
+    resource_event,
+    trial,
+)
 
 KEEP = ("keep.txt", "user data")
+
+def has(role: str) -> EngineCheck:
+    """The runtime holds an object of `role` for the workspace."""
+    return lambda engine, name: role in engine.roles(name)
+
+
+def workload_stopping(engine: EngineView, name: str) -> bool:
+    """The workload is being removed or is gone (Pulumi may not know yet)."""
+    return not any(w.running for w in engine.workloads(name))
+
+
+def workload_gone_storage_kept(engine: EngineView, name: str) -> bool:
+    return not engine.workloads(name) and bool(engine.storage(name))
+
 
 CREATE_POINTS = [
     # Before the create's stack config can have been written (issue 9: the
     # workspace could then neither start nor be deleted).
     KillPoint("request accepted", at_request=True),
     KillPoint("run started", delay=0),
-    KillPoint("storage created", event=resource_event("done", "storage")),
-    KillPoint("init step", event=resource_event("pre", "init")),
-    # The engine is making the workload; Pulumi may not have recorded it yet.
-    KillPoint("workload step", event=resource_event("pre", "workspace")),
+    KillPoint("storage created", engine=has("storage")),
+    KillPoint("init step", engine=has("init")),
+    # The runtime made the workload; Pulumi may not have recorded it yet.
+    KillPoint("workload step", engine=has("workspace")),
 ]
 
-
-def _replaced_gap(event: dict[str, Any]) -> bool:
-    """Update: the old workload is gone and its replacement not yet made."""
-    return (resource_event("done", "workspace", ("delete-replaced",))(event)
-            or resource_event("pre", "workspace", ("create-replacement",))(event))
-
-
 CHAINS: dict[str, list[tuple[str, KillPoint]]] = {
-    "at-events": [
-        ("stop", KillPoint("workload removal", event=resource_event(
-            "pre", "workspace", ("delete",)))),
-        ("start", KillPoint("workload creation", event=resource_event(
-            "pre", "workspace", ("create",)))),
-        ("update", KillPoint("between replace steps", event=_replaced_gap)),
-        ("delete", KillPoint("storage removal", event=resource_event(
-            "pre", "storage", ("delete",)))),
+    "at-engine-steps": [
+        ("stop", KillPoint("workload removal", engine=workload_stopping)),
+        ("start", KillPoint("workload creation", engine=has("workspace"))),
+        # The old workload is gone and its replacement not yet made.
+        ("update", KillPoint("between replace steps", engine=workload_stopping)),
+        ("delete", KillPoint("workload gone, storage kept", engine=workload_gone_storage_kept)),
     ],
     "at-delays": [
         ("stop", KillPoint("2s after start", delay=2)),
         ("start", KillPoint("2s after start", delay=2)),
         ("update", KillPoint("3s after start", delay=3)),
-        ("delete", KillPoint("workload removal", event=resource_event(
-            "pre", "workspace", ("delete",)))),
+        ("delete", KillPoint("storage removal", event=resource_event(
+            "pre", "storage", ("delete",)))),
     ],
 }
 
@@ -62,7 +74,7 @@ def create_trial(svc: LiveService, engine: EngineView, name: str, point: KillPoi
         assert r.status_code == 202, r.text
         op = r.json()
         stack = svc.workspace(name).json()["stack"]
-        t.reached = kill_during(svc, op, point)
+        t.reached = kill_during(svc, op, point, engine, name)
         at_kill = engine.storage(name)
         svc.start()
         after_restart(svc, engine, name, op["id"], at_kill)
@@ -94,7 +106,7 @@ def op_trial(svc: LiveService, engine: EngineView, name: str, stack: str, kind: 
     with trial(engine.runtime, kind, point.label) as t:
         marker = secrets.token_hex(4)
         op = _request(svc, kind, name, marker)
-        t.reached = kill_during(svc, op, point)
+        t.reached = kill_during(svc, op, point, engine, name)
         at_kill = engine.storage(name)
         svc.start()
         ws = after_restart(svc, engine, name, op["id"], at_kill, deleting=kind == "delete")

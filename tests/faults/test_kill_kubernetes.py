@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.conftest import unique
-from tests.faults.harness import KillPoint, LiveService, resource_event
-from tests.faults.scenarios import create_trial, op_trial
+from tests.faults.harness import KillPoint, LiveService
+from tests.faults.scenarios import create_trial, has, op_trial, workload_gone_storage_kept
 
 pytestmark = pytest.mark.e2e  # kube_cluster tests get a cold-start timeout
 # Small, and with a secret so the init step has a Secret to leave behind.
@@ -18,14 +18,14 @@ SPEC = {"resources": {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"},
 
 def test_kill_during_create_at_the_init_job_recovers(kube_faults: LiveService, kube_view):
     create_trial(kube_faults, kube_view, unique("fault-kc"),
-                 KillPoint("init step", event=resource_event("pre", "init")), spec=SPEC)
+                 KillPoint("init step", engine=has("init")), spec=SPEC)
 
 
 def test_kill_during_create_at_the_pod_and_during_delete_recovers(kube_faults: LiveService,
                                                                    kube_view):
     name = unique("fault-kd")
     stack = create_trial(kube_faults, kube_view, name,
-                         KillPoint("workload step", event=resource_event("pre", "workspace")),
+                         KillPoint("workload step", engine=has("workspace")),
                          spec=SPEC, then_delete=False)
     op_trial(kube_faults, kube_view, name, stack, "delete",
-             KillPoint("storage removal", event=resource_event("pre", "storage", ("delete",))))
+             KillPoint("workload gone, storage kept", engine=workload_gone_storage_kept))
