@@ -45,7 +45,9 @@ def test_kill_9_mid_operation_recovers(tmp_path, docker_host, docker_client, pul
             assert "interrupted" in interrupted["error"]
         ws = after_restart(svc, engine, name, op["id"], volumes_at_kill)
         if ws["state"] != "running":
-            assert "interrupted" in (ws["last_error"] or ""), ws
+            # The user asked for a running workspace: say why it is not.
+            assert "interrupted" in (ws["last_error"] or ""), \
+                (ws["state"], ws["desired"], ws["last_error"], ws["last_operation"])
 
         # The user retries: it works (no stale lock) on the same storage.
         ws = converge(svc, engine, name, "running")
