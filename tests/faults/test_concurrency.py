@@ -102,7 +102,7 @@ def test_parallel_creates_all_run(docker_faults: LiveService, docker_view):
     they started' (the operation row must not be claimable before its inputs)."""
     svc, engine = docker_faults, docker_view
     svc.ensure_running()
-    names = [unique("fault-par") for _ in range(4)]
+    names = [unique("fault-par") for _ in range(3)]
     with ThreadPoolExecutor(len(names)) as pool:
         answers = list(pool.map(lambda n: svc.call("POST", "/workspaces", json={"name": n}),
                                 names))

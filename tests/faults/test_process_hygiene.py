@@ -74,28 +74,28 @@ def assert_whole_service_up(svc: LiveService) -> None:
     assert proxy_pids(svc), f"the exec proxy died: {svc.tail()}"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_service_proxy_and_workers_and_a_second_run_works(
-        sig, tmp_path, docker_runtime, pulumi_bin, pulumi_home, docker_view):
+def test_sigterm_and_sigint_stop_service_proxy_and_workers_and_a_second_run_works(
+        tmp_path, docker_runtime, pulumi_bin, pulumi_home, docker_view):
     engine = docker_view
     with live_service(tmp_path, docker_runtime, pulumi_bin, pulumi_home, engine) as svc:
         assert_whole_service_up(svc)
         name = unique("fault-hyg")
         assert svc.run_op("POST", "/workspaces", json={"name": name})["status"] == "succeeded"
-        assert svc.proc is not None
-        tree = process_tree(svc.proc.pid)
-        assert len(tree) >= 3, "expected the service, the proxy and a worker"
-        os.kill(svc.proc.pid, sig)
-        svc.proc.wait(timeout=60)
-        left = wait_gone(tree, timeout=30)
-        assert not left, "left running: " + "; ".join(f"{p} {cmdline(p)}" for p in left)
-        assert port_free(svc.port) and port_free(svc.proxy_port)
+        for sig, then in ((signal.SIGTERM, "stopped"), (signal.SIGINT, "running")):
+            assert svc.proc is not None
+            tree = process_tree(svc.proc.pid)
+            assert len(tree) >= 3, "expected the service, the proxy and a worker"
+            os.kill(svc.proc.pid, sig)
+            svc.proc.wait(timeout=60)
+            left = wait_gone(tree, timeout=30)
+            assert not left, f"{sig.name} left running: " + "; ".join(
+                f"{p} {cmdline(p)}" for p in left)
+            assert port_free(svc.port) and port_free(svc.proxy_port), sig.name
 
-        svc.start()  # same data dir, same ports
-        assert_whole_service_up(svc)
-        assert "Traceback" not in svc.tail(2000)
-        converge(svc, engine, name, "stopped")
-        converge(svc, engine, name, "running")
+            svc.start()  # same data dir, same ports
+            assert_whole_service_up(svc)
+            assert "Traceback" not in svc.tail(2000)
+            converge(svc, engine, name, then)  # and its workers run operations
         delete_clean(svc, engine, name, assert_truthful(svc, engine, name)["stack"])
 
 
