@@ -8,7 +8,10 @@ imports here: the exec proxy must not need the Pulumi SDK.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from components.runtime import DockerRuntime, KubernetesRuntime
 
@@ -17,11 +20,109 @@ def docker_client(rt: DockerRuntime, timeout: float = 30) -> Any:
     """A `docker.DockerClient` for the runtime's engine (unix, tcp:// + TLS, ssh://)."""
     import docker
 
-    tls = None
-    if rt.host.startswith("tcp://"):
-        tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file),
-                                   ca_cert=rt.ca_file, verify=True)
-    return docker.DockerClient(base_url=rt.host, tls=tls, timeout=timeout)
+    if rt.host.startswith("ssh://"):
+        return _ssh_docker_client(rt, timeout)
+    if not rt.host.startswith("tcp://"):
+        return docker.DockerClient(base_url=rt.host, timeout=timeout, max_pool_size=32)
+    tls = docker.tls.TLSConfig(client_cert=(rt.cert_file, rt.key_file), ca_cert=rt.ca_file,
+                               verify=True)
+    # Built without connecting, then told to ignore the environment: requests would
+    # otherwise verify against REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE instead of ca_file.
+    client = docker.DockerClient(base_url=rt.host, tls=tls, timeout=timeout, max_pool_size=32,
+                                 version="1.41")
+    client.api.trust_env = False
+    client.api._version = client.api._retrieve_server_version()
+    return client
+
+
+class HostKeyError(Exception):
+    """The SSH host's key is unknown or does not match the runtime's known_hosts."""
+
+
+def check_ssh_host_key(rt: DockerRuntime, timeout: float = 20) -> None:
+    """Raise HostKeyError (naming the runtime) unless the ssh:// host presents a key its
+    known_hosts lists; only the key exchange, no login. Run before the Pulumi provider
+    (which uses the ssh binary) so a bad host fails with this error and creates nothing."""
+    import socket
+
+    import paramiko
+
+    url = urlsplit(rt.host)
+    host, port = url.hostname or "", url.port or 22
+    path = rt.ssh_known_hosts_file or os.path.expanduser("~/.ssh/known_hosts")
+    known = paramiko.HostKeys(path) if os.path.exists(path) else paramiko.HostKeys()
+    entry = known.lookup(host if port == 22 else f"[{host}]:{port}")
+    if not entry:
+        raise HostKeyError(f"runtime {rt.name!r}: no host key for {host}:{port} in {path}")
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except OSError as exc:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach {host}:{port}: {exc}") from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.get_security_options().key_types = [
+            t for t in transport.get_security_options().key_types if t in entry]
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except paramiko.SSHException as exc:
+        raise HostKeyError(f"runtime {rt.name!r}: {host}:{port} offered no host key listed "
+                           f"in {path}: {exc}") from exc
+    finally:
+        transport.close()
+    if entry.get(key.get_name()) != key:
+        raise HostKeyError(f"runtime {rt.name!r}: the host key of {host}:{port} does not "
+                           f"match {path}")
+
+
+def _ssh_docker_client(rt: DockerRuntime, timeout: float) -> Any:
+    """The Docker SDK over SSH (paramiko: `docker system dial-stdio` on the host), with
+    the runtime's identity and known_hosts and strict host-key checking. The SDK's own
+    adapter reads ~/.ssh (of $HOME) and would take any key the agent offers."""
+    import docker
+    import paramiko
+    from docker.transport.sshconn import SSHHTTPAdapter
+
+    class StrictSSHAdapter(SSHHTTPAdapter):  # type: ignore[misc]
+        def _create_paramiko_client(self, base_url: str) -> None:
+            logging.getLogger("paramiko").setLevel(logging.WARNING)
+            url = urlsplit(base_url)
+            self.ssh_client = paramiko.SSHClient()
+            if rt.ssh_known_hosts_file:
+                self.ssh_client.load_host_keys(rt.ssh_known_hosts_file)
+            else:
+                self.ssh_client.load_system_host_keys()
+            self.ssh_client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            self.ssh_params = {"hostname": url.hostname, "port": url.port or 22,
+                               "username": url.username, "timeout": timeout,
+                               "banner_timeout": timeout, "auth_timeout": timeout}
+            if rt.ssh_identity_file:
+                self.ssh_params.update(key_filename=rt.ssh_identity_file,
+                                       look_for_keys=False, allow_agent=False)
+
+        def _connect(self) -> None:
+            try:
+                super()._connect()
+            except paramiko.BadHostKeyException as exc:
+                raise HostKeyError(f"runtime {rt.name!r}: the host key of "
+                                   f"{exc.hostname} does not match its known_hosts "
+                                   "entry") from exc
+            except paramiko.SSHException as exc:
+                if "not found in known_hosts" in str(exc):
+                    raise HostKeyError(f"runtime {rt.name!r}: the host key of "
+                                       f"{urlsplit(rt.host).hostname} is not in "
+                                       f"{rt.ssh_known_hosts_file or '~/.ssh/known_hosts'}"
+                                       ) from exc
+                raise
+
+    # The SDK would connect with its own adapter while constructing (version
+    # negotiation): build without connecting, mount the strict adapter, then ask.
+    client = docker.DockerClient(base_url=rt.host, version="1.41", use_ssh_client=True,
+                                 timeout=timeout)
+    adapter = StrictSSHAdapter(rt.host, timeout=timeout, max_pool_size=32)
+    client.api.mount("http+docker://ssh", adapter)
+    client.api._custom_adapter = adapter
+    client.api._version = client.api._retrieve_server_version()
+    return client
 
 
 def kube_api_client(rt: KubernetesRuntime) -> Any:

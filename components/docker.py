@@ -14,11 +14,25 @@ import pulumi
 import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
-from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
+from components.clients import check_ssh_host_key
+from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
 from components.runtime import DockerRuntime
-from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID, WorkspaceSpec
+from components.spec import (
+    WORKSPACE_GID,
+    WORKSPACE_ROOT,
+    WORKSPACE_UID,
+    WorkspaceSpec,
+    registry_host,
+)
 
 CPU_PERIOD = 100_000  # microseconds
+# Init's input files go into the init container's own filesystem (not the
+# volume). The provider can only upload root-owned files (its owner option
+# needs the daemon to resolve the container's user, which fails for
+# "uid:gid"), and the sticky /tmp keeps uid 1000 from deleting them, so they
+# are writable and init empties them once read: nothing secret stays in the
+# exited container.
+INIT_INPUT_PREFIX = "/tmp/stackspace-init-"  # noqa: S108 - inside the container
 
 HARDENING = {
     "capabilities": {"drops": ["ALL"]},
@@ -44,7 +58,10 @@ def _check_init_exit(code: int | None, logs: str | None = None) -> int | None:
     return code
 
 
-def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provider:
+def _provider(runtime: DockerRuntime, parent: pulumi.Resource,
+              registry_auth: list[dict] | None = None) -> docker.Provider:
+    if runtime.host.startswith("ssh://"):
+        check_ssh_host_key(runtime)  # a clear error naming the runtime; nothing created
     tls: dict = {}
     if runtime.host.startswith("tcp://"):
         tls = {
@@ -52,10 +69,33 @@ def _provider(runtime: DockerRuntime, parent: pulumi.Resource) -> docker.Provide
             "cert_material": Path(runtime.cert_file or "").read_text(),
             "key_material": pulumi.Output.secret(Path(runtime.key_file or "").read_text()),
         }
-    ssh_opts = (["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-                if runtime.host.startswith("ssh://") else None)
-    return docker.Provider("docker", host=runtime.host, ssh_opts=ssh_opts,
+    return docker.Provider("docker", host=runtime.host, ssh_opts=ssh_options(runtime),
+                           registry_auth=registry_auth,
                            opts=pulumi.ResourceOptions(parent=parent), **tls)
+
+
+def ssh_options(runtime: DockerRuntime) -> list[str] | None:
+    """OpenSSH options for the provider's `ssh ... docker system dial-stdio`: explicit
+    files (ssh reads the passwd home's ~/.ssh, not $HOME), strict host keys, no prompts."""
+    if not runtime.host.startswith("ssh://"):
+        return None
+    opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=30"]
+    if runtime.ssh_identity_file:
+        opts += ["-i", runtime.ssh_identity_file, "-o", "IdentitiesOnly=yes"]
+    if runtime.ssh_known_hosts_file:
+        opts += ["-o", f"UserKnownHostsFile={runtime.ssh_known_hosts_file}",
+                 "-o", "GlobalKnownHostsFile=/dev/null"]
+    return opts
+
+
+def _registry_auth(spec: WorkspaceSpec) -> list[dict] | None:
+    """The provider's login for pulling a private `image` (password as a secret)."""
+    creds = spec.image_credentials
+    if creds is None:
+        return None
+    return [{"address": registry_host(spec.image), "username": creds.username,
+             "password": pulumi.Output.secret(creds.password)}]
 
 
 class DockerWorkspace(pulumi.ComponentResource):
@@ -64,7 +104,7 @@ class DockerWorkspace(pulumi.ComponentResource):
         super().__init__("stackspace:docker:Workspace", name, None, opts)
         spec = inputs.spec
         base = inputs.base_name
-        provider = _provider(runtime, self)
+        provider = _provider(runtime, self, _registry_auth(spec))
         popts = pulumi.ResourceOptions(parent=self, provider=provider)
 
         def labels(role: str) -> list[dict]:
@@ -86,19 +126,29 @@ class DockerWorkspace(pulumi.ComponentResource):
 
         mounts = [{"target": WORKSPACE_ROOT, "source": self.volume.name, "type": "volume"}]
         user = f"{WORKSPACE_UID}:{WORKSPACE_GID}"
-        plain_env, secret_env = init_env(spec)
-        envs = [f"{k}={v}" for k, v in plain_env.items()]
-        envs += [pulumi.Output.secret(f"{k}={v}") for k, v in sorted(secret_env.items())]
+        init = init_inputs(spec, INIT_INPUT_PREFIX, remove_inputs=True)
+        uploads = []
+        for input_name, content in sorted(init.files.items()):
+            secret = input_name in init.secret_names
+            uploads.append({
+                "file": f"{INIT_INPUT_PREFIX}{input_name}",
+                "content": pulumi.Output.secret(content) if secret else content,
+                "permissions": "0666",
+            })
 
-        # Named by its fingerprint: start/stop leave it alone, a new repository
-        # or files spec runs a new init. The provider attaches and waits for it
-        # to exit; a non-zero exit code fails the update.
+        # Named by its fingerprint (repository + file entries only): start,
+        # stop and image/env/command updates leave it alone; a changed `files`
+        # entry runs a new init, which writes only the changed entries. The
+        # provider attaches and waits for it to exit; a non-zero exit code
+        # fails the update. Its entrypoint is the script itself, whatever the
+        # image's ENTRYPOINT.
         self.init = docker.Container(
             "init",
             name=f"{base}-init-{init_fingerprint(spec)}",
             image=spec.image,
-            command=["/bin/sh", "-c", INIT_SCRIPT],
-            envs=envs,
+            entrypoints=["/bin/sh", "-c", INIT_SCRIPT],
+            envs=[f"{k}={v}" for k, v in init.env.items()],
+            uploads=uploads,
             mounts=mounts,
             user=user,
             working_dir=WORKSPACE_ROOT,
@@ -109,7 +159,9 @@ class DockerWorkspace(pulumi.ComponentResource):
             labels=labels("init"),
             **HARDENING,
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
-                depends_on=[image], delete_before_replace=True)),
+                depends_on=[image], delete_before_replace=True,
+                # An image update is not an init change: no new init run.
+                ignore_changes=["image"])),
         )
         # Only a workspace that should run needs a good init: stop and the
         # delete path must go through even after a failed clone.
@@ -118,6 +170,8 @@ class DockerWorkspace(pulumi.ComponentResource):
             .apply(lambda a: _check_init_exit(*a))
             if inputs.running else self.init.exit_code)
 
+        envs: list = [f"{k}={v}" for k, v in spec.env.items()]
+        envs += [pulumi.Output.secret(f"{k}={v}") for k, v in sorted(spec.secret_env.items())]
         self.container = None
         if inputs.running:
             self.container = docker.Container(
@@ -125,8 +179,10 @@ class DockerWorkspace(pulumi.ComponentResource):
                 name=base,
                 hostname=spec.name,
                 image=spec.image,
-                command=list(spec.command),
-                envs=[f"{k}={v}" for k, v in spec.env.items()],
+                # `command` is the full argv on every backend: it replaces the
+                # image's ENTRYPOINT (and so its CMD) as on Kubernetes.
+                entrypoints=list(spec.command),
+                envs=envs,
                 mounts=mounts,
                 user=user,
                 working_dir=WORKSPACE_ROOT,

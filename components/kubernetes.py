@@ -1,22 +1,36 @@
-"""The Kubernetes backend: one workspace as a PVC, an init Job and a Pod.
+"""The Kubernetes backend: one workspace as a PVC, an init Job and a
+Deployment of one pod.
 
 Storage (the PVC) is protected unless the delete path asked otherwise, and the
 fields whose change would make Kubernetes replace it are ignored, so no plan
-other than delete's can lose the workspace's files.
+other than delete's can lose the workspace's files. The Deployment brings a
+deleted or evicted pod back on the same storage without any stackspace call.
+Secrets reach pods only through Secret objects (mounted or secretKeyRef):
+nothing secret is written into a Job or pod spec.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
-from components.init_script import INIT_SCRIPT, init_env, init_fingerprint
+from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
 from components.runtime import KubernetesRuntime
-from components.spec import WORKSPACE_GID, WORKSPACE_ROOT, WORKSPACE_UID
+from components.spec import (
+    WORKSPACE_GID,
+    WORKSPACE_ROOT,
+    WORKSPACE_UID,
+    WorkspaceSpec,
+    registry_host,
+)
+
+# Where the init Job mounts its input Secret (file contents, credential). The
+# spec's config budget (components/spec.py) keeps it far below the 1 MiB cap.
+INIT_INPUT_DIR = "/var/run/stackspace-init"
 
 # Replacing a PVC loses its data: these changes are never applied in place.
 PVC_IMMUTABLE = ["spec.storageClassName", "spec.accessModes", "spec.volumeName",
@@ -35,8 +49,8 @@ def _security_context() -> dict:
     }
 
 
-def _pod_spec(runtime: KubernetesRuntime) -> dict:
-    """Pod-level settings shared by the init Job and the workspace Pod."""
+def _pod_spec(runtime: KubernetesRuntime, pull_secret: k8s.core.v1.Secret | None) -> dict:
+    """Pod-level settings shared by the init Job and the workspace pod."""
     spec: dict = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -44,12 +58,26 @@ def _pod_spec(runtime: KubernetesRuntime) -> dict:
     }
     if runtime.node_selector:
         spec["nodeSelector"] = dict(runtime.node_selector)
+    if pull_secret is not None:
+        spec["imagePullSecrets"] = [{"name": pull_secret.metadata.name}]
     return spec
+
+
+def dockerconfigjson(spec: WorkspaceSpec) -> str:
+    """`.dockerconfigjson` of an imagePullSecret for the spec's image registry."""
+    creds = spec.image_credentials
+    assert creds is not None
+    host = registry_host(spec.image)
+    if host == "docker.io":
+        host = "https://index.docker.io/v1/"
+    auth = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    return json.dumps({"auths": {host: {"username": creds.username, "password": creds.password,
+                                        "auth": auth}}}, sort_keys=True)
 
 
 class KubernetesWorkspace(pulumi.ComponentResource):
     pvc_name: pulumi.Output[str]
-    pod_name: pulumi.Output[str] | None
+    deployment_name: pulumi.Output[str] | None
 
     def __init__(self, name: str, inputs: WorkspaceInputs, runtime: KubernetesRuntime,
                  opts: pulumi.ResourceOptions | None = None) -> None:
@@ -73,16 +101,28 @@ class KubernetesWorkspace(pulumi.ComponentResource):
         def meta(obj_name: str, role: str) -> dict:
             return {"name": obj_name, "namespace": ns, "labels": inputs.labels_with(role)}
 
-        plain_env, secret_env = init_env(spec)
-        secret = None
-        if secret_env:
-            secret = k8s.core.v1.Secret(
-                "secrets",
-                metadata=meta(f"{base}-secrets", "secrets"),
-                type="Opaque",
-                string_data=pulumi.Output.secret(secret_env),
-                opts=popts,
-            )
+        def secret(res_name: str, obj_name: str, data: dict[str, str],
+                   kind: str = "Opaque") -> k8s.core.v1.Secret:
+            return k8s.core.v1.Secret(
+                res_name, metadata=meta(obj_name, "secrets"), type=kind,
+                string_data=pulumi.Output.secret(data), opts=popts)
+
+        pull_secret = None
+        if spec.image_credentials is not None:
+            pull_secret = secret("image-pull", f"{base}-pull",
+                                 {".dockerconfigjson": dockerconfigjson(spec)},
+                                 "kubernetes.io/dockerconfigjson")
+
+        # Init's inputs (file contents, credential) as a Secret mounted into
+        # the Job: no content in its env (the 128 KiB env-string cap), no
+        # secret in its spec.
+        init = init_inputs(spec, f"{INIT_INPUT_DIR}/", remove_inputs=False)
+        input_secret = (secret("init-input", f"{base}-input", init.files)
+                        if init.files else None)
+
+        env_secret = None
+        if spec.secret_env:
+            env_secret = secret("env", f"{base}-env", dict(spec.secret_env))
 
         storage_class = runtime.storage_class
         self.pvc = k8s.core.v1.PersistentVolumeClaim(
@@ -99,17 +139,19 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             )),
         )
 
-        volumes = [{"name": "home",
-                    "persistentVolumeClaim": {"claimName": self.pvc.metadata.name}}]
+        home = {"name": "home", "persistentVolumeClaim": {"claimName": self.pvc.metadata.name}}
         mounts = [{"name": "home", "mountPath": WORKSPACE_ROOT}]
+        init_volumes = [home]
+        init_mounts = list(mounts)
+        if input_secret is not None:
+            init_volumes.append({"name": "init-input", "secret": {
+                "secretName": input_secret.metadata.name, "defaultMode": 0o440}})
+            init_mounts.append({"name": "init-input", "mountPath": INIT_INPUT_DIR,
+                                "readOnly": True})
 
-        env = [{"name": k, "value": v} for k, v in plain_env.items()]
-        if secret is not None:
-            env += [{"name": k, "valueFrom": {"secretKeyRef": {
-                "name": secret.metadata.name, "key": k}}} for k in sorted(secret_env)]
-        # The Job's name carries the init fingerprint: start/stop leave it alone,
-        # a changed repository/files spec runs a new init (which still skips the
-        # clone once the marker exists).
+        # The Job's name carries the init fingerprint (repository + file
+        # entries): start/stop and image/env/command updates leave it alone; a
+        # changed `files` entry runs a new init, which writes only that entry.
         self.init_job = k8s.batch.v1.Job(
             "init",
             metadata=meta(f"{base}-init-{init_fingerprint(spec)}", "init"),
@@ -118,16 +160,16 @@ class KubernetesWorkspace(pulumi.ComponentResource):
                 "template": {
                     "metadata": {"labels": inputs.labels_with("init")},
                     "spec": {
-                        **_pod_spec(runtime),
+                        **_pod_spec(runtime, pull_secret),
                         "restartPolicy": "Never",
-                        "volumes": volumes,
+                        "volumes": init_volumes,
                         "containers": [{
                             "name": "init",
                             "image": spec.image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["/bin/sh", "-c", INIT_SCRIPT],
-                            "env": env,
-                            "volumeMounts": mounts,
+                            "env": [{"name": k, "value": v} for k, v in init.env.items()],
+                            "volumeMounts": init_mounts,
                             "securityContext": _security_context(),
                             "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
                         }],
@@ -136,7 +178,9 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                 custom_timeouts=pulumi.CustomTimeouts(create="10m"),
-                depends_on=[secret] if secret is not None else [],
+                depends_on=[r for r in (input_secret, pull_secret) if r is not None],
+                # An image update is not an init change: no new init run.
+                ignore_changes=["spec.template.spec.containers[0].image"],
             )),
         )
 
@@ -148,54 +192,60 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             opts=popts,
         )
 
-        self.pod = None
+        self.deployment = None
         if inputs.running:
             cpu = f"{int(cpu_cores(spec) * 1000)}m"
             memory = str(memory_bytes(spec))
+            env: list = [{"name": k, "value": v} for k, v in spec.env.items()]
+            if env_secret is not None:
+                env += [{"name": k, "valueFrom": {"secretKeyRef": {
+                    "name": env_secret.metadata.name, "key": k}}} for k in sorted(spec.secret_env)]
             pod_spec = {
-                **_pod_spec(runtime),
+                **_pod_spec(runtime, pull_secret),
                 "hostname": spec.name,
                 "restartPolicy": "Always",
+                # The pause container becomes PID 1 and the workspace command
+                # an ordinary process: SIGTERM stops `sleep` at once instead of
+                # being ignored by a PID 1 until the grace period runs out.
+                "shareProcessNamespace": True,
                 "terminationGracePeriodSeconds": 10,
-                "volumes": volumes,
+                "volumes": [home],
                 "containers": [{
                     "name": "workspace",
                     "image": spec.image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": list(spec.command),
                     "workingDir": WORKSPACE_ROOT,
-                    "env": [{"name": k, "value": v} for k, v in spec.env.items()],
+                    "env": env,
                     "volumeMounts": mounts,
                     "securityContext": _security_context(),
                     "resources": {"requests": {"cpu": cpu, "memory": memory},
                                   "limits": {"cpu": cpu, "memory": memory}},
                 }],
             }
-            # The name carries a hash of the spec: a changed spec is a new Pod
-            # (Pod specs are immutable), and the provider's dry-run of the
-            # replacement never collides with the old Pod's name.
-            shape = [spec.image, list(spec.command), spec.env, cpu, memory,
-                     runtime.node_selector]
-            digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
-            self.pod = k8s.core.v1.Pod(
+            selector = inputs.labels_with("workspace")
+            # One pod, brought back by Kubernetes if it is deleted or evicted.
+            # Recreate: the old pod releases the ReadWriteOnce volume before a
+            # new one (after an update) mounts it.
+            self.deployment = k8s.apps.v1.Deployment(
                 "workspace",
-                metadata=meta(f"{base}-{digest[:6]}", "workspace"),
-                spec=pod_spec,
+                metadata=meta(base, "workspace"),
+                spec={
+                    "replicas": 1,
+                    "strategy": {"type": "Recreate"},
+                    "selector": {"matchLabels": selector},
+                    "template": {"metadata": {"labels": selector}, "spec": pod_spec},
+                },
                 opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
-                    depends_on=[self.init_job],
-                    # A Pod's spec is immutable in place: any change recreates it
-                    # on the same storage. The old Pod goes first, so a
-                    # ReadWriteOnce volume is free for the new one on any node.
-                    replace_on_changes=["spec"],
-                    delete_before_replace=True,
-                    custom_timeouts=pulumi.CustomTimeouts(create="5m"),
+                    depends_on=[self.init_job, *([env_secret] if env_secret else [])],
+                    custom_timeouts=pulumi.CustomTimeouts(create="5m", update="5m"),
                 )),
             )
 
         self.pvc_name = self.pvc.metadata.name
-        self.pod_name = self.pod.metadata.name if self.pod else None
+        self.deployment_name = self.deployment.metadata.name if self.deployment else None
         self.register_outputs({
             "namespace": ns,
             "storage": self.pvc_name,
-            "pod": self.pod_name,
+            "deployment": self.deployment_name,
         })

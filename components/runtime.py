@@ -28,6 +28,10 @@ class DockerRuntime:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    # For ssh:// hosts: the private key and the known_hosts file to use (paths on
+    # the service host). Host keys are always checked strictly.
+    ssh_identity_file: str | None = None
+    ssh_known_hosts_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def parse_runtime(data: Any) -> Runtime:
     kind = data.get("type")
     validate_name(data.get("name"), "runtime.name")
     if kind == "docker":
-        allowed = {"name", "type", "host", "network_mode", "ca_file", "cert_file", "key_file"}
+        allowed = {"name", "type", "host", "network_mode", "ca_file", "cert_file", "key_file",
+                   "ssh_identity_file", "ssh_known_hosts_file"}
         _reject_unknown(data, allowed)
         rt = DockerRuntime(**{k: v for k, v in data.items() if k != "type"})
         if not _DOCKER_HOST.match(rt.host):
@@ -62,6 +67,13 @@ def parse_runtime(data: Any) -> Runtime:
         if rt.host.startswith("tcp://") and not (rt.ca_file and rt.cert_file and rt.key_file):
             raise SpecError({"runtime.host": "tcp:// hosts need ca_file, cert_file and key_file "
                              "(the daemon must require TLS)"})
+        ssh_files = {"ssh_identity_file": rt.ssh_identity_file,
+                     "ssh_known_hosts_file": rt.ssh_known_hosts_file}
+        for key, value in ssh_files.items():
+            if value is not None and not rt.host.startswith("ssh://"):
+                raise SpecError({f"runtime.{key}": "only for ssh:// hosts"})
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+                raise SpecError({f"runtime.{key}": "must be an absolute path"})
         return rt
     if kind == "kubernetes":
         allowed = {"name", "type", "kubeconfig", "context", "namespace", "storage_class",

@@ -9,6 +9,7 @@ them from its environment).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,8 +25,16 @@ DEFAULT_COMMAND = ["sleep", "infinity"]
 
 MAX_NAME = 40
 MAX_FILES = 64
-MAX_FILE_BYTES = 256 * 1024
+# The whole spec lives in stack config, and the Pulumi language host hands all
+# config to the program in ONE environment string (PULUMI_CONFIG), which Linux
+# caps at 128 KiB (MAX_ARG_STRLEN). So the spec's values, as they appear there
+# (JSON inside JSON), share one budget, leaving room for the other keys; one
+# file may take most of it.
+MAX_CONFIG_BYTES = 120 * 1024
+MAX_FILE_BYTES = 100 * 1024
 MAX_ENV = 128
+# Stands for a secret value in API responses and in a stored spec's public form.
+REDACTED = "[secret]"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -44,6 +53,7 @@ _URL = re.compile(r"^(https|ssh|file)://[^\s'\"`$\\;|&<>]+$")
 # Kubernetes quantities: plain or binary/decimal suffixed numbers.
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _MODE = re.compile(r"^0?[0-7]{3}$")
+_USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,255}$")
 
 _SUFFIX = {
     None: 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
@@ -65,6 +75,14 @@ def quantity_value(text: str) -> float:
     if not m:
         raise ValueError(f"not a quantity: {text!r}")
     return float(m.group(1)) * _SUFFIX[m.group(3)]
+
+
+def registry_host(image: str) -> str:
+    """The registry an image reference pulls from ('docker.io' when none is named)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def validate_name(name: Any, field_name: str = "name") -> str:
@@ -111,6 +129,17 @@ class Repository:
     url: str
     ref: str = "main"
     credential: str | None = None  # secret: token (https) or never echoed
+    # Sent with the credential (GitLab OAuth: "oauth2", Bitbucket: "x-token-auth").
+    # None keeps the old behaviour: the credential answers both prompts.
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageCredentials:
+    """Registry login for pulling `image`. The password is secret: the public
+    form of a stored spec (public_dict) holds REDACTED in its place."""
+    username: str
+    password: str
 
 
 @dataclass(frozen=True)
@@ -138,9 +167,14 @@ class WorkspaceSpec:
     files: tuple[WorkspaceFile, ...] = ()
     resources: Resources = field(default_factory=Resources)
     command: tuple[str, ...] = tuple(DEFAULT_COMMAND)
+    # Secret values: names are public, values are Pulumi secrets / Kubernetes
+    # Secrets, never echoed.
+    secret_env: dict[str, str] = field(default_factory=dict)
+    image_credentials: ImageCredentials | None = None
 
     FIELDS = frozenset(
-        {"name", "image", "runtime", "repository", "env", "files", "resources", "command"}
+        {"name", "image", "runtime", "repository", "env", "files", "resources", "command",
+         "secret_env", "image_credentials"}
     )
 
     @classmethod
@@ -163,6 +197,12 @@ class WorkspaceSpec:
         if data.get("repository") is not None:
             repository = _parse_repository(data["repository"], errors)
         env = _parse_env(data.get("env", {}), errors)
+        secret_env = _parse_env(data.get("secret_env", {}), errors, "secret_env")
+        for k in set(env) & set(secret_env):
+            errors[f"secret_env.{k}"] = "already set in env"
+        image_credentials = None
+        if data.get("image_credentials") is not None:
+            image_credentials = _parse_image_credentials(data["image_credentials"], errors)
         files = _parse_files(data.get("files", []), errors)
         resources = _parse_resources(data.get("resources", {}), errors)
 
@@ -177,6 +217,9 @@ class WorkspaceSpec:
 
         if errors:
             raise SpecError(errors)
+        _check_config_budget(data, errors)
+        if errors:
+            raise SpecError(errors)
         return cls(
             name=name,
             image=image,
@@ -186,6 +229,8 @@ class WorkspaceSpec:
             files=files,
             resources=resources,
             command=tuple(command),
+            secret_env=secret_env,
+            image_credentials=image_credentials,
         )
 
     def to_dict(self, redact: bool = False) -> dict[str, Any]:
@@ -196,13 +241,20 @@ class WorkspaceSpec:
         if self.repository is None:
             out.pop("repository")
         elif redact and self.repository.credential is not None:
-            out["repository"]["credential"] = "[secret]"
+            out["repository"]["credential"] = REDACTED
         elif self.repository.credential is None:
             out["repository"].pop("credential")
+        if self.repository is not None and self.repository.username is None:
+            out["repository"].pop("username")
         if redact:
             for f in out["files"]:
                 if f["secret"]:
-                    f["content"] = "[secret]"
+                    f["content"] = REDACTED
+            out["secret_env"] = {k: REDACTED for k in self.secret_env}
+        if self.image_credentials is None:
+            out.pop("image_credentials")
+        elif redact:
+            out["image_credentials"]["password"] = REDACTED
         if self.runtime is None:
             out.pop("runtime")
         return out
@@ -216,16 +268,25 @@ class WorkspaceSpec:
             {k: v for k, v in f.items() if not (f["secret"] and k == "content")}
             for f in out["files"]
         ]
+        # Names stay visible (`pulumi config` shows what is set), values do not.
+        out["secret_env"] = {k: "" for k in self.secret_env}
+        if "image_credentials" in out:
+            out["image_credentials"]["password"] = REDACTED
         return out
 
     def secret_values(self) -> dict[str, str]:
-        """Secret values by key: 'credential' and 'file:<path>' for secret files."""
+        """Secret values by key: 'credential', 'file:<path>' for secret files,
+        'env:<NAME>' for secret_env and 'image_password'."""
         out: dict[str, str] = {}
         if self.repository and self.repository.credential is not None:
             out["credential"] = self.repository.credential
         for f in self.files:
             if f.secret:
                 out[f"file:{f.path}"] = f.content
+        for k, v in self.secret_env.items():
+            out[f"env:{k}"] = v
+        if self.image_credentials and self.image_credentials.password != REDACTED:
+            out["image_password"] = self.image_credentials.password
         return out
 
     @classmethod
@@ -238,6 +299,11 @@ class WorkspaceSpec:
             {**f, "content": secrets.get(f"file:{f['path']}", "")} if f.get("secret") else f
             for f in data.get("files", [])
         ]
+        data["secret_env"] = {k: secrets.get(f"env:{k}", "")
+                              for k in data.get("secret_env", {})}
+        if "image_credentials" in data and "image_password" in secrets:
+            data["image_credentials"] = {**data["image_credentials"],
+                                         "password": secrets["image_password"]}
         return cls.parse(data)
 
     def merged(self, patch: Any) -> WorkspaceSpec:
@@ -250,7 +316,7 @@ class WorkspaceSpec:
             raise SpecError({"body": "must be an object"})
         errors: dict[str, str] = {}
         _check_keys(patch, {"image", "env", "files", "resources", "command"}, "", errors)
-        for key in ("name", "runtime", "repository"):
+        for key in ("name", "runtime", "repository", "secret_env", "image_credentials"):
             if key in patch:
                 errors[key] = "cannot be changed after create"
         if errors:
@@ -266,6 +332,29 @@ class WorkspaceSpec:
         return new
 
 
+def _config_len(value: Any) -> int:
+    """Bytes `value` takes in PULUMI_CONFIG: JSON text (as in stack config),
+    encoded again as a Go JSON string (which also escapes <, > and &)."""
+    once = json.dumps(value, sort_keys=True)
+    twice = json.dumps(once, ensure_ascii=False)
+    return len(twice.encode()) + 5 * sum(once.count(c) for c in "<>&")
+
+
+def _check_config_budget(data: dict, errors: dict[str, str]) -> None:
+    """Reject a spec too large for stack config, naming its largest value."""
+    total = _config_len(data)
+    if total <= MAX_CONFIG_BYTES:
+        return
+    sizes = {f"files[{i}].content": _config_len(f.get("content", ""))
+             for i, f in enumerate(data.get("files", []))}
+    for where in ("env", "secret_env"):
+        sizes.update({f"{where}.{k}": _config_len(v) for k, v in data.get(where, {}).items()})
+    largest = max(sizes, key=sizes.get) if sizes else "body"
+    errors[largest] = (f"too large: the spec takes {total} bytes once encoded for stack config, "
+                       f"at most {MAX_CONFIG_BYTES} (text with many quotes, backslashes or "
+                       "non-ASCII characters takes more)")
+
+
 def _collect(errors: dict[str, str], fn):  # noqa: ANN001, ANN202
     try:
         return fn()
@@ -275,7 +364,7 @@ def _collect(errors: dict[str, str], fn):  # noqa: ANN001, ANN202
 
 
 def _parse_repository(obj: Any, errors: dict[str, str]) -> Repository | None:
-    obj = _check_keys(obj, {"url", "ref", "credential"}, "repository", errors)
+    obj = _check_keys(obj, {"url", "ref", "credential", "username"}, "repository", errors)
     url = obj.get("url")
     if not isinstance(url, str) or not (_URL.match(url) or _SSH_SCP.match(url)) or len(url) > 2048:
         errors["repository.url"] = "must be an https://, ssh://, user@host:path or file:// URL"
@@ -289,22 +378,39 @@ def _parse_repository(obj: Any, errors: dict[str, str]) -> Repository | None:
         not isinstance(credential, str) or not credential or len(credential) > 16384
     ):
         errors["repository.credential"] = "must be a non-empty string"
+    username = obj.get("username")
+    if username is not None and (not isinstance(username, str) or not _USERNAME.match(username)):
+        errors["repository.username"] = "must be a user name (letters, digits, '._@+-')"
     if any(k.startswith("repository") for k in errors):
         return None
-    return Repository(url=url, ref=ref, credential=credential)
+    return Repository(url=url, ref=ref, credential=credential, username=username)
 
 
-def _parse_env(obj: Any, errors: dict[str, str]) -> dict[str, str]:
+def _parse_image_credentials(obj: Any, errors: dict[str, str]) -> ImageCredentials | None:
+    where = "image_credentials"
+    obj = _check_keys(obj, {"username", "password"}, where, errors)
+    username, password = obj.get("username"), obj.get("password")
+    if not isinstance(username, str) or not _USERNAME.match(username):
+        errors[f"{where}.username"] = "must be a user name (letters, digits, '._@+-')"
+    if (not isinstance(password, str) or not password or len(password) > 16384
+            or "\0" in password):
+        errors[f"{where}.password"] = "must be a non-empty string"
+    if any(k.startswith(where) for k in errors):
+        return None
+    return ImageCredentials(username=username, password=password)
+
+
+def _parse_env(obj: Any, errors: dict[str, str], where: str = "env") -> dict[str, str]:
     if not isinstance(obj, dict):
-        errors["env"] = "must be an object of NAME: value"
+        errors[where] = "must be an object of NAME: value"
         return {}
     if len(obj) > MAX_ENV:
-        errors["env"] = f"at most {MAX_ENV} variables"
+        errors[where] = f"at most {MAX_ENV} variables"
     for k, v in obj.items():
         if not isinstance(k, str) or not _ENV_NAME.match(k) or k.startswith("STACKSPACE_"):
-            errors[f"env.{k}"] = "must be a name like FOO_BAR (not STACKSPACE_*)"
+            errors[f"{where}.{k}"] = "must be a name like FOO_BAR (not STACKSPACE_*)"
         elif not isinstance(v, str) or "\0" in v or len(v) > 32768:
-            errors[f"env.{k}"] = "must be a string"
+            errors[f"{where}.{k}"] = "must be a string"
     return dict(obj)
 
 

@@ -18,29 +18,10 @@ from typing import Any
 import click
 import requests
 
+from proxy.logs import setup_logging
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; `extra` fields become keys. Never log secrets."""
-
-    SKIP = set(vars(logging.makeLogRecord({})))
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in vars(record).items() if k not in self.SKIP})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=os.environ.get("STACKSPACE_LOG_LEVEL", "INFO"), handlers=[handler])
 
 
 @click.group()
@@ -123,7 +104,7 @@ def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
 @server_options("HOST:PORT (default 127.0.0.1:8080)")
 def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
     """Run the service and the exec proxy (a separate process) with embedded defaults."""
-    args = [sys.executable, "-m", "service.cli", "proxy"]
+    args = [sys.executable, "-m", "service.cli", "proxy"]  # the proxy is its own process
     if config:
         args += ["--config", config]
     if data_dir:
@@ -149,14 +130,16 @@ def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
 @click.option("--api", help="HOST:PORT of the service, for activity reports")
 def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str | None
           ) -> None:
-    """Run the exec proxy (terminals into running workspaces)."""
-    from service.proxy import ProxyConfig, run_proxy
+    """Run the exec proxy (terminals into running workspaces) with the service's
+    ticket key and listen address; the same process as `python -m proxy`."""
+    from proxy.server import ProxyConfig, run_proxy
 
     setup_logging()
     cfg = load_config(Path(config) if config else None, data_dir=data_dir, proxy_listen=listen)
     host, _, port = cfg.proxy_listen.rpartition(":")
     run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
-                          activity_url=f"http://{api or cfg.listen}/internal/activity"))
+                          activity_url=f"http://{api or cfg.listen}/internal/activity"),
+              announce=lambda url: click.echo(f"exec proxy listening on {url}"))
 
 
 @main.command()

@@ -4,14 +4,15 @@
 EOF on stdin -> a v5 half-close) and ``run_terminal`` puts the local terminal in
 raw mode and forwards SIGWINCH as resize frames. Both return the remote exit
 code and raise :class:`ExecClientError` when the proxy refuses the session or the
-connection ends without an exit status.
+connection ends without an exit status. stdin may be anything: a TTY, a pipe, a
+socket, a regular file or /dev/null (epoll refuses the last two).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import io
 import json
 import os
 import signal
@@ -24,11 +25,20 @@ from typing import Any, BinaryIO
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-SUBPROTOCOL = "v5.channel.k8s.io"
-BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
-STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
-CHUNK = 32 * 1024
-MAX_MESSAGE = 1 << 20
+from proxy.protocol import (
+    CLOSE,
+    MAX_MESSAGE,
+    RESIZE,
+    STATUS,
+    STDERR,
+    STDIN,
+    STDOUT,
+    ExitStatusError,
+    subprotocols,
+)
+from proxy.protocol import exit_code_of as _exit_code
+
+CHUNK = 256 * 1024
 
 
 class ExecClientError(Exception):
@@ -39,25 +49,18 @@ class ExecClientError(Exception):
         self.code = code
 
 
-def subprotocols(ticket: str) -> list[str]:
-    token = base64.urlsafe_b64encode(ticket.encode()).rstrip(b"=").decode()
-    return [SUBPROTOCOL, BEARER_PREFIX + token]
-
-
 def exit_code_of(status: dict[str, Any], close_code: int | None = None) -> int:
     """Exit code from a Kubernetes Status; raises for failures that are not an exit."""
-    if status.get("status") == "Success":
-        return 0
-    if status.get("reason") == "NonZeroExitCode":
-        for cause in status.get("details", {}).get("causes", []):
-            if cause.get("reason") == "ExitCode":
-                return int(cause["message"])
-    raise ExecClientError(status.get("message") or status.get("reason") or "exec failed",
-                          close_code)
+    try:
+        return _exit_code(status)
+    except ExitStatusError as exc:
+        raise ExecClientError(str(exc), close_code) from exc
 
 
 class _Input:
-    """Async reads from a file: readiness-driven for pipes/ttys/sockets, direct otherwise.
+    """Async reads from a file: readiness-driven where the kernel can poll it (pipes,
+    ttys, sockets), direct otherwise (regular files, /dev/null: reading them never
+    blocks for long, and epoll refuses them with EPERM).
 
     No reader thread: one blocked in read() on a terminal would outlive the
     session and swallow the user's next keystroke.
@@ -69,8 +72,7 @@ class _Input:
         if fd is None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 fd = f.fileno()  # type: ignore[union-attr]
-        # epoll refuses regular files, and reading them never blocks for long anyway.
-        self.fd = None if fd is None or stat.S_ISREG(os.fstat(fd).st_mode) else fd
+        self.fd = fd if fd is not None and _pollable(fd) else None
 
     async def read(self) -> bytes:
         if self.fd is None:
@@ -87,8 +89,30 @@ class _Input:
             loop.remove_reader(self.fd)
         try:
             return os.read(self.fd, CHUNK)
+        except BlockingIOError:  # a spurious wake-up on a shared non-blocking fd
+            return await self.read()
         except OSError:  # EIO on a pty whose other side went away
             return b""
+
+
+def _pollable(fd: int) -> bool:
+    """Whether epoll/select accepts fd (pipes, ttys, sockets; not files or /dev/null)."""
+    import selectors
+
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return False
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(fd, selectors.EVENT_READ)
+        return True
+    except (OSError, ValueError):  # EPERM for /dev/null and other plain devices
+        return False
+    finally:
+        sel.close()
 
 
 def _write(out: BinaryIO | int, data: bytes) -> None:
@@ -139,7 +163,13 @@ async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryI
 
 
 async def _send_input(ws: ClientConnection, source: _Input, half_close: bool) -> None:
-    while data := await source.read():
+    while True:
+        try:
+            data = await source.read()
+        except OSError:  # an unreadable stdin counts as empty, it never costs the exit code
+            data = b""
+        if not data:
+            break
         await ws.send(bytes([STDIN]) + data)  # awaits drain: a slow proxy slows us
     if half_close:
         await ws.send(bytes([CLOSE, STDIN]))
@@ -149,8 +179,10 @@ def run_exec(url: str, ticket: str, stdin: BinaryIO | int | None = None,
              stdout: BinaryIO | int | None = None,
              stderr: BinaryIO | int | None = None) -> int:
     """Run the ticket's command with raw byte pipes; return its exit code."""
+    if stdin is None:  # no stdin at all (fd 0 closed) reads as empty
+        stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
     return asyncio.run(_session(
-        url, ticket, sys.stdin.buffer if stdin is None else stdin,
+        url, ticket, stdin,
         sys.stdout.buffer if stdout is None else stdout,
         sys.stderr.buffer if stderr is None else stderr, half_close=True))
 

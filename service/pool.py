@@ -29,6 +29,10 @@ from typing import Any
 log = logging.getLogger("stackspace.pool")
 
 ENGINE_TAG = "STACKSPACE_ENGINE_TAG"
+# A worker's first message: it has set up its signal handlers and imports.
+# No job (and so no cancel signal) reaches it before that.
+READY = "ready"
+READY_TIMEOUT = 300.0
 
 
 class WorkerDied(Exception):
@@ -43,8 +47,11 @@ class _Running:
 
 
 class WorkerPool:
-    def __init__(self, size: int, tag_prefix: str, target: Callable[..., None]):
+    def __init__(self, size: int, tag_prefix: str, target: Callable[..., None],
+                 args: tuple[Any, ...] = ()):
+        """`target(conn, tag, *args)` is a worker's main loop."""
         self.size = size
+        self._args = args
         self.tag_prefix = tag_prefix
         self._target = target
         self._ctx = multiprocessing.get_context("spawn")
@@ -121,13 +128,26 @@ class WorkerPool:
             proc.kill()
 
     def _spawn(self, index: int, generation: int) -> tuple[Any, Any, str]:
-        tag = f"{self.tag_prefix}:{index}:{generation}"
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=self._target, args=(child, tag), daemon=True,
-                                 name=f"stackspace-worker-{index}")
-        proc.start()
-        child.close()
-        return proc, parent, tag
+        """Start a worker and wait until it says it is ready (retrying a worker
+        that dies on the way)."""
+        while True:
+            tag = f"{self.tag_prefix}:{index}:{generation}"
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(target=self._target, args=(child, tag, *self._args),
+                                     daemon=True, name=f"stackspace-worker-{index}")
+            proc.start()
+            child.close()
+            try:
+                if parent.poll(READY_TIMEOUT) and parent.recv() == READY:
+                    return proc, parent, tag
+            except (EOFError, OSError):
+                pass
+            log.warning("worker failed to start", extra={"slot": index})
+            with contextlib.suppress(Exception):
+                proc.kill()
+            proc.join(timeout=5)
+            generation += 1
+            time.sleep(1)
 
     @staticmethod
     def _answer(proc: Any, conn: Any) -> Any:

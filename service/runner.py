@@ -23,18 +23,17 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
 from service import lifecycle, worker
 from service.pool import WorkerDied, WorkerPool, kill_tagged
+from service.runtime_objects import workload_running
 from service.store import Conflict, Store
 from stacks.automation import PulumiSettings
 from stacks.config import StackConfig
@@ -50,7 +49,8 @@ CANCEL_GRACE = 30.0
 class _Active:
     op: dict[str, Any]
     started: float  # monotonic
-    interrupted: float | None = None  # monotonic time of the one SIGINT
+    interrupted: float | None = None  # monotonic time the worker was asked to stop
+    timed_out: bool = False
 
 
 class OperationRunner:
@@ -78,7 +78,8 @@ class OperationRunner:
     # --- life of the runner ---------------------------------------------------
     def start(self) -> None:
         self.recover()
-        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve)
+        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve,
+                                args=(self.settings,))
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -159,9 +160,7 @@ class OperationRunner:
 
     def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> worker.Job:
         """The run's whole config, rebuilt from the store every time."""
-        runtime = self.runtimes.get(ws["runtime"])
-        if runtime is None and ws.get("runtime_config"):
-            runtime = parse_runtime(ws["runtime_config"])
+        runtime = self._runtime(ws)
         if runtime is None:
             raise RuntimeError(f"runtime {ws['runtime']!r} is not configured")
         public, secrets = ws["spec"], None
@@ -176,7 +175,8 @@ class OperationRunner:
                           running=flags.running, deleting=flags.deleting)
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
-                          recover=bool(ws.get("needs_recovery")))
+                          recover=bool(ws.get("needs_recovery")),
+                          secrets_digest=ws.get("secrets_digest"))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         with self._lock:
@@ -184,9 +184,11 @@ class OperationRunner:
         if isinstance(answer, WorkerDied):
             answer = worker.Outcome(op["id"], False,
                                     "interrupted: the worker running it stopped; retry it",
-                                    lifecycle.INTERRUPTED, {}, {})
+                                    lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
         elif active and active.interrupted is not None and not answer.ok:
-            answer = worker.Outcome(op["id"], False, answer.error or "cancelled",
+            why = f"timed out after {self.timeout:.0f}s" if active.timed_out else "cancelled"
+            answer = worker.Outcome(op["id"], False,
+                                    f"{why}; the engine stopped at its next safe point",
                                     lifecycle.CANCELLED,
                                     {}, answer.timings, answer.observed_running,
                                     answer.config_written, answer.recovered)
@@ -209,11 +211,24 @@ class OperationRunner:
         self.store.finish_operation(op, status, settled, error=outcome.error,
                                     error_type=outcome.error_type, timings=outcome.timings,
                                     outputs=outcome.outputs if outcome.ok else None,
-                                    recovered=outcome.recovered)
+                                    recovered=outcome.recovered,
+                                    secrets_digest=outcome.secrets_digest)
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
         if outcome.error_type == lifecycle.INTERRUPTED:
             self._request_recovery(op["owner"], op["workspace"])
+
+    def _runtime(self, ws: dict[str, Any]) -> Runtime | None:
+        runtime = self.runtimes.get(ws["runtime"])
+        if runtime is None and ws.get("runtime_config"):
+            runtime = parse_runtime(ws["runtime_config"])
+        return runtime
+
+    def _observe(self, ws: dict[str, Any]) -> bool | None:
+        """Whether the workspace's workload runs, asked of its runtime directly
+        (so the API tells the truth even before the recovery run)."""
+        runtime = self._runtime(ws)
+        return workload_running(runtime, ws["owner"], ws["name"]) if runtime else None
 
     def _request_recovery(self, owner: str, name: str) -> None:
         """Queue a recovery run (refresh; or the pending delete) unless another
@@ -239,16 +254,16 @@ class OperationRunner:
                 op = self.store.operation(op_id) or {}
                 if not (timed_out or op.get("cancel_requested")):
                     continue
+                pid = self._pool.pid_of(op_id)
+                if pid is None:
+                    continue  # not on a worker yet: ask again on the next pass
                 message = "operation timed out" if timed_out else "cancel requested"
                 log.warning(message, extra={"op": op_id})
                 self.store.add_event(op_id, {"type": "diagnostic", "severity": "error"
                                              if timed_out else "info", "message": message})
-                if timed_out:
-                    self.store.request_cancel(op_id)
-                run.interrupted = now
-                pid = self._pool.pid_of(op_id)
-                if pid:
-                    _interrupt_children(pid)
+                run.interrupted, run.timed_out = now, timed_out
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, worker.CANCEL_SIGNAL)
             elif now - run.interrupted > self.cancel_grace:
                 log.warning("engine did not stop in time: killing it", extra={"op": op_id})
                 self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
@@ -298,18 +313,5 @@ class OperationRunner:
                 continue
             self._end(op, ws, worker.Outcome(
                 op["id"], False, "interrupted: the service stopped during the run; retry it",
-                lifecycle.INTERRUPTED, {}, {}))
+                lifecycle.INTERRUPTED, {}, {}, self._observe(ws)))
 
-
-def _interrupt_children(pid: int) -> None:
-    """SIGINT the worker's children (the Pulumi CLI): the CLI's graceful cancel."""
-    children_file = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        children = [int(c) for c in children_file.read_text().split()]
-    except OSError:
-        return
-    for child in children:
-        try:
-            os.kill(child, signal.SIGINT)
-        except ProcessLookupError:
-            continue

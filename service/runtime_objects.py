@@ -53,6 +53,27 @@ def workload_running(rt: Runtime, owner: str, name: str) -> bool | None:
         return None
 
 
+def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str]) -> int:
+    """Remove the workspace's containers that Pulumi's state does not record:
+    what a cut-off run made but never recorded (they hold no user data; a
+    leftover would block the next run with "name already in use"). Kubernetes
+    objects need none of this: pulumi-kubernetes applies an object that exists
+    (server-side apply), and delete removes whatever carries the labels."""
+    if not isinstance(rt, DockerRuntime):
+        return 0
+    client = docker_client(rt)
+    try:
+        labels = [f"{k}={v}" for k, v in _labels(owner, name).items()]
+        gone = 0
+        for c in client.containers.list(all=True, filters={"label": labels}):
+            if c.id not in recorded:
+                c.remove(force=True)
+                gone += 1
+        return gone
+    finally:
+        client.close()
+
+
 def remove_labelled(rt: Runtime, owner: str, name: str) -> int:
     """Remove every object labelled for the workspace (delete only: this takes
     its storage too). Returns how many were found; raises if the runtime

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   needs_recovery INTEGER NOT NULL DEFAULT 0,
   retry_at REAL,                 -- when a failed delete is tried again
   delete_attempts INTEGER NOT NULL DEFAULT 0,
+  secrets_digest TEXT,           -- keyed digest of the secret config in the stack
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -107,6 +108,7 @@ ADDED_COLUMNS = [
     ("workspaces", "needs_recovery", "INTEGER NOT NULL DEFAULT 0"),
     ("workspaces", "retry_at", "REAL"),
     ("workspaces", "delete_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("workspaces", "secrets_digest", "TEXT"),
     # create/update: the spec this operation applies (public JSON + encrypted secrets).
     ("operations", "spec", "TEXT"),
     ("operations", "secrets", "TEXT"),
@@ -233,9 +235,11 @@ class Store:
             if ws is None:
                 raise KeyError(name)
             desired = lifecycle.admit(kind, ws["desired"])
+            # The service's own recovery runs (refresh) never make a user wait
+            # with a 409: the request queues behind them.
             active = db.execute(
                 "SELECT id FROM operations WHERE owner=? AND workspace=? AND status IN "
-                "('queued','running')", (owner, name)).fetchone()
+                "('queued','running') AND kind != 'refresh'", (owner, name)).fetchone()
             if active and not queue:
                 raise Conflict(f"operation {active['id']} is still in progress")
             op = _insert_op(db, owner, name, kind, idempotency_key,
@@ -388,7 +392,7 @@ class Store:
                          *, error: str | None = None, error_type: str | None = None,
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
-                         recovered: bool = False) -> None:
+                         recovered: bool = False, secrets_digest: str | None = None) -> None:
         """End a running operation and settle its workspace, in one transaction."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
@@ -405,6 +409,8 @@ class Store:
                 fields["outputs"] = json.dumps(outputs)
             if recovered:
                 fields["needs_recovery"] = 0
+            if secrets_digest:
+                fields["secrets_digest"] = secrets_digest
             if error_type == lifecycle.INTERRUPTED:
                 fields["needs_recovery"] = 1
             if settled.retry_delete:

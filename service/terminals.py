@@ -9,11 +9,10 @@ import json
 import time
 from typing import Any
 
-from components.runtime import DockerRuntime, Runtime
-from components.spec import WorkspaceSpec
+from components.runtime import DockerRuntime, Runtime, runtime_dict
+from proxy.tickets import mint_ticket
 from service.problems import Problem
 from service.store import User
-from service.tickets import mint_ticket
 
 DEFAULT_COMMAND = ["/bin/bash", "-l"]
 
@@ -25,17 +24,19 @@ class Terminals:
         self.runtimes = {r.name: r for r in runtimes}
 
     def target(self, ws: dict[str, Any]) -> dict[str, Any]:
+        """Where the proxy execs: the runtime entry (host and TLS/SSH files, or the
+        kubeconfig: paths, no key material) and the workspace. Every runtime kind."""
         rt = self.runtimes.get(ws["runtime"])
         if rt is None:
             raise Problem("conflict", f"runtime {ws['runtime']!r} is no longer configured")
         if isinstance(rt, DockerRuntime):
-            if not rt.host.startswith("unix://"):
-                raise Problem("conflict", "terminals on tcp:// and ssh:// Docker hosts are not "
-                                          "supported yet")
-            return {"type": "docker", "host": rt.host, "container": ws["outputs"]["container"]}
-        return {"type": "kubernetes", "kubeconfig": rt.kubeconfig, "context": rt.context,
-                "namespace": rt.namespace, "pod": ws["outputs"]["pod"],
-                "container": "workspace"}
+            container = (ws.get("outputs") or {}).get("container")
+            if not container:
+                raise Problem("conflict", "the workspace has no running container")
+            return {"type": "docker", "runtime": runtime_dict(rt), "container": container}
+        # The pod is found by its labels (a Deployment's pods have generated names).
+        return {"type": "kubernetes", "runtime": runtime_dict(rt), "owner": ws["owner"],
+                "workspace": ws["name"], "container": "workspace"}
 
     def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"command", "tty"}
@@ -49,10 +50,11 @@ class Terminals:
                           {"command": "must be a non-empty list of strings"})
         if not isinstance(tty, bool):
             raise Problem("validation", "bad tty", {"tty": "must be true or false"})
-        spec = WorkspaceSpec.parse(ws["spec"])
+        # No workspace env in the ticket: the container's env already reaches the
+        # exec'd process, and values in a pods/exec argv land in audit logs.
         ticket, expires = mint_ticket(
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
-            target=self.target(ws), command=command, tty=tty, env=dict(spec.env))
+            target=self.target(ws), command=command, tty=tty, env={})
         return {"url": self.proxy_url, "ticket": ticket, "expires_at": expires}
 
     def verify_activity(self, body: bytes, signature: str) -> tuple[str, str, float]:

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from typing import Any
 
 from pulumi.automation import events
 
-from service.pool import ENGINE_TAG
-from service.runtime_objects import remove_labelled, workload_running
+from service.pool import ENGINE_TAG, READY
+from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
 from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
 from stacks.config import StackConfig
@@ -47,6 +48,8 @@ class Job:
     # An earlier run on this stack was cut off: clear its lock and pending
     # operations, adopt what it created, before anything else.
     recover: bool = False
+    # Keyed digest of the secret config the stack holds (skip rewriting it).
+    secrets_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,16 @@ class Outcome:
     # The run's config reached the stack (an update's spec is then the workspace's).
     config_written: bool = False
     recovered: bool = False
+    secrets_digest: str | None = None
 
 
-def serve(conn: Any, tag: str) -> None:
+def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
     """A worker process's main loop (service.pool): one job at a time."""
     os.environ[ENGINE_TAG] = tag  # inherited by the CLI and providers it starts
     init_process()
+    if settings is not None:
+        _runner_for(settings)  # warm: `pulumi version` once, before any job
+    conn.send(READY)  # signals are handled from here on (see service.pool)
     while True:
         try:
             job = conn.recv()
@@ -88,7 +95,28 @@ def init_process() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(CANCEL_SIGNAL, _on_cancel)
     import stacks.program  # noqa: F401 - pulumi, pulumi_docker, pulumi_kubernetes, once
+
+
+# The runner asks a worker to stop its job with this signal: the job stops at
+# its next step, and the Pulumi CLI running now gets one SIGINT (its graceful
+# cancel). A flag, not just a signal to the CLI: the request must not be lost
+# between two CLI processes.
+CANCEL_SIGNAL = signal.SIGUSR1
+_cancelled = threading.Event()
+
+
+def _on_cancel(signum: int, frame: Any) -> None:
+    _cancelled.set()
+    pid = os.getpid()
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGINT)
 
 
 def _runner_for(settings: PulumiSettings) -> StackRunner:
@@ -129,7 +157,7 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 
 def run(job: Job) -> Outcome:
     store = _store_for(job.store_path)
-    runner = _runner_for(job.settings)
+    _cancelled.clear()
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
 
@@ -144,15 +172,26 @@ def run(job: Job) -> Outcome:
     started = time.monotonic()
     timings: dict[str, float] = {}
     written = recovered = False
+    digest = None
     try:
+        runner = _runner_for(job.settings)
+        runner.should_stop = _cancelled.is_set
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
-            runner.recover(job.stack, cfg.runtime, on_event)
+            recorded = runner.recover(job.stack, on_event)
+            orphans = remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name, recorded)
             timings["recover"] = time.monotonic() - t
             recovered = True
+            if orphans:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
+                                            "message": f"recovery removed {orphans} container(s)"
+                                                       " an interrupted run never recorded"})
         outputs: dict[str, Any] = {}
         if job.kind == "delete":
-            result = runner.delete(job.stack, on_event, config=cfg)
+            if not recovered:  # a container in use would keep destroy from the volume
+                remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name,
+                                  runner.recorded_ids(job.stack))
+            result = runner.delete(job.stack, on_event)
             t = time.monotonic()
             left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name)
             timings["sweep"] = time.monotonic() - t
@@ -161,14 +200,16 @@ def run(job: Job) -> Outcome:
                                             "message": f"removed {left} unrecorded object(s)"})
             timings.update(result.timings)
         elif job.kind != "refresh":
-            result = runner.apply(cfg, job.stack, on_event, guard=True)
+            result = runner.apply(cfg, job.stack, on_event, guard=True,
+                                  secrets_digest=job.secrets_digest)
             written = result.config_written
+            digest = result.secrets_digest
             timings.update(result.timings)
             outputs = dict(result.outputs)
         timings["total"] = time.monotonic() - started
         observed = observe() if job.kind == "refresh" else None
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
-                       recovered)
+                       recovered, digest)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",

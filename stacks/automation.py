@@ -10,22 +10,26 @@ run them in worker processes, never as inline programs on threads.
 
 from __future__ import annotations
 
+import datetime
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pulumi import automation as auto
 from pulumi.automation import events
+from pulumi.automation._stack import StackInitMode
 
-from components.runtime import Runtime
 from stacks.config import (
     KEY_DELETING,
     KEY_RUNNING,
@@ -45,6 +49,13 @@ DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-
                              "discard", "discard-replaced"})
 
 EventSink = Callable[[events.EngineEvent], None]
+# Config values longer than this go through stdin (one argv string is capped
+# at 128 KiB by Linux).
+ARGV_VALUE_LIMIT = 32 * 1024
+
+
+class Cancelled(Exception):
+    """The run was asked to stop before its next step."""
 
 
 class StorageAtRisk(Exception):
@@ -91,25 +102,72 @@ class RunResult:
     outputs: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     config_written: bool = False
+    # Digest of the secret config the stack now holds (see `apply`).
+    secrets_digest: str | None = None
 
 
-class ConfigWritten(Exception):
-    """Marks a failure after the run's config reached the stack."""
-
-    config_written = True
-
-
-def inline_program(cfg: StackConfig) -> Callable[[], None]:
+def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None
+                   ) -> Callable[[], None]:
     """The workspace program for `cfg`, run inside this process: the same
     `stacks.program.build` the local program (__main__.py) runs from stack
     config, but fed from memory, so a plan can be checked before the config
-    is written, and no interpreter starts per engine pass."""
+    is written, and no interpreter starts per engine pass. With `outputs`,
+    the stack outputs land there as they resolve (no `stack output` call)."""
+    import pulumi
+
     from stacks import program
 
     def run() -> None:
         program.build(cfg)
+        if outputs is not None:
+            root = pulumi.runtime.get_root_resource()
+            for key, value in getattr(root, "outputs", {}).items():
+                pulumi.Output.from_input(value).apply(
+                    lambda v, key=key: outputs.__setitem__(key, v))
 
     return run
+
+
+class EngineCommand(auto.PulumiCommand):
+    """The Pulumi CLI, with extra arguments for the next `up`: its `--config`
+    flags save the run's config as part of the update (one CLI process less
+    than `config set-all` first)."""
+
+    up_args: list[str]
+
+    def run(self, args: list[str], cwd: str, additional_env: Mapping[str, str],
+            on_output: Any = None, on_error: Any = None) -> auto.CommandResult:
+        if args[:1] == ["up"] and getattr(self, "up_args", None):
+            args = [*args, *self.up_args]
+        return super().run(args, cwd, additional_env, on_output, on_error)
+
+
+class WorkspaceStack(auto.Stack):
+    """A stack whose `up` skips the three CLI calls the SDK makes afterwards
+    (`stack output` twice, `stack history`): the inline program hands over the
+    outputs, the engine's summary event the summary."""
+
+    def __init__(self, name: str, workspace: auto.LocalWorkspace,
+                 mode: StackInitMode | None = None) -> None:
+        if mode is None:  # known to exist: attach without `stack select`
+            self.name, self.workspace, self._mode = name, workspace, StackInitMode.SELECT
+        else:
+            super().__init__(name, workspace, mode)
+        self.program_outputs: dict[str, Any] | None = None
+
+    def outputs(self) -> auto.OutputMap:
+        if self.program_outputs is None:
+            return super().outputs()
+        return {k: auto.OutputValue(v, False) for k, v in self.program_outputs.items()}
+
+    def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
+        if self.program_outputs is None:
+            return super().info(show_secrets)
+        # Our own up just succeeded (it raises otherwise); callers read the
+        # engine's summary from its events, not from here.
+        now = datetime.datetime.now(datetime.UTC)
+        return auto.UpdateSummary(kind="update", start_time=now, end_time=now, message="",
+                                  environment={}, config={}, result="succeeded")
 
 
 class StackRunner:
@@ -117,12 +175,19 @@ class StackRunner:
         self.settings = settings
         # PulumiCommand wants the directory above bin/.
         root = str(settings.bin_dir.parent) if settings.bin_dir else None
-        self.command = auto.PulumiCommand(root=root, skip_version_check=True)
+        self.command = EngineCommand(root=root, skip_version_check=True)
         self.workspace = auto.LocalWorkspace(
             work_dir=str(PROJECT_DIR), env_vars=settings.env(), pulumi_command=self.command,
             pulumi_home=str(settings.pulumi_home),
         )
         self.lock_path = (settings.lock_dir or settings.pulumi_home) / "stack-select.lock"
+        # Polled between steps: a cancel that arrives between two CLI processes
+        # must still stop the run.
+        self.should_stop: Callable[[], bool] = lambda: False
+
+    def _checkpoint(self, step: str) -> None:
+        if self.should_stop():
+            raise Cancelled(f"cancelled before {step}")
 
     @contextmanager
     def _select_lock(self) -> Iterator[None]:
@@ -142,6 +207,24 @@ class StackRunner:
 
     def exists(self, name: str) -> bool:
         return any(s.name == name for s in self.workspace.list_stacks())
+
+    def select_or_create(self, name: str, known: bool = False) -> tuple[WorkspaceStack, bool]:
+        """The stack, and whether it existed before. `known`: the store knows it
+        exists (its config was written), so no CLI call is needed at all."""
+        if known:
+            return WorkspaceStack(name, self.workspace), True
+        with self._select_lock():
+            try:
+                return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
+            except auto.errors.StackNotFoundError:
+                return WorkspaceStack(name, self.workspace, StackInitMode.CREATE), False
+
+    def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
+        """A keyed digest of a stack's secret config, so an unchanged secret is not
+        written again (one CLI process less per start/stop). Keyed with the
+        passphrase: it says nothing to whoever cannot decrypt the config anyway."""
+        return hmac.new(self.settings.passphrase.encode(),
+                        f"{stack_name}\0{secrets_json}".encode(), hashlib.sha256).hexdigest()
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run the Pulumi CLI on the project (for what the Automation API lacks).
@@ -171,7 +254,13 @@ class StackRunner:
             return {}
 
     def _set_secret(self, stack_name: str, key: str, value: str) -> None:
-        proc = self.cli("config", "set", "--secret", "--stack", stack_name, key, stdin=value)
+        self._set_from_stdin(stack_name, key, value, secret=True)
+
+    def _set_from_stdin(self, stack_name: str, key: str, value: str, secret: bool) -> None:
+        """`pulumi config set` with the value on stdin: never in argv (secrets;
+        and one argv string is capped at 128 KiB)."""
+        kind = "--secret" if secret else "--plaintext"
+        proc = self.cli("config", "set", kind, "--stack", stack_name, key, stdin=value)
         if proc.returncode != 0:
             # stderr may echo the key name but never the value (it came via stdin).
             raise RuntimeError(f"pulumi config set {key} failed (exit {proc.returncode})")
@@ -205,58 +294,79 @@ class StackRunner:
             raise StorageAtRisk(risky)
 
     def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
-              guard: bool = True) -> RunResult:
+              guard: bool = True, secrets_digest: str | None = None) -> RunResult:
         """Converge a stack to `cfg` (create/start/stop/update): check the plan
-        (the storage guard), then write the whole config, then up."""
+        (the storage guard), then write the whole config, then up.
+        `secrets_digest`: what the stack's secret config was last set to, if known."""
         result = RunResult()
         t = time.monotonic()
-        existed = self.exists(stack_name)
-        stack = self.stack(stack_name)
+        stack, existed = self.select_or_create(stack_name, known=secrets_digest is not None)
         result.timings["select"] = time.monotonic() - t
         if guard:
             t = time.monotonic()
+            self._checkpoint("the plan check")
             try:
-                self.check_storage_safe(stack, cfg, on_event)
+                try:
+                    self.check_storage_safe(stack, cfg, on_event)
+                except auto.errors.StackNotFoundError:
+                    # The store thought it existed (someone removed it): start over.
+                    stack, existed = self.select_or_create(stack_name)
+                    self.check_storage_safe(stack, cfg, on_event)
             except StorageAtRisk:
                 if not existed:  # the refused create leaves no empty stack behind
                     with self._select_lock():
                         self.workspace.remove_stack(stack_name)
                 raise
             result.timings["preview"] = time.monotonic() - t
+        self._checkpoint("writing the config")
         t = time.monotonic()
-        self.write_config(stack, cfg.to_config())
-        result.config_written = True
+        values = cfg.to_config()
+        result.secrets_digest = self.secrets_digest(stack_name, values[KEY_SECRETS][0])
+        if existed and result.secrets_digest == secrets_digest:
+            del values[KEY_SECRETS]
+        # Secrets and large values first, through stdin; the rest is saved by
+        # the update itself (`up --config`), before the engine runs.
+        small: dict[str, str] = {}
+        for key, (value, secret) in values.items():
+            if secret or len(value) > ARGV_VALUE_LIMIT:
+                self._set_from_stdin(stack_name, f"{NAMESPACE}:{key}", value, secret)
+            else:
+                small[f"{NAMESPACE}:{key}"] = value
         result.timings["config"] = time.monotonic() - t
+        self._checkpoint("the update")
         t = time.monotonic()
+        stack.program_outputs = {}
+        self.command.up_args = [a for k, v in small.items() for a in ("--config", f"{k}={v}")]
         try:
-            up = stack.up(program=inline_program(cfg), on_event=on_event, color="never",
-                          suppress_progress=True)
+            # Written even if the update then fails: the CLI saves config first.
+            result.config_written = True
+            up = stack.up(program=inline_program(cfg, stack.program_outputs),
+                          on_event=on_event, color="never", suppress_progress=True)
         except Exception as e:
             e.config_written = True  # type: ignore[attr-defined]
             raise
+        finally:
+            self.command.up_args = []
         result.timings["up"] = time.monotonic() - t
         result.outputs = {k: v.value for k, v in up.outputs.items()}
         return result
 
-    def delete(self, stack_name: str, on_event: EventSink | None = None,
-               config: StackConfig | None = None) -> RunResult:
+    def delete(self, stack_name: str, on_event: EventSink | None = None) -> RunResult:
         """The only path that removes storage: lift protection in the state
         (no program run: nothing new gets created on the way out), destroy,
-        remove the stack."""
+        remove the stack. Only the flags are written: destroy runs no program."""
         result = RunResult()
         if not self.exists(stack_name):
             return result
         t = time.monotonic()
         stack = self.stack(stack_name, create=False)
-        values: ConfigValues = {KEY_RUNNING: ("false", False), KEY_DELETING: ("true", False)}
-        if config is not None:
-            values = StackConfig(config.owner, config.spec, config.runtime, running=False,
-                                 deleting=True).to_config()
-        self.write_config(stack, values)
+        self.write_config(stack, {KEY_RUNNING: ("false", False),
+                                  KEY_DELETING: ("true", False)})
         proc = self.cli("state", "unprotect", "--all", "--yes", "--stack", stack_name)
         if proc.returncode != 0 and "no resources" not in proc.stderr.lower():
             raise RuntimeError(f"pulumi state unprotect failed (exit {proc.returncode})")
         result.timings["unprotect"] = time.monotonic() - t
+        self._checkpoint("destroy")
         t = time.monotonic()
         stack.destroy(on_event=on_event, color="never", suppress_progress=True)
         result.timings["destroy"] = time.monotonic() - t
@@ -275,42 +385,28 @@ class StackRunner:
         """Remove a stale lock left by a killed run (DIY backends)."""
         self.stack(stack_name, create=False).cancel()
 
-    def recover(self, stack_name: str, runtime: Runtime,
-                on_event: EventSink | None = None) -> list[str]:
+    def recover(self, stack_name: str, on_event: EventSink | None = None) -> set[str]:
         """Bring a stack an interrupted run left behind back to a state any run
-        can start from: clear the stale lock, adopt what its pending creates
-        made (found on the runtime by their deterministic names), drop the
-        ones that made nothing, refresh. Returns the URNs adopted."""
+        can start from: clear the stale lock, drop pending creates, refresh.
+        Returns the provider IDs the state records (the caller removes the
+        workspace's objects that are not among them: what a cut-off run made
+        but never recorded). Storage needs no adopting: creating a Docker volume
+        that exists returns it, and pulumi-kubernetes 4.25 applies a PVC that
+        exists server-side."""
         if not self.exists(stack_name):
-            return []
+            return set()
         stack = self.stack(stack_name, create=False)
         stack.cancel()
-        deployment = stack.export_stack().deployment or {}
-        adopt: list[tuple[str, str]] = []
-        pending_ops = deployment.get("pending_operations") or []
-        for pending in pending_ops:
-            res = pending.get("resource", {})
-            if pending.get("type") != "creating":
-                continue
-            found = find_object(runtime, res.get("type", ""), res.get("inputs") or {})
-            if found:
-                adopt.append((res["urn"], found))
-        if pending_ops:
-            base = ["refresh", "--yes", "--skip-preview", "--stack", stack_name]
-            imports = [arg for urn, obj in adopt
-                       for arg in ("--import-pending-creates", urn,
-                                   "--import-pending-creates", obj)]
-            proc = self.cli(*base, *imports, "--clear-pending-creates")
-            if proc.returncode != 0 and adopt:
-                # Adopt one by one failed as a whole: adopt nothing, drop them all
-                # (delete still finds those objects by their labels).
-                proc = self.cli(*base, "--clear-pending-creates")
-                adopt = []
-            if proc.returncode != 0:
-                raise RuntimeError("recovery refresh failed: "
-                                   + _error_lines(proc.stdout + proc.stderr))
-        self.refresh(stack_name, on_event)
-        return [urn for urn, _ in adopt]
+        stack.refresh(on_event=on_event, color="never", suppress_progress=True,
+                      clear_pending_creates=True)
+        return self.recorded_ids(stack_name)
+
+    def recorded_ids(self, stack_name: str) -> set[str]:
+        """Provider IDs of every resource in the stack's state."""
+        if not self.exists(stack_name):
+            return set()
+        deployment = self.stack(stack_name, create=False).export_stack().deployment or {}
+        return {r["id"] for r in deployment.get("resources", []) if r.get("id")}
 
 
 def protected_storage(error_text: str) -> list[str]:
@@ -324,53 +420,3 @@ def protected_storage(error_text: str) -> list[str]:
 def _error_lines(text: str) -> str:
     return "; ".join(ln.strip() for ln in text.splitlines() if "error" in ln.lower())[:500]
 
-
-def find_object(runtime: Runtime, resource_type: str, inputs: dict) -> str | None:
-    """The provider ID of an object a pending create may have made, looked up on
-    the runtime by the name the program gave it (names are deterministic)."""
-    from components.clients import docker_client, kube_api_client
-    from components.runtime import DockerRuntime
-
-    if resource_type.startswith("docker:") and isinstance(runtime, DockerRuntime):
-        name = inputs.get("name")
-        if not name:
-            return None
-        import docker.errors
-
-        client = docker_client(runtime)
-        try:
-            if resource_type == "docker:index/volume:Volume":
-                return client.volumes.get(name).name
-            if resource_type == "docker:index/container:Container":
-                return client.containers.get(name).id
-        except docker.errors.NotFound:
-            return None
-        finally:
-            client.close()
-        return None
-    if resource_type.startswith("kubernetes:") and not isinstance(runtime, DockerRuntime):
-        meta = inputs.get("metadata") or {}
-        name, ns = meta.get("name"), meta.get("namespace") or runtime.namespace
-        if not name:
-            return None
-        from kubernetes import client as k8s
-        from kubernetes.dynamic import DynamicClient
-        from kubernetes.dynamic.exceptions import NotFoundError
-
-        group_version, kind = _k8s_type(resource_type)
-        try:
-            api = DynamicClient(kube_api_client(runtime)).resources.get(
-                api_version=group_version, kind=kind)
-            api.get(name=name, namespace=ns)
-            return f"{ns}/{name}"
-        except (NotFoundError, k8s.ApiException):
-            return None
-    return None
-
-
-def _k8s_type(token: str) -> tuple[str, str]:
-    """'kubernetes:core/v1:PersistentVolumeClaim' -> ('v1', 'PersistentVolumeClaim');
-    'kubernetes:networking.k8s.io/v1:NetworkPolicy' keeps its group."""
-    _, group_version, kind = token.split(":")
-    group, _, version = group_version.partition("/")
-    return (version if group == "core" else group_version), kind

@@ -34,7 +34,9 @@ def build(cfg: StackConfig) -> pulumi.ComponentResource:
         ws = KubernetesWorkspace(cfg.spec.name, inputs, cfg.runtime)
         pulumi.export("storage", ws.pvc_name)
         pulumi.export("namespace", cfg.runtime.namespace)
-        pulumi.export("pod", ws.pod_name)
+        # The pod's name changes whenever the Deployment replaces it: clients
+        # find it by the labels stackspace.dev/{workspace,owner,role=workspace}.
+        pulumi.export("deployment", ws.deployment_name)
     pulumi.export("runtime", cfg.runtime.name)
     pulumi.export("running", inputs.running)
     return ws

@@ -135,3 +135,33 @@ def runner(pulumi_settings):
     from stacks.automation import StackRunner
 
     return StackRunner(pulumi_settings)
+
+
+@pytest.fixture(scope="session")
+def remote_docker_host(docker_host: str) -> Iterator[dict[str, str]]:
+    """A second Docker Engine standing in for a remote host (scripts/test-docker-host):
+    TLS on 127.0.0.1 and sshd in front of its socket. Yields its connection details
+    (TLS_HOST, TLS_CA, TLS_CERT, TLS_KEY, SSH_HOST, SSH_IDENTITY, SSH_KNOWN_HOSTS,
+    SOCKET); stops it at the end only if this session started it."""
+    script = REPO / "scripts" / "test-docker-host"
+    running = subprocess.run([str(script), "status"], capture_output=True,
+                             check=False).returncode == 0
+    proc = subprocess.run([str(script), "up"], capture_output=True, text=True, check=False,
+                          timeout=600)
+    if proc.returncode != 0:
+        unavailable(f"no remote test Docker host: {proc.stderr.strip().splitlines()[-3:]}")
+    yield dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    if not running:
+        subprocess.run([str(script), "down"], capture_output=True, check=False, timeout=120)
+
+
+def remote_runtime(details: dict[str, str], kind: str, name: str | None = None
+                   ) -> dict[str, str]:
+    """A Docker runtime entry for the remote test host over "tls" or "ssh"."""
+    if kind == "tls":
+        return {"name": name or "remote-tls", "type": "docker", "host": details["TLS_HOST"],
+                "ca_file": details["TLS_CA"], "cert_file": details["TLS_CERT"],
+                "key_file": details["TLS_KEY"]}
+    return {"name": name or "remote-ssh", "type": "docker", "host": details["SSH_HOST"],
+            "ssh_identity_file": details["SSH_IDENTITY"],
+            "ssh_known_hosts_file": details["SSH_KNOWN_HOSTS"]}

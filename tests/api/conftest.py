@@ -15,13 +15,13 @@ import requests
 from werkzeug.serving import make_server
 
 from components.runtime import parse_runtime
+from proxy.server import ProxyConfig
 from service.api import create_app
 from service.config import ServiceConfig
-from service.proxy import ProxyConfig
 from service.runner import OperationRunner
 from service.store import Store
 from service.terminals import Terminals
-from tests.e2e.exec_fixtures import ProxyThread
+from tests.e2e.exec_fixtures import ProxyProcess
 
 
 @dataclass
@@ -57,7 +57,7 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
         runner.start()
     key = secrets.token_bytes(32)
     server = make_server("127.0.0.1", 0, None, threaded=True)  # app set below
-    proxy = ProxyThread(ProxyConfig(
+    proxy = ProxyProcess(ProxyConfig(
         key=key, port=0,
         activity_url=f"http://127.0.0.1:{server.server_port}/internal/activity",
         activity_interval=0.5))

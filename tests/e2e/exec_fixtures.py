@@ -1,24 +1,25 @@
-"""Helpers for the exec proxy tests and bench: a workspace container, an in-process
-proxy on a background event loop, ticket minting, and (run as a script) a
-terminal client for pexpect to drive.
+"""Helpers for the exec proxy tests and bench: a workspace container, the proxy as
+its own process (``python -m proxy``, as deployed), targets, and (run as a
+script) a terminal client for pexpect to drive.
 
     STACKSPACE_URL=ws://... STACKSPACE_TICKET=... python tests/e2e/exec_fixtures.py
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 IMAGE = "stackspace/workspace:bookworm"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -35,37 +36,41 @@ def workspace_container(docker_client: Any, name: str | None = None) -> Iterator
         container.remove(force=True)
 
 
-class ProxyThread:
-    """The proxy on its own event loop in a daemon thread (tests and bench are sync)."""
+class ProxyProcess:
+    """``python -m proxy`` on a free loopback port, configured from a ProxyConfig."""
 
     def __init__(self, config: Any) -> None:
-        from service.proxy import start_proxy
-
         self.config = config
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def main() -> None:
-            self.proxy = await start_proxy(config)
-            ready.set()
-            self._stop = asyncio.Event()
-            await self._stop.wait()
-            await self.proxy.close()
-
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),),
-                                       daemon=True)
-        self.thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("proxy did not start")
-        self.url = f"ws://127.0.0.1:{self.proxy.port}/exec"
+        args = [sys.executable, "-m", "proxy", "--listen", f"{config.host}:{config.port}",
+                "--activity-interval", str(config.activity_interval),
+                "--idle-timeout", str(config.idle_timeout),
+                "--max-sessions-per-user", str(config.max_sessions_per_user),
+                "--max-sessions-per-workspace", str(config.max_sessions_per_workspace),
+                "--max-frame-bytes", str(config.max_frame_bytes)]
+        if config.activity_url:
+            args += ["--activity-url", config.activity_url]
+        env = {**os.environ, "STACKSPACE_TICKET_KEY": config.key.hex(),  # never in argv
+               "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the announcement, once listening
+        if "listening on " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"proxy did not start: {line!r}")
+        self.url = line.rsplit(" ", 1)[-1].strip()
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(10)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     @classmethod
     @contextmanager
-    def running(cls, config: Any, **overrides: Any) -> Iterator[ProxyThread]:
+    def running(cls, config: Any, **overrides: Any) -> Iterator[ProxyProcess]:
         proxy = cls(replace(config, port=0, **overrides))
         try:
             yield proxy
@@ -73,8 +78,10 @@ class ProxyThread:
             proxy.stop()
 
 
-def docker_target(docker_host: str, container: Any) -> dict[str, str]:
-    return {"type": "docker", "host": docker_host, "container": container.name}
+def docker_target(docker_host: str, container: Any, **runtime: Any) -> dict[str, Any]:
+    """A target on a Docker runtime (extra keys: TLS/SSH files of the runtime)."""
+    return {"type": "docker", "container": container.name,
+            "runtime": {"name": "test", "type": "docker", "host": docker_host, **runtime}}
 
 
 def processes(container: Any) -> str:

@@ -4,13 +4,18 @@ check what a user would see at each step."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import secrets
+import tarfile
 
 import docker.errors
 import pytest
 
+from components.docker import INIT_INPUT_PREFIX
 from components.runtime import DockerRuntime
-from components.spec import WorkspaceSpec
+from components.spec import MAX_FILE_BYTES, WorkspaceSpec
 from stacks.automation import StorageAtRisk
 from stacks.config import StackConfig
 from stacks.naming import resource_base, stack_name
@@ -162,3 +167,139 @@ def test_plan_that_loses_storage_is_refused_and_changes_nothing(
     runner.delete(stack)
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(volume.name)
+
+
+def init_containers(docker_client, name: str) -> list:
+    return docker_client.containers.list(all=True, filters={
+        "label": [f"stackspace.dev/workspace={name}", "stackspace.dev/role=init"]})
+
+
+def test_user_edits_survive_updates_and_only_changed_entries_are_rewritten(
+        runner, docker_host, docker_client, repo_image):
+    owner, name = "alice", f"content-edit-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    big = ("0123456789abcdef" * (MAX_FILE_BYTES // 16))  # exactly the limit
+    files = [{"path": "notes/todo.txt", "content": "spec todo\n"},
+             {"path": "cfg/app.toml", "content": "k = 1\n"},
+             {"path": "data/big.txt", "content": big, "secret": True, "mode": "0600"}]
+    spec = WorkspaceSpec.parse({"name": name, "image": repo_image, "files": files})
+    stack = stack_name(owner, name)
+    base = resource_base(owner, name)
+    converge = converger(runner, owner, runtime, stack)
+
+    converge(spec, True)
+    ws = docker_client.containers.get(base)
+    # A file at the size limit travels intact (no 128 KiB env-string cap).
+    assert sh(ws, "sha256sum < /workspace/data/big.txt").split()[0] == \
+        hashlib.sha256(big.encode()).hexdigest()
+    assert sh(ws, "stat -c %a /workspace/data/big.txt").strip() == "600"
+    sh(ws, "echo user todo > /workspace/notes/todo.txt; echo mine > /workspace/notes/mine.txt")
+    [first_init] = init_containers(docker_client, name)
+
+    # image, then env: no init run, no write to storage
+    spec = spec.merged({"image": BASE_IMAGE})
+    converge(spec, True)
+    spec = spec.merged({"env": {"GREETING": "hi"}})
+    converge(spec, True)
+    # a restart: nothing rewritten either
+    docker_client.containers.get(base).restart()
+    assert [c.id for c in init_containers(docker_client, name)] == [first_init.id]
+    ws = docker_client.containers.get(base)
+    assert sh(ws, "cat /workspace/notes/todo.txt /workspace/notes/mine.txt") == \
+        "user todo\nmine\n"
+
+    # files changed for another path: only that entry is written
+    spec = spec.merged({"files": [files[0], {**files[1], "content": "k = 2\n"}, files[2]]})
+    converge(spec, True)
+    [second_init] = init_containers(docker_client, name)
+    assert second_init.id != first_init.id
+    logs = second_init.logs().decode()
+    assert "wrote cfg/app.toml" in logs
+    assert "wrote notes/todo.txt" not in logs and "wrote data/big.txt" not in logs
+    ws = docker_client.containers.get(base)
+    assert sh(ws, "cat /workspace/cfg/app.toml /workspace/notes/todo.txt "
+                  "/workspace/notes/mine.txt") == "k = 2\nuser todo\nmine\n"
+    runner.delete(stack)
+
+
+def input_left_in(container, path: str) -> bytes:
+    """What is left of an init input file in the container's filesystem (b'' if gone)."""
+    try:
+        chunks, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return b""
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        member = tar.next()
+        return tar.extractfile(member).read() if member and member.isfile() else b""
+
+
+def test_no_secret_lingers_in_containers_or_storage(runner, docker_host, docker_client,
+                                                    repo_image, pulumi_settings):
+    owner, name = "alice", f"content-secret-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    token, body, env_value = (f"{kind}-{secrets.token_hex(12)}"
+                              for kind in ("repo-token", "file-body", "env-token"))
+    spec = WorkspaceSpec.parse({
+        "name": name, "image": repo_image,
+        "repository": {"url": REPO_URL, "credential": token, "username": "oauth2"},
+        "secret_env": {"ONEDEV_WORKSPACE_TOKEN": env_value},
+        "files": [{"path": ".ssh/id", "content": body, "mode": "0600", "secret": True}],
+    })
+    stack = stack_name(owner, name)
+    converge = converger(runner, owner, runtime, stack)
+    converge(spec, True)
+
+    ws = docker_client.containers.get(resource_base(owner, name))
+    [init] = init_containers(docker_client, name)
+    # The exited init container's config holds neither value, and the files it
+    # was given are gone from its filesystem.
+    init_config = json.dumps(docker_client.api.inspect_container(init.id))
+    assert token not in init_config and body not in init_config
+    assert hashlib.sha256(body.encode()).hexdigest() not in init_config
+    for input_name in ("credential", "f0"):
+        assert input_left_in(init, f"{INIT_INPUT_PREFIX}{input_name}") == b""
+    # The workspace has its secret env (that is what it is for), nothing else secret.
+    ws_config = json.dumps(docker_client.api.inspect_container(ws.id))
+    assert token not in ws_config and body not in ws_config
+    assert sh(ws, "printf %s \"$ONEDEV_WORKSPACE_TOKEN\"") == env_value
+    volume = json.dumps(docker_client.api.inspect_volume(f"{resource_base(owner, name)}-home"))
+    assert token not in volume and body not in volume and env_value not in volume
+    # The whole storage: the secret file holds its body, no other file holds a secret.
+    assert sh(ws, "cat /workspace/.ssh/id") == body
+    for value in (token, body, env_value):
+        code, out = ws.exec_run(["grep", "-rlF", "--exclude=id", value, "/workspace"],
+                                user="1000")
+        assert code == 1, out  # 1: no match anywhere
+    assert_operator_preview_is_clean(pulumi_settings, stack, token)
+    runner.delete(stack)
+
+
+@pytest.fixture(scope="module")
+def stubborn_image(docker_client, repo_image) -> str:
+    """The repository image with an ENTRYPOINT that ignores its arguments and exits."""
+    container = docker_client.containers.create(repo_image, command=["true"])
+    try:
+        tag = f"stackspace-test/stubborn:{secrets.token_hex(4)}"
+        container.commit(repository=tag.split(":")[0], tag=tag.split(":")[1], changes=[
+            'ENTRYPOINT ["/bin/sh", "-c", "echo entrypoint ignores its args; exit 7"]'])
+    finally:
+        container.remove(force=True)
+    return tag
+
+
+def test_command_replaces_the_image_entrypoint(runner, docker_host, docker_client,
+                                               stubborn_image):
+    owner, name = "alice", f"content-entry-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="none")
+    spec = WorkspaceSpec.parse({
+        "name": name, "image": stubborn_image,
+        "repository": {"url": REPO_URL},
+        "files": [{"path": "hello.txt", "content": "hi\n"}],
+        "command": ["sh", "-c", "echo started > /tmp/started; exec sleep infinity"]})
+    stack = stack_name(owner, name)
+    runner.apply(StackConfig(owner=owner, spec=spec, runtime=runtime, running=True), stack)
+    ws = docker_client.containers.get(resource_base(owner, name))
+    assert ws.status == "running"
+    assert sh(ws, "cat /tmp/started /workspace/hello.txt /workspace/README.md") == \
+        "started\nhi\nhello from git\n"
+    runner.delete(stack)

@@ -1,10 +1,12 @@
 """The exec proxy end to end: a real workspace container on the Docker Engine, the
-proxy in-process on 127.0.0.1, and the client functions the CLI uses."""
+proxy as its own process on 127.0.0.1 (``python -m proxy``), and the client
+functions the CLI uses."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -12,17 +14,21 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pexpect
 import pytest
 from websockets.sync.client import connect
 
-from service.exec_client import ExecClientError, run_exec, subprotocols
-from service.proxy import ProxyConfig
-from service.tickets import mint_ticket
+from proxy.protocol import subprotocols
+from proxy.server import ProxyConfig
+from proxy.tickets import mint_ticket
+from service.exec_client import ExecClientError, run_exec
 from tests.e2e.exec_fixtures import (
-    ProxyThread,
+    ProxyProcess,
     docker_target,
     processes,
     wait_until_gone,
@@ -47,7 +53,7 @@ def config() -> ProxyConfig:
 
 @pytest.fixture(scope="module")
 def proxy(config):
-    with ProxyThread.running(config) as p:
+    with ProxyProcess.running(config) as p:
         yield p
 
 
@@ -191,7 +197,7 @@ def open_session(url: str, ticket: str):
 
 
 def test_session_caps_per_user_and_per_workspace(config, ticket):
-    with ProxyThread.running(config, max_sessions_per_user=2,
+    with ProxyProcess.running(config, max_sessions_per_user=2,
                              max_sessions_per_workspace=1) as p:
         with (open_session(p.url, ticket(["cat"], user="alice", name="alice/one")),
               open_session(p.url, ticket(["cat"], user="alice", name="alice/two"))):
@@ -205,7 +211,7 @@ def test_session_caps_per_user_and_per_workspace(config, ticket):
 
 
 def test_idle_session_is_closed_and_its_process_killed(config, ticket, workspace):
-    with ProxyThread.running(config, idle_timeout=1.5) as p:
+    with ProxyProcess.running(config, idle_timeout=1.5) as p:
         started = time.monotonic()
         err = refused(p.url, ticket(["sleep", "4321"]))
         assert str(err) == "no activity for 1.5s"
@@ -214,7 +220,7 @@ def test_idle_session_is_closed_and_its_process_killed(config, ticket, workspace
 
 
 def test_oversized_frame_closes_the_session(config, ticket, workspace):
-    with (ProxyThread.running(config, max_frame_bytes=64 * 1024) as p,
+    with (ProxyProcess.running(config, max_frame_bytes=64 * 1024) as p,
           open_session(p.url, ticket(["sh", "-c", "cat; sleep 5678"])) as ws):
         ws.send(b"\x00" + b"x" * (128 * 1024))
         with pytest.raises(Exception):  # noqa: B017 - the close is what we check
@@ -259,21 +265,9 @@ def test_closed_terminal_kills_jobs_but_not_detached_daemons(proxy, ticket, work
     workspace.exec_run(["pkill", "-f", "sleep 9753"], user="1000")
 
 
-def test_activity_is_reported_rate_limited(config, ticket):
-    reports: list[dict] = []
-    with ProxyThread.running(config, activity_callback=reports.append,
-                             activity_interval=60) as p:
-        for _ in range(3):
-            assert run(p.url, ticket(["echo", "hi"], user="carol", name="carol/ws"))[0] == 0
-    assert len(reports) == 1
-    assert reports[0]["user"] == "carol" and reports[0]["workspace"] == "carol/ws"
-    assert abs(reports[0]["timestamp"] - time.time()) < 60
-
-
-def test_activity_http_post_is_signed(config, ticket):
-    import hmac
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
+@contextmanager
+def activity_receiver() -> Iterator[tuple[str, list[tuple[bytes, str]]]]:
+    """An HTTP endpoint on loopback collecting the proxy's activity reports."""
     got: list[tuple[bytes, str]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -289,14 +283,27 @@ def test_activity_http_post_is_signed(config, ticket):
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/activity"
-        with ProxyThread.running(config, activity_url=url) as p:
-            assert run(p.url, ticket(["true"], user="dave", name="dave/ws"))[0] == 0
-            deadline = time.monotonic() + 5
-            while not got and time.monotonic() < deadline:
-                time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.server_port}/activity", got
     finally:
         server.shutdown()
+
+
+def wait_for(got: list, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(got) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_activity_is_reported_rate_limited_and_signed(config, ticket):
+    with (activity_receiver() as (url, got),
+          ProxyProcess.running(config, activity_url=url, activity_interval=60) as p):
+        for _ in range(3):
+            assert run(p.url, ticket(["echo", "hi"], user="carol", name="carol/ws"))[0] == 0
+        wait_for(got, 1)
+        time.sleep(0.5)  # a second report would have arrived by now
+    assert len(got) == 1
     body, signature = got[0]
-    assert json.loads(body)["workspace"] == "dave/ws"
+    report = json.loads(body)
+    assert report["user"] == "carol" and report["workspace"] == "carol/ws"
+    assert abs(report["timestamp"] - time.time()) < 60
     assert signature == "sha256=" + hmac.new(KEY, body, hashlib.sha256).hexdigest()

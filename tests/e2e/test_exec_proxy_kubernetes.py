@@ -1,5 +1,7 @@
 """The exec proxy's Kubernetes backend (pods/exec through the API server) on the
-real test cluster: a pod the test starts, exec'd through the proxy."""
+real test cluster: a pod the test starts with a workspace's labels (a generated
+name, as a Deployment's pods have), found by label selector and exec'd through
+the proxy process."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from proxy.server import ProxyConfig
+from proxy.tickets import mint_ticket
 from service.exec_client import run_exec
-from service.proxy import ProxyConfig
-from service.tickets import mint_ticket
-from tests.e2e.exec_fixtures import ProxyThread
+from tests.e2e.exec_fixtures import ProxyProcess
 from tests.e2e.stack_helpers import ensure_namespace
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -30,7 +32,9 @@ def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
     ensure_namespace(core, NAMESPACE)
     name = f"exec-{secrets.token_hex(3)}"
     core.create_namespaced_pod(NAMESPACE, {
-        "metadata": {"name": name},
+        "metadata": {"generateName": f"{name}-", "labels": {
+            "stackspace.dev/workspace": name, "stackspace.dev/owner": "alice",
+            "stackspace.dev/role": "workspace"}},
         "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
                  "containers": [{
                      "name": "workspace", "image": "docker.io/stackspace/workspace:bookworm",
@@ -39,19 +43,24 @@ def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
                      "securityContext": {"runAsUser": 1000, "runAsNonRoot": True,
                                          "allowPrivilegeEscalation": False,
                                          "capabilities": {"drop": ["ALL"]}}}]}})
+    selector = f"stackspace.dev/workspace={name}"
     deadline = time.monotonic() + 120
-    while core.read_namespaced_pod(name, NAMESPACE).status.phase != "Running":
+    while not [p for p in core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
+               if p.status.phase == "Running"]:
         assert time.monotonic() < deadline, "pod did not start"
         time.sleep(0.5)
     yield kube_cluster, name
-    core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+    core.delete_collection_namespaced_pod(
+        NAMESPACE, label_selector=selector, grace_period_seconds=0)
 
 
 def test_exec_through_proxy_into_a_pod(pod):
     kubeconfig, name = pod
-    target = {"type": "kubernetes", "kubeconfig": str(kubeconfig), "context": None,
-              "namespace": NAMESPACE, "pod": name, "container": "workspace"}
-    with ProxyThread.running(ProxyConfig(key=KEY)) as proxy:
+    runtime = {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kubeconfig),
+               "namespace": NAMESPACE}
+    target = {"type": "kubernetes", "runtime": runtime, "owner": "alice", "workspace": name,
+              "container": "workspace"}
+    with ProxyProcess.running(ProxyConfig(key=KEY)) as proxy:
         ticket, _ = mint_ticket(KEY, user="alice", workspace="alice/k", target=target,
                                 command=["sh", "-c", "id -u; pwd; cat; echo err >&2; exit 6"],
                                 tty=False)

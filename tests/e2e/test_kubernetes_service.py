@@ -33,8 +33,10 @@ def test_workspace_lifecycle_and_exec_on_kubernetes(tmp_path, kube_cluster, dock
         assert op["status"] == "succeeded", op
         ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
         assert ws["state"] == "running" and ws["runtime"] == "cluster"
-        assert core.read_namespaced_pod(ws["outputs"]["pod"], NAMESPACE).status.phase == \
-            "Running"
+        # The workspace is a Deployment; its pod is found by labels, as the proxy does.
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=(
+            f"stackspace.dev/workspace={name},stackspace.dev/role=workspace")).items
+        assert ws["outputs"]["deployment"] and any(p.status.phase == "Running" for p in pods)
 
         grant = svc.call("POST", f"/api/v1/workspaces/{name}/terminals", svc.alice,
                          json={"command": ["sh", "-c", "cat hello.txt; exit 2"],

@@ -16,12 +16,3 @@ def test_engine_protect_refusal_names_the_storage():
     other = 'error: "urn:pulumi:ws::p::docker:index/container:Container::x" marked for protection'
     assert protected_storage(other) == []
 
-
-def test_kubernetes_type_tokens_map_to_api_versions():
-    from stacks.automation import _k8s_type
-
-    assert _k8s_type("kubernetes:core/v1:PersistentVolumeClaim") == ("v1",
-                                                                     "PersistentVolumeClaim")
-    assert _k8s_type("kubernetes:batch/v1:Job") == ("batch/v1", "Job")
-    assert _k8s_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") == (
-        "networking.k8s.io/v1", "NetworkPolicy")

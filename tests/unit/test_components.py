@@ -2,11 +2,12 @@
 lifecycle state: what is declared, how storage is protected, how secrets travel."""
 
 import base64
+import json
 
 import pytest
 
-from components.docker import InitFailed, _check_init_exit
-from components.init_script import INIT_SCRIPT
+from components.docker import INIT_INPUT_PREFIX, InitFailed, _check_init_exit
+from components.init_script import INIT_SCRIPT, init_fingerprint
 from components.runtime import DockerRuntime, KubernetesRuntime
 from components.spec import WorkspaceSpec
 from stacks.config import StackConfig
@@ -15,6 +16,8 @@ from tests.unit.pulumi_mocks import plain_strings, run_program
 
 TOKEN = "ghp-very-secret-token"
 KEY = "-----BEGIN KEY----- secret-file-body"
+ENV_SECRET = "onedev-workspace-token-value"
+PULL_PASSWORD = "registry-pull-password"
 DOCKER = DockerRuntime(name="local", host="unix:///run/test-docker.sock", network_mode="none")
 KUBE = KubernetesRuntime(name="cluster", kubeconfig="/tmp/kubeconfig", namespace="ws",
                          storage_class="fast", node_selector={"pool": "dev"})
@@ -42,7 +45,8 @@ def cfg(runtime, running=True, deleting=False, **extra) -> StackConfig:
 def assert_no_plain_secret(run):
     for reg in run.registrations:
         for text in plain_strings(reg.inputs):
-            for secret in (TOKEN, KEY, base64.b64encode(KEY.encode()).decode()):
+            for secret in (TOKEN, KEY, base64.b64encode(KEY.encode()).decode(), ENV_SECRET,
+                           PULL_PASSWORD):
                 assert secret not in text, f"{reg.type} {reg.name} carries a secret in plain"
 
 
@@ -51,7 +55,7 @@ def assert_no_plain_secret(run):
 def test_kubernetes_running_declares_storage_init_pod_policy_secret():
     run = run_program(build, cfg(KUBE))
     assert {"kubernetes:core/v1:PersistentVolumeClaim", "kubernetes:batch/v1:Job",
-            "kubernetes:core/v1:Pod", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+            "kubernetes:apps/v1:Deployment", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
             "kubernetes:core/v1:Secret", "pulumi:providers:kubernetes",
             "stackspace:kubernetes:Workspace"} <= run.types()
 
@@ -71,10 +75,18 @@ def test_kubernetes_running_declares_storage_init_pod_policy_secret():
 
 def test_kubernetes_pod_is_unprivileged_and_mounts_storage():
     run = run_program(build, cfg(KUBE))
-    pod = run.one("core/v1:Pod")
-    assert pod.delete_before_replace
-    assert any("Job" in d or "init" in d for d in pod.dependencies)
-    s = pod.plain()["spec"]
+    deployment = run.one("apps/v1:Deployment")
+    assert any("Job" in d or "init" in d for d in deployment.dependencies)
+    d = deployment.plain()["spec"]
+    # One pod that Kubernetes brings back by itself; Recreate frees the RWO volume.
+    assert d["replicas"] == 1 and d["strategy"] == {"type": "Recreate"}
+    labels = d["template"]["metadata"]["labels"]
+    assert labels == {"stackspace.dev/workspace": "app", "stackspace.dev/owner": "alice",
+                      "stackspace.dev/role": "workspace"}
+    assert d["selector"]["matchLabels"] == labels
+    s = d["template"]["spec"]
+    # The pause container is PID 1, so SIGTERM stops the workspace command.
+    assert s["shareProcessNamespace"] is True
     assert s["automountServiceAccountToken"] is False
     assert s["nodeSelector"] == {"pool": "dev"}
     c = s["containers"][0]
@@ -86,22 +98,48 @@ def test_kubernetes_pod_is_unprivileged_and_mounts_storage():
     assert c["resources"]["limits"] == {"cpu": "2000m", "memory": str(2 * 2**30)}
     assert c["env"] == [{"name": "EDITOR", "value": "vim"}]
     assert c["command"] == ["sleep", "infinity"]
-    for labels in (pod.plain()["metadata"]["labels"],):
-        assert labels["stackspace.dev/workspace"] == "app"
+    assert "deployment" in run.exports and "pod" not in run.exports
 
 
-def test_kubernetes_init_job_clones_with_secret_refs_only():
+def test_kubernetes_init_job_reads_contents_and_credential_from_mounted_secrets():
     run = run_program(build, cfg(KUBE))
     job = run.one("batch/v1:Job").plain()
-    c = job["spec"]["template"]["spec"]["containers"][0]
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
     assert c["command"] == ["/bin/sh", "-c", INIT_SCRIPT]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["STACKSPACE_REPO_URL"]["value"] == "https://git.example.test/team/app.git"
-    assert "valueFrom" in env["STACKSPACE_REPO_CREDENTIAL"]
-    assert "valueFrom" in env["STACKSPACE_FILE_0_DATA"]
-    assert env["STACKSPACE_FILE_1_DATA"]["value"] == base64.b64encode(b"hello").decode()
-    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    env = {e["name"]: e["value"] for e in c["env"]}  # every entry a plain, public value
+    assert env["STACKSPACE_REPO_URL"] == "https://git.example.test/team/app.git"
+    assert env["STACKSPACE_FILE_0_PATH"] == ".ssh/id"
+    assert not any(k.endswith(("_DATA", "_DIGEST")) or "CREDENTIAL" in k for k in env)
+    volume = next(v for v in pod["volumes"] if v["name"] == "init-input")["secret"]
+    secret = next(r for r in run.by_type("core/v1:Secret")
+                  if r.plain()["metadata"]["name"] == volume["secretName"])
+    assert secret.plain()["stringData"] == {"credential": TOKEN, "f0": KEY, "f1": "hello"}
+    assert {"name": "init-input", "mountPath": "/var/run/stackspace-init",
+            "readOnly": True} in c["volumeMounts"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert_no_plain_secret(run)
+
+
+def test_kubernetes_secret_env_and_image_credentials_travel_as_secret_refs():
+    run = run_program(build, cfg(KUBE, secret_env={"ONEDEV_WORKSPACE_TOKEN": ENV_SECRET},
+                                 image="registry.example.test:5000/team/ws:1",
+                                 image_credentials={"username": "puller",
+                                                    "password": PULL_PASSWORD}))
+    secrets = {r.plain()["metadata"]["name"]: r.plain() for r in run.by_type("core/v1:Secret")}
+    pull = next(s for s in secrets.values() if s["type"] == "kubernetes.io/dockerconfigjson")
+    auth = json.loads(pull["stringData"][".dockerconfigjson"])["auths"]
+    assert auth["registry.example.test:5000"]["username"] == "puller"
+    assert auth["registry.example.test:5000"]["password"] == PULL_PASSWORD
+    d = run.one("apps/v1:Deployment").plain()["spec"]["template"]["spec"]
+    job = run.one("batch/v1:Job").plain()["spec"]["template"]["spec"]
+    assert d["imagePullSecrets"] == job["imagePullSecrets"] == [
+        {"name": pull["metadata"]["name"]}]
+    env = {e["name"]: e for e in d["containers"][0]["env"]}
+    ref = env["ONEDEV_WORKSPACE_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert secrets[ref["name"]]["stringData"] == {"ONEDEV_WORKSPACE_TOKEN": ENV_SECRET}
+    assert env["EDITOR"] == {"name": "EDITOR", "value": "vim"}
     assert_no_plain_secret(run)
 
 
@@ -115,7 +153,7 @@ def test_kubernetes_network_policy_admits_no_ingress():
 
 def test_kubernetes_stopped_keeps_storage_and_removes_pod():
     run = run_program(build, cfg(KUBE, running=False))
-    assert run.by_type("core/v1:Pod") == []
+    assert run.by_type("apps/v1:Deployment") == []
     assert run.one("PersistentVolumeClaim").protect
     assert run.exports["running"] is False
 
@@ -123,7 +161,7 @@ def test_kubernetes_stopped_keeps_storage_and_removes_pod():
 def test_kubernetes_delete_path_lifts_protection_only_then():
     run = run_program(build, cfg(KUBE, running=True, deleting=True))
     assert run.one("PersistentVolumeClaim").protect is False
-    assert run.by_type("core/v1:Pod") == []
+    assert run.by_type("apps/v1:Deployment") == []
 
 
 def test_kubernetes_no_secret_object_without_secrets():
@@ -139,6 +177,24 @@ def test_init_name_is_stable_across_stop_start_and_changes_with_files():
     assert len(names) == 1
     changed = run_program(build, cfg(KUBE, files=[{"path": "x", "content": "y"}]))
     assert changed.one("Job").plain()["metadata"]["name"] not in names
+
+
+def test_init_fingerprint_depends_only_on_repository_and_files():
+    base = spec()
+    same = [base.merged({"image": "other/image:2"}), base.merged({"env": {"A": "b"}}),
+            base.merged({"command": ["bash", "-l"]}),
+            base.merged({"resources": {"cpu": "4", "memory": "4Gi", "storage": "5Gi"}})]
+    assert {init_fingerprint(s) for s in same} == {init_fingerprint(base)}
+    changed = base.merged({"files": [{"path": "notes.txt", "content": "other"}]})
+    assert init_fingerprint(changed) != init_fingerprint(base)
+
+
+def test_init_ignores_image_changes_on_both_backends():
+    job = run_program(build, cfg(KUBE)).one("batch/v1:Job")
+    assert "spec.template.spec.containers[0].image" in job.ignore_changes
+    init = next(r for r in run_program(build, cfg(DOCKER)).by_type("Container")
+                if "-init-" in r.plain()["name"])
+    assert "image" in init.ignore_changes
 
 
 # --- Docker -----------------------------------------------------------------
@@ -172,9 +228,33 @@ def test_docker_running_declares_volume_init_and_workspace():
                             "type": "volume"}]
     assert ws.delete_before_replace
     assert "EDITOR=vim" in w["envs"]
+    # `command` replaces the image's ENTRYPOINT, as on Kubernetes.
+    assert w["entrypoints"] == ["sleep", "infinity"] and "command" not in w
     i = init.plain()
     assert i["mustRun"] in (False, "false") and i["attach"] in (True, "true")
-    assert i["command"] == ["/bin/sh", "-c", INIT_SCRIPT]
+    assert i["entrypoints"] == ["/bin/sh", "-c", INIT_SCRIPT] and "command" not in i
+    # Contents and the credential are uploaded files init removes, not env.
+    assert not any("CREDENTIAL" in e or "_DATA=" in e for e in i["envs"])
+    uploads = {u["file"]: u for u in i["uploads"]}
+    assert uploads[f"{INIT_INPUT_PREFIX}credential"]["content"] == TOKEN
+    assert uploads[f"{INIT_INPUT_PREFIX}f0"]["content"] == KEY
+    assert uploads[f"{INIT_INPUT_PREFIX}f1"]["content"] == "hello"
+    # Root-owned in the sticky /tmp: writable so that init (uid 1000) can empty them.
+    assert {u["permissions"] for u in uploads.values()} == {"0666"}
+    assert_no_plain_secret(run)
+
+
+def test_docker_secret_env_and_registry_auth_are_secrets():
+    run = run_program(build, cfg(DOCKER, secret_env={"ONEDEV_WORKSPACE_TOKEN": ENV_SECRET},
+                                 image="127.0.0.1:5000/team/ws:1",
+                                 image_credentials={"username": "puller",
+                                                    "password": PULL_PASSWORD}))
+    ws = next(r for r in run.by_type("Container") if "-init-" not in r.plain()["name"])
+    assert f"ONEDEV_WORKSPACE_TOKEN={ENV_SECRET}" in ws.plain()["envs"]
+    # Provider inputs travel as JSON text; the whole list is a secret.
+    [auth] = json.loads(run.one("providers:docker").plain()["registryAuth"])
+    assert auth == {"address": "127.0.0.1:5000", "username": "puller",
+                    "password": PULL_PASSWORD}
     assert_no_plain_secret(run)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.spec import SpecError, WorkspaceSpec, quantity_value
+from components.spec import MAX_FILE_BYTES, SpecError, WorkspaceSpec, quantity_value
 from stacks.naming import resource_base, stack_name
 
 
@@ -124,3 +124,76 @@ def test_incomplete_stack_config_names_the_missing_keys():
 
     with pytest.raises(IncompleteConfig, match="stackspace:spec, stackspace:runtime"):
         StackConfig.from_values({"owner": "alice", "running": "true"}.get)
+
+
+FULL = {
+    "name": "dev", "image": "registry.example.test:5000/team/ws:1",
+    "repository": {"url": "https://git.example.test/r.git", "credential": "tok-123",
+                   "username": "oauth2"},
+    "env": {"ONEDEV_SERVER_URL": "https://onedev.example.test"},
+    "secret_env": {"ONEDEV_WORKSPACE_TOKEN": "ws-token-456"},
+    "image_credentials": {"username": "puller", "password": "pull-789"},
+    "files": [{"path": "k", "content": "key-body", "secret": True}],
+}
+SECRETS = ("tok-123", "ws-token-456", "pull-789", "key-body")
+
+
+def test_secret_env_image_credentials_and_username_round_trip_through_stack_config():
+    spec = WorkspaceSpec.parse(FULL)
+    assert spec.repository.username == "oauth2"
+    assert spec.secret_env == {"ONEDEV_WORKSPACE_TOKEN": "ws-token-456"}
+    public = spec.public_dict()
+    assert not any(s in repr(public) for s in SECRETS)
+    assert public["secret_env"] == {"ONEDEV_WORKSPACE_TOKEN": ""}  # names stay visible
+    assert public["repository"]["username"] == "oauth2"
+    assert spec.secret_values() == {"credential": "tok-123", "file:k": "key-body",
+                                    "env:ONEDEV_WORKSPACE_TOKEN": "ws-token-456",
+                                    "image_password": "pull-789"}
+    assert WorkspaceSpec.from_public(public, spec.secret_values()) == spec
+    # The public form parses (the service re-reads stored specs) and redacts alike.
+    stored = WorkspaceSpec.parse(public)
+    redacted = stored.to_dict(redact=True)
+    assert redacted["secret_env"] == {"ONEDEV_WORKSPACE_TOKEN": "[secret]"}
+    assert spec.to_dict(redact=True)["image_credentials"] == {"username": "puller",
+                                                               "password": "[secret]"}
+    assert not any(s in repr(spec.to_dict(redact=True)) for s in SECRETS)
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"secret_env": {"bad-name": "x"}}, "secret_env.bad-name"),
+    ({"secret_env": {"STACKSPACE_X": "x"}}, "secret_env.STACKSPACE_X"),
+    ({"secret_env": {"A": 1}}, "secret_env.A"),
+    ({"secret_env": ["A"]}, "secret_env"),
+    ({"env": {"A": "1"}, "secret_env": {"A": "2"}}, "secret_env.A"),
+    ({"image_credentials": {"username": "u", "password": ""}}, "image_credentials.password"),
+    ({"image_credentials": {"username": "u"}}, "image_credentials.password"),
+    ({"image_credentials": {"password": "p"}}, "image_credentials.username"),
+    ({"image_credentials": {"username": "u", "password": "p", "email": "e"}},
+     "image_credentials.email"),
+    ({"image_credentials": "u:p"}, "image_credentials"),
+    ({"repository": {"url": "https://x.test/r", "username": "a b"}}, "repository.username"),
+    ({"repository": {"url": "https://x.test/r", "username": 3}}, "repository.username"),
+])
+def test_new_fields_reject_bad_values_naming_the_field(fields, field):
+    errs = errors_of(name="dev", **fields)
+    assert field in errs
+
+
+def test_secret_env_and_image_credentials_are_fixed_by_patch():
+    spec = WorkspaceSpec.parse(FULL)
+    with pytest.raises(SpecError) as exc:
+        spec.merged({"secret_env": {"A": "b"}, "image_credentials": {"username": "u"}})
+    assert set(exc.value.errors) == {"secret_env", "image_credentials"}
+
+
+def test_a_file_at_the_limit_is_accepted_and_an_oversized_spec_names_its_largest_value():
+    assert parse(files=[{"path": "big", "content": "a" * MAX_FILE_BYTES}])
+    assert "files[0].content" in errors_of(
+        name="dev", files=[{"path": "big", "content": "a" * (MAX_FILE_BYTES + 1)}])
+    # Each file fits alone, together they do not fit the one config env string.
+    errs = errors_of(name="dev", files=[{"path": "a", "content": "a" * 60_000},
+                                        {"path": "b", "content": "b" * 70_000}])
+    assert list(errs) == ["files[1].content"] and "too large" in errs["files[1].content"]
+    # Quotes take four bytes each once in stack config.
+    errs = errors_of(name="dev", files=[{"path": "q", "content": '"' * 40_000}])
+    assert list(errs) == ["files[0].content"]

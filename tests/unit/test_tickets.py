@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from service.tickets import (
+from proxy.tickets import (
     MAX_TTL,
     ReplayGuard,
     TicketError,
@@ -17,7 +17,8 @@ from service.tickets import (
 
 KEY = b"k" * 32
 OTHER = b"o" * 32
-TARGET = {"type": "docker", "host": "unix:///run/docker.sock", "container": "ws-alice-dev"}
+TARGET = {"type": "docker", "container": "ws-alice-dev",
+          "runtime": {"name": "local", "type": "docker", "host": "unix:///run/docker.sock"}}
 NOW = 1_700_000_000.0
 
 

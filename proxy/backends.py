@@ -1,8 +1,10 @@
 """Exec backends for the proxy: Docker Engine exec and Kubernetes pods/exec.
 
 Both sit behind :class:`ExecProcess` (start, write/close stdin, resize, read
-output, wait, kill). Both talk to an API (Docker Engine API through the docker
-SDK, the Kubernetes API server through the kubernetes client), never a CLI.
+output, wait, kill). Both talk to an API (the Docker Engine API on a unix socket,
+tcp:// with TLS or ssh://; the Kubernetes API server through the kubernetes
+client), never a CLI. A target names its runtime (the operator's runtime entry:
+host, TLS files, SSH identity and known_hosts, kubeconfig) and the workspace.
 
 Killing: runc starts every exec'd process as the leader of a new session (TTY
 or not), so the process tree of one exec is that session, job-control process
@@ -20,16 +22,22 @@ import asyncio
 import contextlib
 import json
 import secrets
-import socket
 import struct
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 
-STDOUT, STDERR = 1, 2
+from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
+from components.clients import HostKeyError, docker_client
+from components.runtime import DockerRuntime, KubernetesRuntime, parse_runtime
+from components.spec import SpecError
+from proxy.engine_stream import EngineStream, open_upgraded
+from proxy.protocol import STDERR, STDOUT
+
 READ_CHUNK = 64 * 1024
 MARKER = "STACKSPACE_EXEC_ID"
 
@@ -115,127 +123,157 @@ class ExecProcess(ABC):
 
 
 def make_process(target: dict[str, Any], request: ExecRequest) -> ExecProcess:
-    kind = target.get("type")
-    if kind == "docker":
-        return DockerExec(target, request)
-    if kind == "kubernetes":
-        return KubernetesExec(target, request)
-    raise ExecError(f"unknown target type {kind!r}")
+    try:
+        runtime = parse_runtime(target.get("runtime"))
+    except SpecError as exc:
+        raise ExecError(f"bad target runtime: {exc}") from exc
+    if isinstance(runtime, DockerRuntime) and target.get("type") == "docker":
+        return DockerExec(runtime, target, request)
+    if isinstance(runtime, KubernetesRuntime) and target.get("type") == "kubernetes":
+        return KubernetesExec(runtime, target, request)
+    raise ExecError(f"unknown target type {target.get('type')!r}")
 
 
 # --- Docker ------------------------------------------------------------------------
 
-_clients: dict[str, docker.APIClient] = {}
+_clients: dict[DockerRuntime, Any] = {}
 _clients_lock = threading.Lock()
 
 
-def docker_api(host: str) -> docker.APIClient:
-    """One APIClient per engine (version negotiation once, pooled connections)."""
-    if not host.startswith(("unix://", "tcp://", "http://")):
-        raise ExecError("unsupported Docker host (unix:// or tcp:// without TLS)")
+def docker_api(rt: DockerRuntime) -> docker.APIClient:
+    """One APIClient per runtime (version negotiation and SSH handshake once,
+    pooled connections), built like every other client of the runtime."""
     with _clients_lock:
-        if host not in _clients:
-            _clients[host] = docker.APIClient(base_url=host, version="auto",
-                                              max_pool_size=64)
-        return _clients[host]
+        if rt not in _clients:
+            try:
+                _clients[rt] = docker_client(rt).api
+            except HostKeyError as exc:  # already names the runtime
+                raise ExecError(str(exc)) from exc
+            except Exception as exc:  # TLS files, unreachable engine, SSH auth
+                raise ExecError(f"runtime {rt.name!r}: {exc}") from exc
+        return _clients[rt]
+
+
+def _forget(rt: DockerRuntime) -> None:
+    """Drop a client whose connection broke (engine restarted, SSH session gone)."""
+    with _clients_lock:
+        _clients.pop(rt, None)
 
 
 class _Demux:
-    """Splits Docker's non-TTY stream: 8-byte headers (stream, 0, 0, 0, size BE32)."""
+    """Splits Docker's non-TTY stream: 8-byte headers (stream, 0, 0, 0, size BE32).
+    Consecutive payloads of one stream come back joined (one copy, fewer messages)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._rest = b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= 8:
-            stream, size = struct.unpack(">BxxxL", self._buf[:8])
-            if len(self._buf) < 8 + size:
+        buf = self._rest + data if self._rest else data
+        view = memoryview(buf)
+        out: list[tuple[int, bytes]] = []
+        parts: list[memoryview] = []
+        current = STDOUT
+        i, n = 0, len(buf)
+        while n - i >= 8:
+            stream, size = struct.unpack_from(">BxxxL", buf, i)
+            if n - i - 8 < size:
                 break
-            payload = bytes(self._buf[8:8 + size])
-            del self._buf[:8 + size]
-            if payload:
-                out.append((STDERR if stream == 2 else STDOUT, payload))
+            channel = STDERR if stream == 2 else STDOUT
+            if parts and channel != current:
+                out.append((current, b"".join(parts)))
+                parts = []
+            if size:
+                current = channel
+                parts.append(view[i + 8:i + 8 + size])
+            i += 8 + size
+        if parts:
+            out.append((current, b"".join(parts)))
+        self._rest = bytes(view[i:])
         return out
 
 
 class DockerExec(ExecProcess):
-    def __init__(self, target: dict[str, Any], request: ExecRequest) -> None:
+    """An exec on the runtime's engine. Create, inspect, resize go through the
+    Docker SDK; the attached stream is an upgraded connection the proxy drives
+    on its event loop (:mod:`proxy.engine_stream`), the same for unix, TLS and SSH."""
+
+    def __init__(self, runtime: DockerRuntime, target: dict[str, Any],
+                 request: ExecRequest) -> None:
         self.container = str(target.get("container") or "")
         if not self.container:
             raise ExecError("docker target has no container")
-        self.host = str(target.get("host") or "unix:///var/run/docker.sock")
+        self.rt = runtime
         self.req = request
         self.exec_id = ""
-        self._sock: socket.socket | None = None
-        self._sockio: Any = None
+        self._stream: EngineStream | None = None
         self._pending: list[tuple[int, bytes]] = []
         self._demux = None if request.tty else _Demux()
         self._eof = False
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self._start_blocking)
+    def _api(self) -> docker.APIClient:
+        return docker_api(self.rt)
 
-    def _start_blocking(self) -> None:
-        api = docker_api(self.host)
+    async def start(self) -> None:
         try:
-            self.exec_id = api.exec_create(
-                self.container, self.req.command, stdin=True, stdout=True, stderr=True,
-                tty=self.req.tty, environment=self.req.environment(), user=self.req.user,
-                workdir=self.req.workdir)["Id"]
-            sockio = api.exec_start(self.exec_id, tty=self.req.tty, socket=True)
-        except docker.errors.APIError as exc:
-            raise ExecError(exc.explanation or str(exc)) from exc
-        self._sockio = sockio
-        sock: socket.socket = getattr(sockio, "_sock", sockio)
-        sock.setblocking(False)
-        self._sock = sock
-        # http.client may have read past the upgrade response into its buffer;
-        # those bytes are the first output and must not be lost.
-        buffered = getattr(getattr(getattr(sockio, "_response", None), "raw", None), "_fp", None)
-        fp = getattr(buffered, "fp", None)
-        if fp is not None:
-            with contextlib.suppress(Exception):
-                early = fp.peek()
-                if early:
-                    self._pending.extend(self._frames(fp.read(len(early))))
+            api = await asyncio.to_thread(self._api)
+            self.exec_id = await asyncio.to_thread(self._create, api)
+            self._stream, early = await open_upgraded(
+                self.rt, api, f"/exec/{self.exec_id}/start",
+                {"Detach": False, "Tty": self.req.tty})
+        except ExecError:
+            raise
+        except Exception as exc:  # API errors, a broken connection, SSH channel refused
+            _forget(self.rt)
+            detail = getattr(exc, "explanation", None) or str(exc) or type(exc).__name__
+            raise ExecError(f"runtime {self.rt.name!r}: {detail}") from exc
+        if early:
+            self._pending.extend(self._frames(early))
+
+    def _create(self, api: docker.APIClient) -> str:
+        return api.exec_create(
+            self.container, self.req.command, stdin=True, stdout=True, stderr=True,
+            tty=self.req.tty, environment=self.req.environment(), user=self.req.user,
+            workdir=self.req.workdir)["Id"]
 
     def _frames(self, data: bytes) -> list[tuple[int, bytes]]:
         return [(STDOUT, data)] if self._demux is None else self._demux.feed(data)
 
     async def write(self, data: bytes) -> None:
-        assert self._sock is not None
-        await asyncio.get_running_loop().sock_sendall(self._sock, data)
+        assert self._stream is not None
+        await self._stream.send(data)
 
     async def close_stdin(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_WR)
+        if self._stream is not None:
+            await self._stream.shutdown_write()
 
     async def resize(self, width: int, height: int) -> None:
         if self.req.tty:
-            await asyncio.to_thread(docker_api(self.host).exec_resize, self.exec_id,
+            await asyncio.to_thread(self._api().exec_resize, self.exec_id,
                                     height=height, width=width)
 
     async def read(self) -> tuple[int, bytes] | None:
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
         while not self._pending:
-            if self._eof:
+            if self._eof or self._stream is None:
                 return None
             try:
-                data = await loop.sock_recv(self._sock, READ_CHUNK)
-            except (ConnectionResetError, BrokenPipeError):
+                data = await self._stream.recv()
+            except OSError:
                 data = b""
             if not data:
                 self._eof = True
                 return None
             self._pending.extend(self._frames(data))
-        return self._pending.pop(0)
+        channel, data = self._pending.pop(0)
+        if self._pending and self._pending[0][0] == channel:
+            # Coalesce what arrived together: fewer, larger WebSocket messages.
+            parts = [data]
+            while self._pending and self._pending[0][0] == channel:
+                parts.append(self._pending.pop(0)[1])
+            data = b"".join(parts)
+        return channel, data
 
     async def wait(self) -> int:
-        api = docker_api(self.host)
+        api = self._api()
         for _ in range(100):  # the stream ends a moment before the engine records the exit
             info = await asyncio.to_thread(api.exec_inspect, self.exec_id)
             if not info.get("Running"):
@@ -251,52 +289,91 @@ class DockerExec(ExecProcess):
             await asyncio.to_thread(self._kill_blocking)
 
     def _kill_blocking(self) -> None:
-        api = docker_api(self.host)
+        api = self._api()
         killer = api.exec_create(self.container, ["/bin/sh", "-c", KILL_SCRIPT, "kill",
                                                   self.req.exec_id],
                                  stdout=True, stderr=True, user=self.req.user)["Id"]
         api.exec_start(killer)
 
     async def close(self) -> None:
-        for obj in (self._sock, self._sockio, getattr(self._sockio, "_response", None)):
-            if obj is not None:
-                with contextlib.suppress(Exception):
-                    obj.close()
-        self._sock = self._sockio = None
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.close()
 
 
 # --- Kubernetes --------------------------------------------------------------------
 
+POD_WAIT = 30.0  # seconds to wait for a Running workspace pod (one may be coming up)
+
+
+def workspace_selector(owner: str, workspace: str) -> str:
+    return f"{LABEL_WORKSPACE}={workspace},{LABEL_OWNER}={owner},{LABEL_ROLE}=workspace"
+
+
+def pick_pod(pods: list[Any]) -> str | None:
+    """A Running, not terminating pod; the newest if several (a rollout)."""
+    ready = [p for p in pods if p.status is not None and p.status.phase == "Running"
+             and p.metadata.deletion_timestamp is None]
+    ready.sort(key=lambda p: p.metadata.creation_timestamp or 0, reverse=True)
+    return ready[0].metadata.name if ready else None
+
+
 class KubernetesExec(ExecProcess):
     """pods/exec through the API server, on the kubernetes client's (blocking) WSClient.
 
+    The pod is found by label selector in the runtime's namespace (the workspace
+    may be a bare Pod or a Deployment's pod with a generated name).
     A reader thread moves output into a bounded queue; it blocks when the queue
     is full, so a slow proxy client slows the pod's output instead of buffering.
-    The pod's securityContext sets the user; ``env --chdir`` sets cwd and env
-    (pods/exec has no fields for them).
+    The pod's securityContext sets the user; ``env --chdir`` sets cwd and the exec
+    marker (pods/exec has no fields for them). Workspace env values are not put
+    in the exec argv (API-server audit logs record it): the container's own env
+    already reaches exec'd processes.
     """
 
-    def __init__(self, target: dict[str, Any], request: ExecRequest) -> None:
-        self.target = target
+    def __init__(self, runtime: KubernetesRuntime, target: dict[str, Any],
+                 request: ExecRequest) -> None:
+        self.rt = runtime
+        self.owner = str(target.get("owner") or "")
+        self.workspace = str(target.get("workspace") or "")
+        if not (self.owner and self.workspace):
+            raise ExecError("kubernetes target names no workspace")
+        self.container = str(target.get("container") or "workspace")
         self.req = request
+        self.pod = ""
+        self._core_api: Any = None
         self._ws: Any = None
         self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=8)
         self._thread: threading.Thread | None = None
 
     def _core(self) -> Any:
-        from kubernetes import client, config
+        if self._core_api is None:
+            from kubernetes import client
 
-        api_client = config.new_client_from_config(
-            config_file=self.target.get("kubeconfig"), context=self.target.get("context"))
-        return client.CoreV1Api(api_client)
+            from components.clients import kube_api_client
+
+            self._core_api = client.CoreV1Api(kube_api_client(self.rt))
+        return self._core_api
+
+    def _find_pod(self) -> str:
+        selector = workspace_selector(self.owner, self.workspace)
+        deadline = time.monotonic() + POD_WAIT
+        while True:
+            pods = self._core().list_namespaced_pod(self.rt.namespace,
+                                                    label_selector=selector).items
+            name = pick_pod(pods)
+            if name:
+                return name
+            if time.monotonic() > deadline:
+                raise ExecError(f"no running pod for workspace {self.workspace!r} in "
+                                f"namespace {self.rt.namespace!r}")
+            time.sleep(0.5)
 
     def _stream(self, command: list[str], *, stdin: bool, tty: bool) -> Any:
         from kubernetes.stream import stream
 
-        core = self._core()
-        return stream(core.connect_get_namespaced_pod_exec, self.target["pod"],
-                      self.target.get("namespace", "default"),
-                      container=self.target.get("container", "workspace"), command=command,
+        return stream(self._core().connect_get_namespaced_pod_exec, self.pod,
+                      self.rt.namespace, container=self.container, command=command,
                       stdin=stdin, stdout=True, stderr=True, tty=tty,
                       _preload_content=False, binary=True)
 
@@ -308,10 +385,13 @@ class KubernetesExec(ExecProcess):
         command = ["env", f"--chdir={self.req.workdir}", "--", *env,
                    "/bin/sh", "-c", 'exec "$@"', "sh", *self.req.command]
         try:
+            self.pod = await asyncio.to_thread(self._find_pod)
             self._ws = await asyncio.to_thread(self._stream, command, stdin=True,
                                                tty=self.req.tty)
+        except ExecError:
+            raise
         except Exception as exc:  # ApiException, config errors, connection errors
-            raise ExecError(f"kubernetes exec failed: {exc}") from exc
+            raise ExecError(f"runtime {self.rt.name!r}: kubernetes exec failed: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._pump, args=(loop,), daemon=True)
         self._thread.start()

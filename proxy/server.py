@@ -1,39 +1,28 @@
 """The exec proxy: a WebSocket server carrying terminals into running workspaces.
 
-Protocol
-    ``GET /exec`` upgraded to WebSocket with subprotocol ``v5.channel.k8s.io``.
-    The ticket travels in ``Sec-WebSocket-Protocol`` like a Kubernetes bearer
-    token: the client offers ``v5.channel.k8s.io`` and
-    ``base64url.bearer.authorization.k8s.io.<base64url(ticket), no padding>``;
-    the server selects only the former. (Not the query string: URLs end up in
-    access logs and browser history; browsers cannot set Authorization on a
-    WebSocket, but they can offer subprotocols.)
-
-    Binary messages, first byte = channel: 0 stdin, 1 stdout, 2 stderr,
-    3 status (a Kubernetes ``Status`` JSON, sent once before a normal close),
-    4 resize ``{"Width": w, "Height": h}``, 255 close (``[255, 0]`` = the client
-    half-closes stdin).
+``GET /exec`` upgraded to WebSocket; the wire protocol (ticket in the
+subprotocol offer, v5 channels) is in :mod:`proxy.protocol`.
 
 Refusals happen before anything is exec'd: invalid, expired, replayed or
 foreign tickets close with 1008 (policy violation), session caps with 1013
 (try again later); the close reason says why. An idle session gets a ``Timeout``
 status and is closed; a client that goes away gets its exec killed.
+
+This package imports nothing from ``service`` and not the Pulumi SDK: it is
+deployed as its own process (``python -m proxy`` or ``stackspace proxy``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
-import inspect
 import json
 import logging
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -44,12 +33,19 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from service.exec_backends import ExecError, ExecProcess, ExecRequest, make_process
-from service.tickets import ReplayGuard, TicketClaims, TicketError, verify_ticket
-
-SUBPROTOCOL = "v5.channel.k8s.io"
-BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
-STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+from proxy.backends import ExecError, ExecProcess, ExecRequest, make_process
+from proxy.protocol import (
+    CLOSE,
+    PATH,
+    RESIZE,
+    STATUS,
+    STDIN,
+    SUBPROTOCOL,
+    status_exit,
+    status_failure,
+    ticket_from_subprotocols,
+)
+from proxy.tickets import ReplayGuard, TicketClaims, TicketError, verify_ticket
 
 log = logging.getLogger("stackspace.proxy")
 # websockets logs handshake headers at DEBUG, and the ticket is a header.
@@ -64,7 +60,7 @@ class ProxyConfig:
     """``key``: the ticket key shared with the service (>= 32 bytes). Caps count open
     sessions; ``idle_timeout`` is seconds without a frame either way; frames larger
     than ``max_frame_bytes`` close the session (1009). Activity goes to
-    ``activity_callback`` (sync or async) and/or is POSTed to ``activity_url``."""
+    is POSTed to ``activity_url``."""
 
     key: bytes
     host: str = "127.0.0.1"
@@ -74,38 +70,11 @@ class ProxyConfig:
     idle_timeout: float = 1800.0
     max_frame_bytes: int = 1 << 20
     activity_url: str | None = None
-    activity_callback: Callable[[Activity], Awaitable[None] | None] | None = None
     activity_interval: float = 30.0  # at most one report per (user, workspace) per interval
 
 
-def status_success() -> dict[str, Any]:
-    return {"metadata": {}, "status": "Success"}
-
-
-def status_exit(code: int) -> dict[str, Any]:
-    if code == 0:
-        return status_success()
-    return {"metadata": {}, "status": "Failure",
-            "message": f"command terminated with non-zero exit code: {code}",
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
-
-
-def status_failure(reason: str, message: str) -> dict[str, Any]:
-    return {"metadata": {}, "status": "Failure", "reason": reason, "message": message}
-
-
 def ticket_from_headers(request: Request) -> str | None:
-    for value in request.headers.get_all("Sec-WebSocket-Protocol"):
-        for item in value.split(","):
-            item = item.strip()
-            if item.startswith(BEARER_PREFIX):
-                raw = item[len(BEARER_PREFIX):]
-                try:
-                    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-                except (binascii.Error, UnicodeDecodeError):
-                    return ""
-    return None
+    return ticket_from_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
 
 
 class SessionLimiter:
@@ -160,10 +129,6 @@ class ActivityReporter:
 
     async def _report(self, activity: Activity) -> None:
         try:
-            if self.config.activity_callback is not None:
-                result = self.config.activity_callback(activity)
-                if inspect.isawaitable(result):
-                    await result
             if self.config.activity_url:
                 await asyncio.to_thread(self._post, activity)
         except Exception as exc:
@@ -214,7 +179,7 @@ class ExecProxy:
 
     @staticmethod
     def _check_path(conn: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] != "/exec":
+        if request.path.split("?", 1)[0] != PATH:
             return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return None
 
@@ -374,15 +339,28 @@ async def start_proxy(config: ProxyConfig) -> ExecProxy:
     return proxy
 
 
-async def serve(config: ProxyConfig) -> None:
+async def serve(config: ProxyConfig, announce: Callable[[str], None] | None = None) -> None:
     proxy = await start_proxy(config)
+    if announce is not None:
+        announce(f"ws://{config.host}:{proxy.port}{PATH}")
     try:
         await asyncio.Future()  # until cancelled
     finally:
         await proxy.close()
 
 
-def run_proxy(config: ProxyConfig) -> None:
-    """Blocking entry point for ``stackspace proxy``."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+def run_proxy(config: ProxyConfig, announce: Callable[[str], None] | None = None) -> None:
+    """Blocking entry point for ``python -m proxy`` and ``stackspace proxy``; stops
+    cleanly on SIGINT or SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config, announce)
+
+    asyncio.run(main())
