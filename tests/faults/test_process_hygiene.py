@@ -132,8 +132,12 @@ def test_a_killed_worker_costs_only_its_operation(tmp_path, docker_runtime, pulu
         op = svc.call("POST", "/workspaces", json={"name": name}).json()
         matched, _ = svc.follow(op["id"], any_resource_event)
         assert matched, "the create ended before any resource step"
-        # The busy worker is the one running a Pulumi CLI.
-        busy = busy_workers(svc)
+        # The busy worker is the one running a Pulumi CLI (between two CLI
+        # runs of one operation there may be none for a moment).
+        deadline = time.monotonic() + 120
+        while not (busy := busy_workers(svc)) and time.monotonic() < deadline:
+            assert svc.op(op["id"])["status"] in ("queued", "running"), "create ended"
+            time.sleep(0.05)
         assert len(busy) == 1, [(w, cmdline(w)) for w in busy]
         assert svc.proc is not None and busy != {svc.proc.pid}, "no worker process"
         os.kill(busy.pop(), signal.SIGKILL)
