@@ -23,7 +23,10 @@ def assert_truthful(svc: LiveService, engine: EngineView, name: str) -> dict[str
     if ws["state"] == "running":
         assert running, f"API says running, engine has {loads}"
         assert len(loads) == 1, f"more than one workload: {loads}"
-        assert running[0] in (ws["outputs"] or {}).values(), \
+        # The outputs name the workload (a container or pod), or what owns it
+        # (a Deployment's name prefixes its pods' names).
+        named = [str(v) for v in (ws["outputs"] or {}).values() if isinstance(v, str) and v]
+        assert any(running[0] == v or running[0].startswith(f"{v}-") for v in named), \
             f"API says running but its outputs {ws['outputs']} do not name {running[0]}"
     elif ws["state"] == "stopped":
         assert not loads, f"API says stopped, engine has {loads}"

@@ -82,9 +82,10 @@ class KubernetesView:
 
     def workloads(self, name: str) -> list[Workload]:
         pods = self.core.list_namespaced_pod(self.ns, label_selector=self._sel(name)).items
-        return [Workload(p.metadata.name, p.status.phase == "Running"
-                         and p.metadata.deletion_timestamp is None)
-                for p in pods if (p.metadata.labels or {}).get(ROLE) == "workspace"]
+        # A terminating pod is on its way out (a Deployment's rollout or scale-down).
+        return [Workload(p.metadata.name, p.status.phase == "Running")
+                for p in pods if (p.metadata.labels or {}).get(ROLE) == "workspace"
+                and p.metadata.deletion_timestamp is None]
 
     def storage(self, name: str) -> dict[str, str]:
         pvcs = self.core.list_namespaced_persistent_volume_claim(
