@@ -35,8 +35,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.init_script import INIT_SCRIPT  # noqa: E402
-from components.spec import DEFAULT_IMAGE  # noqa: E402
+from components.docker import INIT_INPUT_PREFIX  # noqa: E402
+from components.init_script import INIT_SCRIPT, init_inputs  # noqa: E402
+from components.spec import DEFAULT_IMAGE, WorkspaceSpec  # noqa: E402
 from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
 
 
@@ -63,15 +64,17 @@ def tree_rss(pid: int) -> int:
 
 
 class Service:
-    def __init__(self, tmp: Path, docker_host: str, pool: int):
+    def __init__(self, tmp: Path, docker_host: str, pool: int,
+                 runtimes: list[dict] | None = None):
         self.port = free_port()
         self.token = secrets.token_hex(16)
+        self.last_op: dict = {}  # the operation `run` waited for last
         cfg = tmp / "stackspace.yaml"
         cfg.write_text(yaml.safe_dump({
             "data_dir": str(tmp / "data"), "listen": f"127.0.0.1:{self.port}",
             "pool_size": pool, "quota": 100,
-            "runtimes": [{"name": "local", "type": "docker", "host": docker_host,
-                          "network_mode": "none"}]}))
+            "runtimes": runtimes or [{"name": "local", "type": "docker", "host": docker_host,
+                                      "network_mode": "none"}]}))
         env = {**os.environ, "STACKSPACE_ADMIN_TOKEN": self.token,
                "PULUMI_CONFIG_PASSPHRASE": "bench", "STACKSPACE_LOG_LEVEL": "WARNING"}
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
@@ -106,6 +109,7 @@ class Service:
             time.sleep(0.1)
             op = requests.get(f"{self.url}/operations/{op['id']}", headers=auth,
                               timeout=30).json()
+        self.last_op = op
         if op["status"] != "succeeded":
             raise RuntimeError(f"{method} {path}: {op['status']} {op.get('error')}")
         return time.monotonic() - t
@@ -125,7 +129,9 @@ def raw_floor(client: docker.DockerClient) -> dict[str, float]:
     t = time.monotonic()
     client.volumes.create(f"{name}-home")
     init = client.containers.run(DEFAULT_IMAGE, ["/bin/sh", "-c", INIT_SCRIPT], detach=True,
-                                 environment={"STACKSPACE_ROOT": "/workspace"}, mounts=mounts,
+                                 environment=init_inputs(WorkspaceSpec.parse({"name": name}),
+                                                         INIT_INPUT_PREFIX, True).env,
+                                 mounts=mounts,
                                  name=f"{name}-init", **hardening)
     assert init.wait()["StatusCode"] == 0
 

@@ -17,6 +17,7 @@ from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
 from service import lifecycle, openapi
 from service.config import ServiceConfig
+from service.metrics import metrics_for
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.store import Conflict, QuotaExceeded, Store
@@ -31,7 +32,11 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                terminals: Terminals | None = None) -> Flask:
     app = Flask("stackspace")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    counters: dict[str, int] = {}
+    metrics = metrics_for(store)
+
+    @app.before_request
+    def _clock() -> None:
+        g.started = time.perf_counter()
 
     @app.errorhandler(Problem)
     def _problem(p: Problem) -> Response:
@@ -63,9 +68,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.after_request
     def _count(resp: Response) -> Response:
-        key = f'{request.method} {request.url_rule.rule if request.url_rule else "unmatched"} ' \
-              f'{resp.status_code}'
-        counters[key] = counters.get(key, 0) + 1
+        # The route pattern, not the path: one series per endpoint, not per name.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.observe_request(request.method, route, resp.status_code,
+                                time.perf_counter() - g.get("started", time.perf_counter()))
         return resp
 
     def authed(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -277,7 +283,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                     if event["type"] == "end":
                         return
                 if op and op["status"] in ("succeeded", "failed", "cancelled"):
-                    end = json.dumps({"type": "end", "status": op["status"]})
+                    end = json.dumps({"type": "end", "status": op["status"],
+                                      "at": op["ended"] or time.time()})
                     yield f"event: end\ndata: {end}\n\n"
                     return
                 yield ": keep-alive\n\n"
@@ -293,20 +300,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         return app.response_class(json.dumps({"status": "ok"}), mimetype="application/json")
 
     @app.get("/metrics")
-    def metrics() -> Response:
-        lines = ["# TYPE stackspace_http_requests_total counter"]
-        for key, n in sorted(counters.items()):
-            method, rule, status = key.split(" ")
-            lines.append(f'stackspace_http_requests_total{{method="{method}",route="{rule}",'
-                         f'status="{status}"}} {n}')
-        lines.append("# TYPE stackspace_operations gauge")
-        for status, n in store.db.execute(
-                "SELECT status, COUNT(*) FROM operations GROUP BY status"):
-            lines.append(f'stackspace_operations{{status="{status}"}} {n}')
-        lines.append("# TYPE stackspace_workspaces gauge")
-        for state, n in store.db.execute("SELECT state, COUNT(*) FROM workspaces GROUP BY state"):
-            lines.append(f'stackspace_workspaces{{state="{state}"}} {n}')
-        return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    def metrics_endpoint() -> Response:
+        data, content_type = metrics.exposition(request.headers.get("Accept"))
+        return Response(data, content_type=content_type)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:

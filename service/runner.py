@@ -32,6 +32,7 @@ from typing import Any
 from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
 from service import lifecycle, worker
+from service.metrics import metrics_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
@@ -215,6 +216,8 @@ class OperationRunner:
                                     secrets_digest=outcome.secrets_digest)
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
+        metrics_for(self.store).observe_operation(op["kind"], ws["runtime"], status,
+                                                  time.time() - op["created"], outcome.timings)
         if outcome.error_type == lifecycle.INTERRUPTED:
             self._request_recovery(op["owner"], op["workspace"])
 

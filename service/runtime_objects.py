@@ -10,6 +10,7 @@ Every object a workspace owns carries `stackspace.dev/workspace` and
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
@@ -99,7 +100,10 @@ def _remove_docker(rt: DockerRuntime, owner: str, name: str) -> int:
         client.close()
 
 
-def _remove_kubernetes(rt: Any, owner: str, name: str) -> int:
+def _remove_kubernetes(rt: Any, owner: str, name: str, wait: float = 180.0) -> int:
+    """Delete every labelled object and wait until none is left (terminating
+    pods and the PVC behind its protection finalizer included): a delete that
+    succeeds leaves nothing behind."""
     from kubernetes import client as k8s
 
     api = kube_api_client(rt)
@@ -116,13 +120,23 @@ def _remove_kubernetes(rt: Any, owner: str, name: str) -> int:
         (core.list_namespaced_persistent_volume_claim,
          core.delete_namespaced_persistent_volume_claim),
     ]
-    n = 0
-    for list_fn, delete_fn in kinds:
-        for obj in list_fn(ns, label_selector=selector).items:
-            try:
-                delete_fn(obj.metadata.name, ns, propagation_policy="Background")
-            except k8s.ApiException as e:
-                if e.status != 404:
-                    raise
-            n += 1
-    return n
+    found = 0
+    deadline = time.monotonic() + wait
+    while True:
+        left = 0
+        for list_fn, delete_fn in kinds:
+            for obj in list_fn(ns, label_selector=selector).items:
+                left += 1
+                if obj.metadata.deletion_timestamp is not None:
+                    continue  # on its way out
+                try:
+                    delete_fn(obj.metadata.name, ns, propagation_policy="Background")
+                except k8s.ApiException as e:
+                    if e.status != 404:
+                        raise
+        found = max(found, left)
+        if not left:
+            return found
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} object(s) of the workspace are still terminating")
+        time.sleep(1)

@@ -447,8 +447,9 @@ class Store:
                        (op_id, seq, time.time(), json.dumps(body)))
 
     def events(self, op_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
-        return [(r["seq"], json.loads(r["body"])) for r in self.db.execute(
-            "SELECT seq, body FROM events WHERE op=? AND seq>? ORDER BY seq", (op_id, after))]
+        """(seq, event) pairs; each event carries `at`, when it was recorded (unix s)."""
+        return [(r["seq"], {**json.loads(r["body"]), "at": r["at"]}) for r in self.db.execute(
+            "SELECT seq, at, body FROM events WHERE op=? AND seq>? ORDER BY seq", (op_id, after))]
 
 
 def _key(path: Path) -> bytes:
