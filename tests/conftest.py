@@ -2,7 +2,10 @@
 (scripts/docker-engine) and a Pulumi backend private to the test session.
 
 Missing real parts skip the tests that need them, with a reason naming the
-part; set STACKSPACE_REQUIRE_E2E=1 to turn those skips into failures.
+part; set STACKSPACE_REQUIRE_E2E=1 (and STACKSPACE_REQUIRE_KUBE=1 for the
+Kubernetes test cluster) to turn those skips into failures. Under
+STACKSPACE_REQUIRE_E2E=1 any other skip fails too, so CI (.ci/run) cannot
+pass on tests that did not run.
 """
 
 from __future__ import annotations
@@ -22,10 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = cache_dir()
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("STACKSPACE_REQUIRE_E2E") == "1":
+def unavailable(reason: str, require: str = "STACKSPACE_REQUIRE_E2E") -> None:
+    """Skip for want of a real part, or fail if `require` (an env var) is 1."""
+    if os.environ.get(require) == "1":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Strict runs: a skipped test is a failed one (whatever skipped it)."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail")
+            and os.environ.get("STACKSPACE_REQUIRE_E2E") == "1"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under STACKSPACE_REQUIRE_E2E=1: {reason}"
 
 
 @pytest.fixture(scope="session")

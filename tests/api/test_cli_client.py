@@ -60,8 +60,9 @@ def test_cli_wait_exits_nonzero_when_the_operation_fails(service):
     assert cli(service, "delete", name, "--wait").returncode == 0
 
 
-def test_quota_is_enforced_per_user(tmp_path, docker_host, pulumi_settings):
+def test_quota_is_enforced_per_user(tmp_path, docker_host, docker_client, pulumi_settings):
     from tests.api.conftest import custom_service
+    from tests.api.test_api_lifecycle import wait_op
 
     with custom_service(tmp_path, docker_host, pulumi_settings, quota=1) as svc:
         try:
@@ -72,12 +73,19 @@ def test_quota_is_enforced_per_user(tmp_path, docker_host, pulumi_settings):
             # another user has their own quota
             assert svc.call("POST", "/api/v1/workspaces", svc.bob, json={"name": "b"}
                             ).status_code == 202
-            # a queued operation can be cancelled before it runs
+            # a stop queued behind the running create can be cancelled before it
+            # runs: it never runs, and the workspace ends as the create left it
+            create = svc.call("GET", "/api/v1/workspaces/a", svc.alice).json()["last_operation"]
             op = svc.call("POST", "/api/v1/workspaces/a/stop?queue=true", svc.alice).json()
+            assert op["status"] == "queued"
             cancel = svc.call("POST", f"/api/v1/operations/{op['id']}/cancel", svc.alice)
             assert cancel.status_code == 202
-            assert svc.call("GET", f"/api/v1/operations/{op['id']}", svc.alice
-                            ).json()["status"] in ("cancelled", "running", "succeeded", "failed")
+            assert wait_op(svc, svc.alice, create["id"])["status"] == "succeeded"
+            stop = wait_op(svc, svc.alice, op["id"])
+            assert stop["status"] == "cancelled" and stop["started"] is None, stop
+            ws = svc.call("GET", "/api/v1/workspaces/a", svc.alice).json()
+            assert (ws["state"], ws["desired"]) == ("running", "running"), ws
+            assert docker_client.containers.get(ws["outputs"]["container"]).status == "running"
         finally:
             for user, ws in ((svc.alice, "a"), (svc.bob, "b")):
                 svc.call("DELETE", f"/api/v1/workspaces/{ws}?queue=true", user)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_CLUSTER = REPO / "scripts" / "test-cluster"
 # Seconds allowed to tests that need the cluster: a cold start includes the
@@ -34,9 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("STACKSPACE_REQUIRE_KUBE") == "1":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason, require="STACKSPACE_REQUIRE_KUBE")
 
 
 def _last_error(stderr: str) -> str:

@@ -116,41 +116,54 @@ def test_failed_clone_fails_the_create_and_keeps_no_workspace(runner, docker_hos
     assert not runner.exists(stack)
 
 
-@pytest.mark.parametrize("change", ["drop", "rename"])
 def test_plan_that_loses_storage_is_refused_and_changes_nothing(
-        change, runner, docker_host, docker_client, repo_image):
-    """A program change that would delete or replace the volume (resource
-    dropped, or renamed without protection) is refused; the volume survives."""
-    import pulumi
-    import pulumi_docker as pdocker
-    from pulumi import automation as auto
+        runner, docker_host, docker_client, repo_image):
+    """A plan that would delete the volume is refused by stackspace's guard and
+    changes nothing: not the state, not the stack config, not the volume.
+    The volume is unprotected and renamed in state first (as an operator's
+    `pulumi state unprotect` / `state rename` leave it), so the plan deletes
+    it and Pulumi's own `protect` check cannot be what refuses."""
+    import json
+    import os
+    import subprocess
+
+    from stacks.automation import PROJECT_DIR
 
     owner, name = "alice", f"guard-{secrets.token_hex(3)}"
     spec = WorkspaceSpec.parse({"name": name, "image": repo_image})
     stack = stack_name(owner, name)
     local = DockerRuntime(name="local", host=docker_host, network_mode="none")
-    runner.apply(StackConfig(owner=owner, spec=spec, runtime=local, running=False), stack)
+    stopped = StackConfig(owner=owner, spec=spec, runtime=local, running=False)
+    runner.apply(stopped, stack)
     volume = docker_client.volumes.get(f"{resource_base(owner, name)}-home")
 
-    def changed_program() -> None:
-        if change == "rename":
-            parent = pulumi.ComponentResource("stackspace:docker:Workspace", name)
-            provider = pdocker.Provider("docker", host=docker_host,
-                                        opts=pulumi.ResourceOptions(parent=parent))
-            pdocker.Volume("storage", name=f"{volume.name}-moved", opts=pulumi.ResourceOptions(
-                parent=parent, provider=provider, protect=False))
+    def pulumi_cli(*args: str) -> str:
+        env = {**os.environ, **runner.settings.env()}
+        proc = subprocess.run(["pulumi", *args, "--stack", stack, "--non-interactive"],
+                              cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
 
-    inline = auto.create_or_select_stack(
-        stack_name=stack, project_name="stackspace", program=changed_program,
-        opts=auto.LocalWorkspaceOptions(env_vars=runner.settings.env(),
-                                        pulumi_home=str(runner.settings.pulumi_home),
-                                        pulumi_command=runner.command))
-    with pytest.raises((StorageAtRisk, auto.errors.CommandError)) as refused:
-        runner.check_storage_safe(inline)
-    if not isinstance(refused.value, StorageAtRisk):
-        # The engine's own protection caught it first: same outcome, nothing ran.
-        assert "protect" in str(refused.value)
+    def resources() -> list[dict]:
+        return json.loads(pulumi_cli("stack", "export"))["deployment"]["resources"]
+
+    (urn,) = [r["urn"] for r in resources() if r["type"] == "docker:index/volume:Volume"]
+    pulumi_cli("state", "unprotect", urn, "--yes")
+    pulumi_cli("state", "rename", urn, "storage-was", "--yes")
+    before_state, before_config = resources(), pulumi_cli("config", "--json")
+
+    running = StackConfig(owner=owner, spec=spec, runtime=local, running=True)
+    with pytest.raises(StorageAtRisk) as refused:
+        runner.apply(running, stack)
+    # The guard read the plan: a delete of the (unprotected) volume.
+    assert any(op == "delete" and step.endswith("::storage-was")
+               for op, step in refused.value.steps), refused.value.steps
     assert docker_client.volumes.get(volume.name).id == volume.id
+    assert resources() == before_state
+    assert pulumi_cli("config", "--json") == before_config
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(resource_base(owner, name))
     runner.delete(stack)
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(volume.name)
