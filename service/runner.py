@@ -215,7 +215,11 @@ class OperationRunner:
                                     outputs=outcome.outputs if outcome.ok and (
                                         outcome.outputs or op["kind"] != "refresh") else None,
                                     recovered=outcome.recovered,
-                                    secrets_digest=outcome.secrets_digest)
+                                    secrets_digest=outcome.secrets_digest,
+                                    # A recovery that did not bring the workspace where
+                                    # it should be keeps saying why (the interruption).
+                                    keep_last_error=op["kind"] == "refresh" and not (
+                                        settled.state == "running" == current["desired"]))
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
         metrics_for(self.store).observe_operation(op["kind"], ws["runtime"], status,

@@ -392,7 +392,8 @@ class Store:
                          *, error: str | None = None, error_type: str | None = None,
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
-                         recovered: bool = False, secrets_digest: str | None = None) -> None:
+                         recovered: bool = False, secrets_digest: str | None = None,
+                         keep_last_error: bool = False) -> None:
         """End a running operation and settle its workspace, in one transaction."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
@@ -404,7 +405,9 @@ class Store:
                 db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
                 return
             fields: dict[str, Any] = {"state": settled.state, "desired": settled.desired,
-                                      "last_error": error, "updated": now}
+                                      "updated": now}
+            if not keep_last_error:
+                fields["last_error"] = error
             if outputs is not None:
                 fields["outputs"] = json.dumps(outputs)
             if recovered:
