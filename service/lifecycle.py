@@ -87,12 +87,14 @@ class Settled:
 
 def settle(kind: str, *, ok: bool, error_type: str | None, desired: str,
            prev_state: str, prev_desired: str, observed_running: bool | None,
-           superseded: bool = False) -> Settled:
+           superseded: bool = False, ran_as: str | None = None) -> Settled:
     """The state after an operation of `kind` ended.
 
     `observed_running` is what the runtime shows after the run (None: could
     not be observed); `superseded`: later requests are queued (what they asked
-    for stands even when this one changed nothing). Success reaches the state
+    for stands even when this one changed nothing); `ran_as`: the desired state
+    the run was built from (a request during the run changes `desired`, not
+    what the run did). Success reaches the state
     the run asked for; a refusal or a run that never started changes nothing;
     an interrupted or cancelled
     run settles on what exists; a failed delete stays `deleting` and is
@@ -103,7 +105,8 @@ def settle(kind: str, *, ok: bool, error_type: str | None, desired: str,
             return Settled(None, "deleted")
         if kind == "refresh":
             return Settled(_observed(observed_running), desired)
-        return Settled("running" if run_flags(kind, desired).running else "stopped", desired)
+        ran = run_flags(kind, ran_as or desired)
+        return Settled("running" if ran.running else "stopped", desired)
     if kind == "delete":
         return Settled("deleting", "deleted", retry_delete=True)
     if error_type in UNCHANGED:

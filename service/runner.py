@@ -110,9 +110,11 @@ class OperationRunner:
                 prev_state=ws["state"] if ws else "failed",
                 prev_desired=op.get("prev_desired") or "running", observed_running=None,
                 superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
+            # Nothing ran: the state is left exactly as it is now (another
+            # operation may be changing it this very moment).
             self.store.finish_operation(op, "cancelled", settled,
                                         error="cancelled before it started",
-                                        error_type="not-started")
+                                        error_type="not-started", keep_state=True)
             self.store.add_event(op_id, {"type": "end", "status": "cancelled"})
             self._wake.set()
             return True
@@ -203,7 +205,8 @@ class OperationRunner:
             desired=current["desired"], prev_state=ws["state"],
             prev_desired=op.get("prev_desired") or ws["desired"],
             observed_running=outcome.observed_running,
-            superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
+            superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]),
+            ran_as=ws["desired"])
         if outcome.config_written and op["kind"] == "update":
             self.store.apply_spec(op)
         cancelled = outcome.error_type in (lifecycle.CANCELLED, "not-started") and \

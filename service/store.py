@@ -393,7 +393,7 @@ class Store:
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
                          recovered: bool = False, secrets_digest: str | None = None,
-                         keep_last_error: bool = False) -> None:
+                         keep_last_error: bool = False, keep_state: bool = False) -> None:
         """End a running operation and settle its workspace, in one transaction."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
@@ -404,8 +404,9 @@ class Store:
             if settled.state is None:
                 db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
                 return
-            fields: dict[str, Any] = {"state": settled.state, "desired": settled.desired,
-                                      "updated": now}
+            fields: dict[str, Any] = {"desired": settled.desired, "updated": now}
+            if not keep_state:
+                fields["state"] = settled.state
             if not keep_last_error:
                 fields["last_error"] = error
             if outputs is not None:

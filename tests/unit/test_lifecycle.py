@@ -170,3 +170,14 @@ TestWorkspaceModel = WorkspaceModel.TestCase
 TestWorkspaceModel.settings = settings(max_examples=300, stateful_step_count=40,
                                        deadline=None)
 
+
+
+def test_success_reports_what_the_run_did_not_what_was_asked_meanwhile():
+    # An update built while the workspace should run keeps its container; a stop
+    # requested during that run changes the desire, not what the run left.
+    s = lc.settle("update", ok=True, error_type=None, desired="stopped", prev_state="running",
+                  prev_desired="running", observed_running=None, ran_as="running")
+    assert (s.state, s.desired) == ("running", "stopped")
+    s = lc.settle("update", ok=True, error_type=None, desired="running", prev_state="stopped",
+                  prev_desired="stopped", observed_running=None, ran_as="stopped")
+    assert (s.state, s.desired) == ("stopped", "running")
