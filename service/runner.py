@@ -111,10 +111,12 @@ class OperationRunner:
                 prev_desired=op.get("prev_desired") or "running", observed_running=None,
                 superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
             # Nothing ran: the state is left exactly as it is now (another
-            # operation may be changing it this very moment).
+            # operation may be changing it this very moment), except for a
+            # create, the first operation: its workspace never existed (failed).
             self.store.finish_operation(op, "cancelled", settled,
                                         error="cancelled before it started",
-                                        error_type="not-started", keep_state=True)
+                                        error_type="not-started",
+                                        keep_state=op["kind"] != "create")
             self.store.add_event(op_id, {"type": "end", "status": "cancelled"})
             self._wake.set()
             return True
