@@ -14,7 +14,6 @@ import datetime
 import fcntl
 import hashlib
 import hmac
-import json
 import os
 import re
 import subprocess
@@ -245,14 +244,6 @@ class StackRunner:
         if plain:
             stack.set_all_config(plain)
 
-    def read_secrets(self, stack_name: str) -> dict[str, str]:
-        """The stack's current secret values."""
-        stack = self.stack(stack_name, create=False)
-        try:
-            return json.loads(stack.get_config(f"{NAMESPACE}:{KEY_SECRETS}").value)
-        except auto.errors.CommandError:
-            return {}
-
     def _set_secret(self, stack_name: str, key: str, value: str) -> None:
         self._set_from_stdin(stack_name, key, value, secret=True)
 
@@ -375,15 +366,6 @@ class StackRunner:
             self.workspace.remove_stack(stack_name)
         result.timings["remove"] = time.monotonic() - t
         return result
-
-    def refresh(self, stack_name: str, on_event: EventSink | None = None) -> None:
-        stack = self.stack(stack_name, create=False)
-        stack.refresh(on_event=on_event, color="never", suppress_progress=True,
-                      clear_pending_creates=True)
-
-    def cancel(self, stack_name: str) -> None:
-        """Remove a stale lock left by a killed run (DIY backends)."""
-        self.stack(stack_name, create=False).cancel()
 
     def recover(self, stack_name: str, on_event: EventSink | None = None) -> set[str]:
         """Bring a stack an interrupted run left behind back to a state any run
