@@ -43,7 +43,8 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
-                             cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes)
+                             cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
+                             replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds)
     runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
     app = create_app(cfg, store, runner, terminals)

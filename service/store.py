@@ -81,11 +81,14 @@ CREATE TABLE IF NOT EXISTS operations (
   secrets TEXT,                  -- ... and its secret values, Fernet-encrypted
   prev_state TEXT,               -- the workspace before the request
   prev_desired TEXT,
-  cancel_requested REAL
+  cancel_requested REAL,
+  lease_owner TEXT,              -- the replica running it (service.runner)
+  lease_until REAL               -- ... until when, unless it renews (unix s)
 );
 CREATE INDEX IF NOT EXISTS ops_by_ws ON operations(owner, workspace, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS ops_idem ON operations(owner, idempotency_key)
   WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ops_by_status ON operations(status);
 CREATE TABLE IF NOT EXISTS events (
   op TEXT NOT NULL,
   seq INTEGER NOT NULL,
@@ -115,6 +118,9 @@ ADDED_COLUMNS = [
     ("operations", "prev_state", "TEXT"),
     ("operations", "prev_desired", "TEXT"),
     ("operations", "cancel_requested", "REAL"),
+    # N replicas: who runs a running operation, and until when (leases).
+    ("operations", "lease_owner", "TEXT"),
+    ("operations", "lease_until", "REAL"),
 ]
 
 
@@ -337,40 +343,75 @@ class Store:
                               "ORDER BY seq DESC LIMIT 1", (owner, workspace)).fetchone()
         return _op(row) if row else None
 
-    def next_queued(self, owner: str, workspace: str) -> dict[str, Any] | None:
-        """The oldest queued operation of a workspace, if none is running."""
-        rows = self.db.execute(
-            "SELECT * FROM operations WHERE owner=? AND workspace=? AND status IN "
-            "('queued','running') ORDER BY seq", (owner, workspace)).fetchall()
-        if not rows or rows[0]["status"] == "running":
-            return None
-        return _op(rows[0])
-
     def has_queued(self, owner: str, workspace: str, after: int) -> bool:
         """Whether requests made after operation `after` (a seq) are queued."""
         return self.db.execute("SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
                                " status='queued' AND seq>?", (owner, workspace, after)
                                ).fetchone() is not None
 
-    def queued_workspaces(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT owner, workspace FROM operations WHERE status='queued'"
-            " GROUP BY owner, workspace ORDER BY MIN(created)")]
-
     def running_operations(self) -> list[dict[str, Any]]:
         return [_op(r) for r in self.db.execute(
             "SELECT * FROM operations WHERE status='running'")]
 
-    def claim(self, op_id: str) -> bool:
-        """queued -> running, only if it is still queued, is its workspace's
-        oldest active operation and nothing else of that workspace runs. One
-        conditional UPDATE, so a cancel or another dispatcher cannot race it."""
+    # --- leases: N runner replicas on one store (service.runner) -------------
+    def claim_next(self, owner: str, lease_seconds: float, limit: int) -> list[dict[str, Any]]:
+        """Claim for replica `owner`, in one transaction, up to `limit` operations:
+        the oldest queued one of each workspace that has none running, oldest
+        workspaces first; each becomes running, leased to `owner` for
+        `lease_seconds`. (SQLite: BEGIN IMMEDIATE serialises claimers, so two
+        replicas never claim two operations of one workspace, and a cancel of a
+        queued operation either wins before or finds it running.)"""
+        if limit <= 0:
+            return []
+        now = time.time()
+        with self.tx() as db:
+            rows = db.execute(
+                "SELECT * FROM operations o WHERE o.status='queued' AND o.seq = (SELECT"
+                " MIN(p.seq) FROM operations p WHERE p.owner=o.owner AND p.workspace=o.workspace"
+                " AND p.status IN ('queued','running')) ORDER BY o.created, o.seq LIMIT ?",
+                (limit,)).fetchall()
+            claimed = []
+            for row in rows:
+                db.execute("UPDATE operations SET status='running', started=?, lease_owner=?,"
+                           " lease_until=? WHERE id=?",
+                           (now, owner, now + lease_seconds, row["id"]))
+                claimed.append(_op(db.execute("SELECT * FROM operations WHERE id=?",
+                                              (row["id"],)).fetchone()))
+        return claimed
+
+    def renew_leases(self, owner: str, op_ids: list[str], lease_seconds: float) -> list[str]:
+        """Extend `owner`'s leases on its running operations; returns the ids
+        renewed (an id missing from the answer was taken over or has ended)."""
+        if not op_ids:
+            return []
+        marks = ", ".join("?" * len(op_ids))
+        with self.tx() as db:
+            rows = db.execute(
+                f"UPDATE operations SET lease_until=? WHERE id IN ({marks})"  # noqa: S608
+                " AND status='running' AND lease_owner=? RETURNING id",
+                (time.time() + lease_seconds, *op_ids, owner)).fetchall()
+        return [r[0] for r in rows]
+
+    def expired_operations(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Running operations whose lease has run out (or that never had one:
+        started before leases existed)."""
+        return [_op(r) for r in self.db.execute(
+            "SELECT * FROM operations WHERE status='running' AND (lease_until IS NULL OR"
+            " lease_until < ?) ORDER BY started", (time.time() if now is None else now,))]
+
+    def take_over(self, op_id: str, old_owner: str | None, new_owner: str, *,
+                  lease_seconds: float = 30.0, expired_only: bool = True) -> bool:
+        """Move a running operation's lease from `old_owner` to `new_owner`, only
+        if nobody moved or renewed it meanwhile (one conditional UPDATE: of two
+        replicas taking over at once, one wins). `expired_only=False` is for an
+        owner known dead on this very host (service.replica)."""
+        now = time.time()
         with self.tx() as db:
             cur = db.execute(
-                "UPDATE operations SET status='running', started=? WHERE id=? AND status='queued'"
-                " AND seq = (SELECT MIN(o.seq) FROM operations o WHERE o.owner=operations.owner"
-                " AND o.workspace=operations.workspace AND o.status IN ('queued','running'))",
-                (time.time(), op_id))
+                "UPDATE operations SET lease_owner=?, lease_until=? WHERE id=? AND"
+                " status='running' AND lease_owner IS ? AND (? = 0 OR lease_until IS NULL"
+                " OR lease_until < ?)",
+                (new_owner, now + lease_seconds, op_id, old_owner, int(expired_only), now))
             return cur.rowcount == 1
 
     def cancel_queued(self, op_id: str) -> bool:
@@ -393,17 +434,25 @@ class Store:
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
                          recovered: bool = False, secrets_digest: str | None = None,
-                         keep_last_error: bool = False, keep_state: bool = False) -> None:
-        """End a running operation and settle its workspace, in one transaction."""
+                         keep_last_error: bool = False, keep_state: bool = False,
+                         lease_owner: str | None = None) -> bool:
+        """End an operation and settle its workspace, in one transaction. With
+        `lease_owner`, only while that replica still holds the running
+        operation's lease: a replica that lost it (taken over) changes nothing
+        and gets False."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
         with self.tx() as db:
-            db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?, timings=?"
-                       " WHERE id=?", (status, now, error, error_type,
-                                       json.dumps(timings or {}), op["id"]))
+            cur = db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?,"
+                             " timings=?, lease_until=NULL WHERE id=? AND (? IS NULL OR"
+                             " (status='running' AND lease_owner=?))",
+                             (status, now, error, error_type, json.dumps(timings or {}),
+                              op["id"], lease_owner, lease_owner))
+            if cur.rowcount == 0 and lease_owner:
+                return False
             if settled.state is None:
                 db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
-                return
+                return True
             fields: dict[str, Any] = {"desired": settled.desired, "updated": now}
             if not keep_state:
                 fields["state"] = settled.state
@@ -426,6 +475,7 @@ class Store:
             cols = ", ".join(f"{k}=?" for k in fields)
             db.execute(f"UPDATE workspaces SET {cols} WHERE owner=? AND name=?",  # noqa: S608
                        (*fields.values(), owner, name))
+        return True
 
     def due_delete_retries(self, now: float | None = None) -> list[tuple[str, str]]:
         """Workspaces whose delete failed and is due again, with nothing in flight."""
