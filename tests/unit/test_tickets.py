@@ -124,3 +124,31 @@ def test_replay_guard_is_bounded_and_forgets_expired():
         guard.consume(late, now=NOW + 1)
     guard.consume(late, now=NOW + 6)  # the first three expired and were dropped
     assert len(guard) == 1
+
+
+def test_shared_guard_makes_a_ticket_single_use_across_proxies(tmp_path):
+    from proxy.replay import SharedReplayGuard
+
+    db = tmp_path / "stackspace.db"
+    first, second = SharedReplayGuard(str(db)), SharedReplayGuard(f"sqlite://{db}")
+    claims = verify_ticket(KEY, mint(), now=NOW)
+    first.consume(claims, now=NOW)
+    for guard in (second, first):  # replayed on the other proxy, or the same one
+        with pytest.raises(TicketError, match="already used"):
+            guard.consume(claims, now=NOW + 1)
+    # A proxy started after the ticket was minted still takes a fresh one
+    # (the database remembers what was used, unlike the in-memory guard).
+    late = SharedReplayGuard(str(db))
+    late.consume(verify_ticket(KEY, mint(), now=NOW), now=NOW + 2)
+
+
+def test_shared_guard_forgets_expired_tickets(tmp_path):
+    import sqlite3
+
+    from proxy.replay import SharedReplayGuard
+
+    guard = SharedReplayGuard(str(tmp_path / "db"))
+    guard.consume(verify_ticket(KEY, mint(ttl=5), now=NOW), now=NOW)
+    guard.consume(verify_ticket(KEY, mint(ttl=5), now=NOW), now=NOW + 61)  # purges the first
+    rows = sqlite3.connect(tmp_path / "db").execute("SELECT COUNT(*) FROM consumed_tickets")
+    assert rows.fetchone()[0] == 1
