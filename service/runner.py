@@ -94,6 +94,7 @@ class OperationRunner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._beat_stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._beat = threading.Thread(target=self._heartbeat, name="lease-heartbeat",
                                       daemon=True)
@@ -110,11 +111,14 @@ class OperationRunner:
     def shutdown(self) -> None:
         self._stop.set()
         self._wake.set()
-        for thread in (self._thread, self._beat):
-            if thread.is_alive():
-                thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         if self._pool is not None:
             self._pool.shutdown()
+        # Leases are renewed until the engines are gone: none expires while ours runs.
+        self._beat_stop.set()
+        if self._beat.is_alive():
+            self._beat.join(timeout=5)
 
     def submit(self, op: dict[str, Any], submission: Any = None) -> None:
         """A new operation is in the store: look at the queue now. (Everything a
@@ -359,7 +363,7 @@ class OperationRunner:
         whose lease is lost (taken over) or about to run out unrenewed (the
         store unreachable) is killed here, before anyone else may take it over."""
         interval = self.lease_seconds / 3
-        while not self._stop.wait(interval):
+        while not self._beat_stop.wait(interval):
             with self._lock:
                 runs = [r for r in self._active.values() if not r.fenced]
             if not runs:
