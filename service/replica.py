@@ -6,7 +6,7 @@ dead when its leases run out, and only then. A replica on this host can be
 known dead sooner, by its pid: that is what lets a restarted single service
 recover its interrupted operations at once instead of a lease later.
 
-The default id is ``<hostname>-<pid>-<nonce>``; an operator may set another
+The default id is ``<hostname>-<pid>-<hex>`` (service.config); an operator may set another
 (STACKSPACE_REPLICA_ID, e.g. a pod name), and such ids are only ever found dead
 by their leases. Hostnames are assumed distinct across the hosts of one
 installation (true of pods and of machines named by their operator).
@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
-
-
-def new_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -42,7 +37,7 @@ def dead_here(owner: str | None, me: str) -> bool:
     the safe direction.)"""
     if not owner or owner == me:
         return False
-    found = re.fullmatch(rf"{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]{{8}}", owner)
+    found = re.fullmatch(rf"{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]+", owner)
     return bool(found) and not pid_alive(int(found.group(1)))
 
 

@@ -42,9 +42,10 @@ from typing import Any
 from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
 from service import lifecycle, worker
+from service.config import default_replica_id
 from service.metrics import metrics_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
-from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica, new_replica_id
+from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
 from stacks.automation import PulumiSettings
@@ -81,7 +82,7 @@ class OperationRunner:
         self.cancel_grace = cancel_grace
         self.runtimes = {r.name: r for r in runtimes or []}
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
-        self.replica_id = replica_id or new_replica_id()
+        self.replica_id = replica_id or default_replica_id()
         self.lease_seconds = lease_seconds
         # Engine processes carry "<instance>:<pid>-<run>:..." (service.pool,
         # service.replica): the instance is this store, the pid and run this
