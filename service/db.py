@@ -222,8 +222,11 @@ class PostgresDatabase:
         # One direct connection first: a wrong URL or an unreachable server fails
         # here with the driver's own message (which never includes a password).
         psycopg.connect(url, connect_timeout=10).close()
+        # check: a connection the server dropped (restart, failover) is replaced
+        # before use instead of failing a request.
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_SIZE, open=True,
                                     kwargs={"autocommit": True, "row_factory": _rows},
+                                    check=ConnectionPool.check_connection,
                                     name="stackspace-store")
 
     def execute(self, sql: str, params: Params = ()) -> _Result:
@@ -236,12 +239,24 @@ class PostgresDatabase:
             yield _PostgresTx(conn)
 
     def ensure_schema(self, script: str, added_columns: list[tuple[str, str, str]]) -> None:
+        """Only the DDL that is missing runs: even an `ADD COLUMN IF NOT EXISTS`
+        takes an exclusive table lock, which would wait for (and can deadlock
+        with) the transactions of replicas already at work."""
+        names = re.findall(r"(?:TABLE|INDEX) IF NOT EXISTS (\w+)", script)
         with self.tx() as tx:
             tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            tx.conn.execute(_pg_types(script))
+            have = {r[0] for r in tx.conn.execute(
+                "SELECT c.relname FROM pg_class c WHERE c.relnamespace ="
+                " current_schema()::regnamespace")}
+            if not set(names) <= have:
+                tx.conn.execute(_pg_types(script))
+            columns = {(r[0], r[1]) for r in tx.conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema()")}
             for table, column, decl in added_columns:
-                tx.conn.execute(_pg_types(
-                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}"))
+                if (table, column) not in columns:
+                    tx.conn.execute(_pg_types(
+                        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}"))
 
     def close(self) -> None:
         self._pool.close()

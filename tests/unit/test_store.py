@@ -161,3 +161,85 @@ def test_failed_delete_is_due_for_retry(open_store):
 def _ops(store: Store) -> list[dict]:
     return [dict(r) for r in store.db.execute("SELECT id, kind FROM operations")]
 
+
+
+def _race(n: int, work) -> list:
+    """Run work(i) on n threads released together; their results (or errors)."""
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as e:  # noqa: BLE001 - the test looks at every outcome
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_replicas_starting_together_create_the_schema_once(store_target, tmp_path: Path):
+    stores = _race(6, lambda i: Store(store_target, key_file=tmp_path / "store.key"))
+    assert all(isinstance(s, Store) for s in stores), stores
+    create(stores[0], "alice", "one")
+    assert [w["name"] for w in stores[5].workspaces("alice")] == ["one"]
+    for store in stores:
+        store.close()
+
+
+def test_same_idempotency_key_at_once_creates_one_workspace(open_store):
+    results = _race(8, lambda i: create(open_store(), "alice", "one", idempotency_key="k"))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(created for _, created in results) == 1
+    assert len({op["id"] for op, _ in results}) == 1
+    assert len(_ops(open_store())) == 1
+
+
+def test_queued_requests_at_once_keep_one_order(open_store):
+    store = open_store()
+    first, _ = create(store, "alice", "one")
+    kinds = ["stop", "start"] * 4
+    ops = _race(8, lambda i: open_store().request_operation("alice", "one", kinds[i],
+                                                            queue=True)[0])
+    assert not [o for o in ops if isinstance(o, Exception)], ops
+    seqs = sorted(o["seq"] for o in ops)
+    assert seqs == list(range(2, 10))  # every request has its own place after the create
+    # They run one at a time, in that order.
+    order = [first, *sorted(ops, key=lambda o: o["seq"])]
+    for op in order:
+        assert all(not store.claim(o["id"]) for o in order if o is not op)
+        assert store.claim(op["id"])
+        store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
+
+
+def test_events_written_at_once_are_all_kept_in_order(open_store):
+    op, _ = create(open_store(), "alice", "one")
+    _race(8, lambda i: [open_store().add_event(op["id"], {"writer": i, "n": n})
+                        for n in range(5)])
+    events = open_store().events(op["id"])
+    assert [seq for seq, _ in events] == list(range(1, 41))
+    for writer in range(8):
+        assert [e["n"] for _, e in events if e["writer"] == writer] == list(range(5))
+
+
+def test_postgres_connections_dropped_by_the_server_are_replaced(new_database, tmp_path: Path):
+    """A database restart or failover ends every session: the next request still works."""
+    import psycopg
+
+    url = new_database("store_dropped")
+    store = Store(url, key_file=tmp_path / "store.key")
+    create(store, "alice", "one")
+    with psycopg.connect(url, autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                              ).fetchone()[0]
+    assert ended >= 1
+    assert store.workspace("alice", "one")["state"] == "provisioning"
+    create(store, "alice", "two")
+    assert len(store.workspaces("alice")) == 2
+    store.close()
