@@ -1,11 +1,13 @@
 """N service replicas and N exec proxies on one database (SPEC §9), started as
-an operator would: three `stackspace serve` processes sharing one store,
-secrets and Pulumi backend, and two proxies (`stackspace proxy` and
-`python -m proxy`) redeeming tickets in that same database."""
+an operator would: three `stackspace serve` processes sharing one store
+(PostgreSQL, or one SQLite file), secrets and Pulumi backend, and two proxies
+(`stackspace proxy` and `python -m proxy`) redeeming tickets in that same
+database."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import socket
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from service.store import Store
+from tests.conftest import create_database, drop_database
 from tests.faults.conftest import cleanup
 from tests.faults.engine import DockerView
 from tests.faults.harness import REPO, LiveService, free_port
@@ -73,9 +76,13 @@ class Replicas:
     database_url: str
     ids: list[str]
 
+    @functools.cached_property
+    def shared_store(self) -> Store:
+        return Store(self.database_url)
+
     def store(self) -> Store:
         """The shared store, read the way a replica reads it."""
-        return Store(Path(self.database_url))
+        return self.shared_store
 
     def api(self, i: int) -> LiveService:
         """Replica `i` (modulo their number): spreads requests like a load balancer."""
@@ -87,19 +94,22 @@ class Replicas:
 
 @contextlib.contextmanager
 def replica_set(tmp: Path, runtimes: list[dict], pulumi_bin: Path, pulumi_home: Path,
-                engine: DockerView, n_services: int = 3) -> Iterator[Replicas]:
+                engine: DockerView, database_url: str | None = None, n_services: int = 3
+                ) -> Iterator[Replicas]:
+    """`n_services` replicas on `database_url` (None: one SQLite file)."""
     shared = tmp / "shared"
     topic = secrets.token_hex(3)
     ids = [f"replicas-{topic}-{i}" for i in range(n_services)]
     token, passphrase = secrets.token_hex(16), "replicas-" + secrets.token_hex(8)
     proxy_port = free_port()
+    store = {"database_url": database_url} if database_url else {}
     services = [LiveService(tmp / f"replica-{i}", runtimes, quota=40, pulumi_bin=pulumi_bin,
                             pulumi_home=pulumi_home, token=token, proxy_port=proxy_port,
                             settings={"data_dir": str(shared), "passphrase": passphrase,
                                       "replica_id": ids[i], "lease_seconds": LEASE_SECONDS,
-                                      "pool_size": 2})
+                                      "pool_size": 2, **store})
                 for i in range(n_services)]
-    database_url = str(shared / "stackspace.db")
+    database_url = database_url or str(shared / "stackspace.db")
     proxies: list[ProxyReplica] = []
     try:
         for svc in services:
@@ -115,7 +125,9 @@ def replica_set(tmp: Path, runtimes: list[dict], pulumi_bin: Path, pulumi_home: 
                          {**env, "PYTHONPATH": str(REPO)}, tmp / "proxy-1.log")]
         for proxy in proxies:
             proxy.start()
-        yield Replicas(services, proxies, database_url, ids)
+        replicas = Replicas(services, proxies, database_url, ids)
+        yield replicas
+        replicas.store().close()
     finally:
         for proxy in proxies:
             proxy.stop()
@@ -130,11 +142,18 @@ def docker_view(docker_client) -> DockerView:
     return DockerView(docker_client)
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory, docker_host, pulumi_bin, pulumi_home, docker_provider,
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def replicas(request, tmp_path_factory, docker_host, pulumi_bin, pulumi_home, docker_provider,
              docker_view) -> Iterator[Replicas]:
+    """The replica set on a fresh PostgreSQL database (dropped after), or on SQLite."""
     runtimes = [{"name": "local", "type": "docker", "host": docker_host,
                  "network_mode": "none"}]
-    with replica_set(tmp_path_factory.mktemp("replicas"), runtimes, pulumi_bin, pulumi_home,
-                     docker_view) as rs:
-        yield rs
+    server = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    database_url = create_database(server, "replicas") if server else None
+    try:
+        with replica_set(tmp_path_factory.mktemp(f"replicas-{request.param}"), runtimes,
+                         pulumi_bin, pulumi_home, docker_view, database_url) as rs:
+            yield rs
+    finally:
+        if server and database_url:
+            drop_database(server, database_url)
