@@ -173,9 +173,12 @@ def main() -> None:
         svc = Service(Path(tmp), docker_host, pool)
         try:
             name = "bench-one"
-            timing = {"create": svc.run("POST", "/workspaces", {"name": name}),
-                      "stop": svc.run("POST", f"/workspaces/{name}/stop"),
-                      "start": svc.run("POST", f"/workspaces/{name}/start")}
+            timing, phases = {}, {}
+            for kind, path, body in (("create", "/workspaces", {"name": name}),
+                                     ("stop", f"/workspaces/{name}/stop", None),
+                                     ("start", f"/workspaces/{name}/start", None)):
+                timing[kind] = svc.run("POST", path, body)
+                phases[kind] = svc.last_op.get("timings") or {}
             # Empty up: the same stack, nothing to change.
             settings = PulumiSettings(
                 backend_url=f"file://{svc.data / 'state'}", passphrase="bench",
@@ -218,6 +221,9 @@ def main() -> None:
     print(f"{'operation':<24}{'raw Docker SDK':>16}   {'stackspace service'}")
     for op, raw, ours in rows:
         print(f"{op:<24}{raw:>16}   {ours}")
+    print("\nwhere the worker spent it (operation timings, seconds)")
+    for kind, t in phases.items():
+        print(f"  {kind:<8}" + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
     print(f"\n{'concurrent creates':<20}{'wall':>9}{'p50':>9}{'p95':>9}{'peak RSS':>12}")
     for n, wall, p50, p95, peak in conc_rows:
         print(f"{n:<20}{wall:>8.1f}s{p50:>8.1f}s{p95:>8.1f}s{peak:>10.0f}MB")
