@@ -122,11 +122,7 @@ def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None,
     from stacks import program
 
     def run() -> None:
-        ws = program.build(cfg)
-        if attest is not None:
-            storage = getattr(ws, "volume", None) or getattr(ws, "pvc", None)
-            if storage is not None:
-                pulumi.export(ATTEST_OUTPUT, storage.id.apply(lambda _: attest))
+        program.build(cfg, attest)
         if outputs is not None:
             root = pulumi.runtime.get_root_resource()
             for key, value in getattr(root, "outputs", {}).items():
