@@ -50,6 +50,8 @@ STORAGE_TYPES = frozenset({
 DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-replaced",
                              "discard", "discard-replaced"})
 
+EMPTY_SECRETS = "{}"  # StackConfig.to_config of a spec without secrets
+
 EventSink = Callable[[events.EngineEvent], None]
 # Config values longer than this go through stdin (one argv string is capped
 # at 128 KiB by Linux).
@@ -355,6 +357,9 @@ class StackRunner:
         # the update itself (`up --config`), before the engine runs.
         small: dict[str, str] = {}
         for key, (value, secret) in values.items():
+            # An empty secrets map holds nothing secret: it travels with the up
+            # (one CLI process less for a workspace without secrets).
+            secret = secret and value != EMPTY_SECRETS
             if secret or len(value) > ARGV_VALUE_LIMIT:
                 self._set_from_stdin(stack_name, f"{NAMESPACE}:{key}", value, secret)
             else:
