@@ -212,6 +212,9 @@ def run(job: Job) -> Outcome:
                                   secrets_digest=job.secrets_digest)
             written = result.config_written
             digest = result.secrets_digest
+            if result.guard:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
+                                            "message": f"storage guard: checked by {result.guard}"})
             timings.update(result.timings)
             outputs = dict(result.outputs)
             if converge:

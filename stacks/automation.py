@@ -108,6 +108,8 @@ class RunResult:
     config_written: bool = False
     # Digest of the secret config the stack now holds (see `apply`).
     secrets_digest: str | None = None
+    # What the storage guard decided from (stacks.guard), None if it did not run.
+    guard: str | None = None
 
 
 def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None,
@@ -328,12 +330,12 @@ class StackRunner:
         result.timings["select"] = time.monotonic() - t
         attest = attestation(cfg, self.settings.passphrase.encode())
         if guard:
+            # "preview": the storage guard's phase, however it decided.
             t = time.monotonic()
             self._checkpoint("the plan check")
             reason = self._plan_check(stack, existed, cfg, attest)
-            result.timings["plan_check"] = time.monotonic() - t
+            result.guard = "the stack's state" if reason is None else f"a preview ({reason})"
             if reason is not None:
-                t = time.monotonic()
                 try:
                     try:
                         self.check_storage_safe(stack, cfg, on_event, attest)
@@ -346,7 +348,7 @@ class StackRunner:
                         with self._select_lock():
                             self.workspace.remove_stack(stack_name)
                     raise
-                result.timings["preview"] = time.monotonic() - t
+            result.timings["preview"] = time.monotonic() - t
         self._checkpoint("writing the config")
         t = time.monotonic()
         values = cfg.to_config()
