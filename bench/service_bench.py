@@ -47,9 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss(pid: int) -> tuple[int, dict[str, int]]:
-    """RSS in bytes of a process and all its descendants, and by program name."""
-    total, stack, by_name = 0, [pid], {}
+def tree_rss(pid: int) -> tuple[int, dict[str, int], int]:
+    """RSS in bytes of a process and all its descendants, RSS by program name,
+    and PSS (shared pages, e.g. the text of concurrent CLI processes, counted
+    once across the tree rather than once per process)."""
+    total, stack, by_name, pss = 0, [pid], {}, 0
     while stack:
         p = stack.pop()
         try:
@@ -59,11 +61,14 @@ def tree_rss(pid: int) -> tuple[int, dict[str, int]]:
                     rss = int(line.split()[1]) * 1024
                     total += rss
                     by_name[name] = by_name.get(name, 0) + rss
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return total, by_name
+    return total, by_name, pss
 
 
 class Service:
@@ -92,13 +97,15 @@ class Service:
                 time.sleep(0.1)
         self.peak = 0
         self.peak_by_name: dict[str, int] = {}
+        self.peak_pss = 0
         self.poll = 0.1  # seconds between status polls of one operation
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            total, by_name = tree_rss(self.proc.pid)
+            total, by_name, pss = tree_rss(self.proc.pid)
+            self.peak_pss = max(self.peak_pss, pss)
             if total > self.peak:
                 self.peak, self.peak_by_name = total, by_name
             time.sleep(0.2)
@@ -209,7 +216,7 @@ def main() -> None:
 
             conc_rows = []
             for n in [int(x) for x in args.concurrency.split(",")]:
-                svc.peak = 0
+                svc.peak = svc.peak_pss = 0
                 # n clients polling every 0.1 s would load the service more than
                 # the runs do: poll as often as the SSE stream reports (0.5 s).
                 svc.poll = 0.1 if n == 1 else 0.5
@@ -224,7 +231,8 @@ def main() -> None:
                     th.join()
                 wall = time.monotonic() - t
                 conc_rows.append((n, wall, statistics.median(times), pct(times, 0.95),
-                                  svc.peak / 2**20, dict(svc.peak_by_name)))
+                                  svc.peak / 2**20, dict(svc.peak_by_name),
+                                  svc.peak_pss / 2**20))
                 svc.poll = 0.1
                 for th in [threading.Thread(target=lambda w=w: svc.run(
                         "DELETE", f"/workspaces/{w}")) for w in names]:
@@ -241,11 +249,12 @@ def main() -> None:
     for kind, t in phases.items():
         print(f"  {kind:<8}" + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
     print(f"\n{'concurrent creates':<20}{'wall':>9}{'p50':>9}{'p95':>9}{'peak RSS':>12}")
-    for n, wall, p50, p95, peak, by_name in conc_rows:
+    for n, wall, p50, p95, peak, by_name, pss in conc_rows:
         print(f"{n:<20}{wall:>8.1f}s{p50:>8.1f}s{p95:>8.1f}s{peak:>10.0f}MB   "
               f"(goal: wall <= 8 x single create = {8 * timing['create']:.1f}s, RSS <= 600MB)")
-        print("    at peak: " + ", ".join(f"{k} {v / 2**20:.0f}MB" for k, v in
-                                          sorted(by_name.items(), key=lambda kv: -kv[1])))
+        parts = sorted(by_name.items(), key=lambda kv: -kv[1])
+        print(f"    peak PSS {pss:.0f}MB; RSS at peak: "
+              + ", ".join(f"{k} {v / 2**20:.0f}MB" for k, v in parts))
 
 
 if __name__ == "__main__":
