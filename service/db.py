@@ -43,6 +43,20 @@ def is_postgres_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be reached or refuses the connection."""
+
+
+def _masked(message: str, url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # noqa: BLE001 - an unparsable URL: say nothing that may echo it
+        return "the URL is not a valid PostgreSQL connection URL"
+    return message.replace(str(password), "***") if password else message
+
+
 class Rows(Protocol):
     rowcount: int
 
@@ -220,8 +234,12 @@ class PostgresDatabase:
         from psycopg_pool import ConnectionPool
 
         # One direct connection first: a wrong URL or an unreachable server fails
-        # here with the driver's own message (which never includes a password).
-        psycopg.connect(url, connect_timeout=10).close()
+        # here, naming the setting, with the driver's reason (password masked).
+        try:
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as e:
+            raise DatabaseUnavailable(
+                f"database_url: cannot connect: {_masked(str(e), url)}") from None
         # check: a connection the server dropped (restart, failover) is replaced
         # before use instead of failing a request.
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_SIZE, open=True,
