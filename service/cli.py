@@ -33,13 +33,18 @@ def main() -> None:
 
 def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
     from service.api import create_app
+    from service.db import DatabaseUnavailable
     from service.runner import OperationRunner
+    from service.secret_files import SecretUnavailable
     from service.store import open_store
     from service.terminals import Terminals
 
     setup_logging()
-    cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
-    store = open_store(cfg)
+    try:
+        cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+        store = open_store(cfg)
+    except (ValueError, DatabaseUnavailable, SecretUnavailable) as e:
+        raise click.ClickException(str(e)) from None  # names the setting, no traceback
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,

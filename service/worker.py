@@ -163,8 +163,10 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 
 
 def run(job: Job) -> Outcome:
-    store = _store_for(job.store_path)
+    # First: a cancel or timeout may arrive while the store opens (a first
+    # PostgreSQL connection takes a while) and must not be forgotten.
     _cancelled.clear()
+    store = _store_for(job.store_path)
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
 
