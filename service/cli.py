@@ -159,6 +159,31 @@ def token(user: str, admin: bool, data_dir: str | None) -> None:
     click.echo(Store(cfg.store_path).add_user(user, admin=admin))
 
 
+@main.command(name="stack", context_settings={"ignore_unknown_options": True})
+@click.argument("workspace")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def stack_(workspace: str, args: tuple[str, ...], config: str | None,
+           data_dir: str | None) -> None:
+    """Run the plain `pulumi` CLI on a workspace's stack: `stackspace stack
+    OWNER/NAME -- preview` (also `stack output`, `config`, `refresh` ...), with
+    the service's backend, passphrase and the stack's settings from its store."""
+    from service.operator import WorkspaceNotFound, run_pulumi
+    from service.store import Store
+
+    owner, _, name = workspace.partition("/")
+    if not owner or not name:
+        raise click.BadParameter("give the workspace as OWNER/NAME", param_hint="WORKSPACE")
+    cfg = load_config(Path(config) if config else None, data_dir=data_dir)
+    try:
+        code = run_pulumi(Store(cfg.store_path), cfg.pulumi_settings(), owner, name, args,
+                          warn=lambda text: click.echo(f"warning: {text}", err=True))
+    except WorkspaceNotFound as e:
+        raise click.ClickException(str(e)) from e
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--config", type=click.Path(exists=True, dir_okay=False))

@@ -82,6 +82,10 @@ class PulumiSettings:
     bin_dir: Path | None = None  # directory with `pulumi` and the language host
     python: str = sys.executable  # interpreter with stackspace installed
 
+    @property
+    def pulumi_binary(self) -> str:
+        return str(self.bin_dir / "pulumi") if self.bin_dir else "pulumi"
+
     def env(self) -> dict[str, str]:
         path = os.environ.get("PATH", "")
         if self.bin_dir:
@@ -300,10 +304,10 @@ class StackRunner:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run the Pulumi CLI on the project (for what the Automation API lacks).
         Output is not returned to clients: it may hold secrets."""
-        binary = str(self.settings.bin_dir / "pulumi") if self.settings.bin_dir else "pulumi"
         env = {**os.environ, **self.settings.env()}
-        return subprocess.run([binary, *args, "--non-interactive"], input=stdin, text=True,
-                              capture_output=True, cwd=self.work_dir, env=env, check=False)
+        return subprocess.run([self.settings.pulumi_binary, *args, "--non-interactive"],
+                              input=stdin, text=True, capture_output=True, cwd=self.work_dir,
+                              env=env, check=False)
 
     def write_config(self, stack: auto.Stack, values: ConfigValues) -> None:
         """Write `stackspace:*` keys. Secret values go through stdin, never argv."""
