@@ -167,17 +167,15 @@ def token(user: str, admin: bool, data_dir: str | None) -> None:
 def stack_(workspace: str, args: tuple[str, ...], config: str | None,
            data_dir: str | None) -> None:
     """Run the plain `pulumi` CLI on a workspace's stack: `stackspace stack
-    OWNER/NAME -- preview` (also `stack output`, `config`, `refresh` ...), with
-    the service's backend, passphrase and the stack's settings from its store."""
+    OWNER/NAME -- preview` (or the stack's name; also `stack output`, `config`,
+    `refresh` ...), with the service's backend and passphrase and the stack's
+    settings from its store."""
     from service.operator import WorkspaceNotFound, run_pulumi
     from service.store import Store
 
-    owner, _, name = workspace.partition("/")
-    if not owner or not name:
-        raise click.BadParameter("give the workspace as OWNER/NAME", param_hint="WORKSPACE")
     cfg = load_config(Path(config) if config else None, data_dir=data_dir)
     try:
-        code = run_pulumi(Store(cfg.store_path), cfg.pulumi_settings(), owner, name, args,
+        code = run_pulumi(Store(cfg.store_path), cfg.pulumi_settings(), workspace, args,
                           warn=lambda text: click.echo(f"warning: {text}", err=True))
     except WorkspaceNotFound as e:
         raise click.ClickException(str(e)) from e

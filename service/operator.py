@@ -20,17 +20,30 @@ class WorkspaceNotFound(LookupError):
 
 class SettingsStore(Protocol):
     def workspace(self, owner: str, name: str) -> dict | None: ...
+    def workspaces(self, owner: str | None = None) -> list[dict]: ...
     def last_operation(self, owner: str, workspace: str) -> dict | None: ...
     def update_workspace(self, owner: str, name: str, **fields: object) -> None: ...
 
 
-def run_pulumi(store: SettingsStore, settings: PulumiSettings, owner: str, name: str,
-               args: Sequence[str], warn: Callable[[str], None] = print) -> int:
-    """Run `pulumi ARGS` with the workspace's stack selected; its stdio is the
-    caller's. Returns the CLI's exit code."""
-    ws = store.workspace(owner, name)
+def find_workspace(store: SettingsStore, ref: str) -> dict:
+    """The workspace `ref` names: OWNER/NAME, or its stack's name (as `pulumi
+    stack ls` shows it, optionally project-qualified)."""
+    owner, slash, name = ref.partition("/")
+    ws = store.workspace(owner, name) if slash and "/" not in name else None
     if ws is None:
-        raise WorkspaceNotFound(f"no workspace {owner}/{name}")
+        stack = ref.rsplit("/", 1)[-1]
+        ws = next((w for w in store.workspaces() if w["stack"] == stack), None)
+    if ws is None:
+        raise WorkspaceNotFound(f"no workspace {ref}")
+    return ws
+
+
+def run_pulumi(store: SettingsStore, settings: PulumiSettings, ref: str,
+               args: Sequence[str], warn: Callable[[str], None] = print) -> int:
+    """Run `pulumi ARGS` with the stack of workspace `ref` selected; its stdio
+    is the caller's. Returns the CLI's exit code."""
+    ws = find_workspace(store, ref)
+    owner, name = ws["owner"], ws["name"]
     env = {**os.environ, **settings.env()}
     with StackFiles(settings.pulumi_home, ws["stack"], ws.get("stack_settings")) as files:
         # Selected in this private dir only: every plain command then applies

@@ -81,7 +81,7 @@ def lifecycle_with_operator_checks(svc: Service, settings, docker_client, name: 
                        "--non-interactive")
     assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
     assert value not in preview.stdout + preview.stderr
-    outputs = operator(svc, settings, f"alice/{name}", "stack", "output", "--json")
+    outputs = operator(svc, settings, stack, "stack", "output", "--json")  # by stack name
     assert outputs.returncode == 0, outputs.stderr[-2000:]
     api_outputs = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()["outputs"]
     assert json.loads(outputs.stdout)["container"] == api_outputs["container"]
