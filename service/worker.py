@@ -25,7 +25,7 @@ from pulumi.automation import events
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
-from stacks.automation import PulumiSettings, StackFiles, StackRunner, StorageAtRisk
+from stacks.automation import PulumiSettings, StackFiles, StackRunner, StackTaken, StorageAtRisk
 from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.worker")
@@ -202,6 +202,22 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             cfg.owner, cfg.spec.name, stack_settings=text)
         # The digest speaks of the secrets in the settings: without them, write them.
         known_digest = job.secrets_digest if files.initial is not None else None
+        if files.initial is None:
+            # The store has no settings for the stack: it is new, or it is
+            # another installation's (same backend, owner and name). Never
+            # take that one over, and never destroy it.
+            t = time.monotonic()
+            if job.kind == "create":
+                runner.init_stack(job.stack)
+            elif runner.exists(job.stack):
+                if job.kind != "delete":
+                    raise StackTaken(job.stack)
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
+                                            "message": f"stack {job.stack} belongs to another "
+                                                       "installation: left untouched"})
+                return Outcome(job.op_id, True, None, None, {}, {"total": time.monotonic()
+                                                                  - started})
+            timings["init"] = time.monotonic() - t
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
             recorded = runner.recover(job.stack, on_event)
@@ -242,6 +258,10 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
                        recovered, digest)
+    except StackTaken as e:
+        timings["total"] = time.monotonic() - started
+        return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "stack-taken",
+                       {}, timings, None, False, recovered)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",

@@ -63,6 +63,18 @@ class Cancelled(Exception):
     """The run was asked to stop before its next step."""
 
 
+class StackTaken(Exception):
+    """The backend holds the stack, but the caller has no settings for it: it
+    belongs to another stackspace installation (another store) on the same
+    backend, the same owner and workspace name. Never touched."""
+
+    def __init__(self, stack: str):
+        self.stack = stack
+        super().__init__(f"stack {stack} already exists in the Pulumi backend and belongs to "
+                         "another stackspace installation sharing it; give each installation "
+                         "its own backend (another database, or ?table= for postgres://)")
+
+
 class StorageAtRisk(Exception):
     """A non-delete plan would delete or replace workspace storage."""
 
@@ -289,10 +301,21 @@ class StackRunner:
             return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
         except auto.errors.StackNotFoundError:
             stack = WorkspaceStack(name, self.workspace, StackInitMode.CREATE)
+        self._created(name)
+        return stack, False
+
+    def init_stack(self, name: str) -> None:
+        """`stack init` a stack that must be new: StackTaken if the backend has it."""
+        try:
+            auto.Stack.create(name, self.workspace)
+        except auto.errors.StackAlreadyExistsError as e:
+            raise StackTaken(name) from e
+        self._created(name)
+
+    def _created(self, name: str) -> None:
         text = self.files.read(name)
         if self.on_stack_created is not None and text is not None:
             self.on_stack_created(text)
-        return stack, False
 
     def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
         """A keyed digest of a stack's secret config, so an unchanged secret is not

@@ -136,3 +136,31 @@ def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, dock
     with custom_service(tmp_path / "svc", docker_host, settings) as svc:
         lifecycle_with_operator_checks(svc, settings, docker_client,
                                        f"state-pg-{os.urandom(3).hex()}", listed)
+
+
+def test_two_installations_on_one_backend_never_share_a_stack(
+        service, tmp_path, docker_host, docker_client, pulumi_settings):
+    """Another installation (its own store) on the same backend and passphrase
+    asks for the same owner and workspace name: same stack name, so its create
+    is refused (it has no settings for that stack), and deleting its failed
+    workspace leaves the first one's stack and workload alone."""
+    name = f"state-twice-{os.urandom(3).hex()}"
+    first = service
+    run_op(first, "POST", "", {"name": name, "env": {"FROM": "first"}})
+    container = first.store.workspace("alice", name)["outputs"]["container"]
+    try:
+        with custom_service(tmp_path / "second", docker_host, pulumi_settings) as second:
+            r = second.call("POST", "/api/v1/workspaces", second.alice,
+                            json={"name": name, "env": {"FROM": "second"}})
+            op = wait_op(second, second.alice, r.json()["id"])
+            assert (op["status"], op["error_type"]) == ("failed", "stack-taken"), op
+            assert "another stackspace installation" in op["error"]
+            run_op(second, "DELETE", f"/{name}")
+        code, out = docker_client.containers.get(container).exec_run(
+            ["sh", "-c", 'printf %s "$FROM"'])
+        assert (code, out.decode()) == (0, "first")
+        preview = operator(first, pulumi_settings, f"alice/{name}", "preview",
+                           "--expect-no-changes", "--non-interactive")
+        assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
+    finally:
+        run_op(first, "DELETE", f"/{name}")
