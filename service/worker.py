@@ -201,14 +201,21 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         runner.on_stack_created = lambda text: store.update_workspace(
             cfg.owner, cfg.spec.name, stack_settings=text)
         # The digest speaks of the secrets in the settings: without them, write them.
-        known_digest = job.secrets_digest if files.initial is not None else None
+        known_digest = job.secrets_digest if files.initial else None
         if files.initial is None:
-            # The store has no settings for the stack: it is new, or it is
-            # another installation's (same backend, owner and name). Never
-            # take that one over, and never destroy it.
+            # This store never made the stack: it is new, or it is another
+            # installation's (same backend, owner and name). Never take that
+            # one over, and never destroy it.
             t = time.monotonic()
             if job.kind == "create":
-                runner.init_stack(job.stack)
+                # Claimed first (""): a run cut off from here on, even inside
+                # `stack init`, left a stack of ours that recovery may adopt.
+                store.update_workspace(cfg.owner, cfg.spec.name, stack_settings="")
+                try:
+                    runner.init_stack(job.stack)
+                except StackTaken:
+                    store.update_workspace(cfg.owner, cfg.spec.name, stack_settings=None)
+                    raise
             elif runner.exists(job.stack):
                 if job.kind != "delete":
                     raise StackTaken(job.stack)

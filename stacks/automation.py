@@ -139,9 +139,11 @@ class StackFiles:
             # Upgrade path: a stack made before settings moved to shared state.
             legacy = PROJECT_DIR / f"Pulumi.{stack}.yaml"
             text = legacy.read_text() if legacy.is_file() else None
+        # None: the store never had settings for the stack; "": it claimed
+        # the stack, but a run was cut off before any settings came back.
         self.initial = text
         self.text = text
-        if stack is not None and text is not None:
+        if stack is not None and text:
             self.settings_path(stack).write_text(text)
         self._cleanup = weakref.finalize(self, _remove_work_dir, self.path, pulumi_home)
 

@@ -57,3 +57,11 @@ def test_stack_files_of_the_checkout_are_not_carried_and_legacy_ones_are_importe
         assert files.initial is None and files.read() is None
         assert not (files.path / "Pulumi.ws-old.yaml").exists()
     assert (checkout / "Pulumi.ws-old.yaml").read_text() == SETTINGS  # never written
+
+
+def test_a_claimed_stack_without_settings_materialises_nothing(tmp_path):
+    """"" in the store: this installation claimed the stack, but the run that
+    made it was cut off before any settings came back."""
+    with StackFiles(tmp_path, "ws-c", "") as files:
+        assert files.initial == "" and files.read() is None
+    assert files.text is None
