@@ -175,7 +175,9 @@ def stack_(workspace: str, args: tuple[str, ...], config: str | None,
 
     cfg = load_config(Path(config) if config else None, data_dir=data_dir)
     try:
-        code = run_pulumi(Store(cfg.store_path), cfg.pulumi_settings(), workspace, args,
+        # Opened without its key: stack settings are no encrypted column.
+        store = Store(cfg.database_url or cfg.store_path)
+        code = run_pulumi(store, cfg.pulumi_settings(), workspace, args,
                           warn=lambda text: click.echo(f"warning: {text}", err=True))
     except WorkspaceNotFound as e:
         raise click.ClickException(str(e)) from e

@@ -17,6 +17,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from service.store import DatabaseURL
 from stacks.automation import PROJECT_DIR
 from tests.api.conftest import Service, custom_service
 from tests.api.test_api_lifecycle import wait_op
@@ -43,8 +44,12 @@ def operator(svc: Service, settings, workspace: str, *args: str
            "PULUMI_CONFIG_PASSPHRASE": settings.passphrase,
            "PULUMI_HOME": str(settings.pulumi_home),
            "STACKSPACE_PULUMI_BIN": str(settings.bin_dir)}
+    env.pop("STACKSPACE_DATABASE_URL", None)
+    if isinstance(svc.store.path, DatabaseURL):
+        env["STACKSPACE_DATABASE_URL"] = str(svc.store.path)
+    data_dir = Path(svc.store.key_file).parent  # the service's data (and secrets) dir
     return subprocess.run([sys.executable, "-m", "service.cli", "stack", workspace,
-                           "--data-dir", str(svc.store.path.parent), "--", *args],
+                           "--data-dir", str(data_dir), "--", *args],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -118,9 +123,10 @@ def test_service_keeps_stack_settings_in_its_store(service, pulumi_settings, doc
 def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, docker_client,
                                                      pulumi_settings, docker_provider,
                                                      new_database):
-    """The DIY postgres:// backend (Pulumi CLI >= 3.176): the service runs every
-    operation on it, and the plain CLI sees the stack there (the backend
-    creates its `pulumi_state` table on first use)."""
+    """The DIY postgres:// backend (Pulumi CLI >= 3.176) beside the PostgreSQL
+    store, as replicas run past one machine: the service runs every operation
+    on it, and the plain CLI sees the stack there (the backend creates its
+    `pulumi_state` table on first use)."""
     backend = pulumi_backend(new_database("state_backend"))
     settings = dataclasses.replace(pulumi_settings, backend_url=backend)
     env = {**os.environ, **settings.env()}
@@ -133,7 +139,8 @@ def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, dock
         assert proc.returncode == 0, proc.stderr[-2000:]
         return any(s["name"].split("/")[-1] == stack for s in json.loads(proc.stdout))
 
-    with custom_service(tmp_path / "svc", docker_host, settings) as svc:
+    with custom_service(tmp_path / "svc", docker_host, settings,
+                        database_url=new_database("state_store")) as svc:
         lifecycle_with_operator_checks(svc, settings, docker_client,
                                        f"state-pg-{os.urandom(3).hex()}", listed)
 
