@@ -218,7 +218,8 @@ class OperationRunner:
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
-                          secrets_digest=ws.get("secrets_digest"))
+                          secrets_digest=ws.get("secrets_digest"),
+                          stack_settings=ws.get("stack_settings"))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         # A run killed for its lease (`_fence`) is recorded only if the lease
@@ -235,7 +236,8 @@ class OperationRunner:
                                     f"{why}; the engine stopped at its next safe point",
                                     lifecycle.CANCELLED,
                                     {}, answer.timings, answer.observed_running,
-                                    answer.config_written, answer.recovered)
+                                    answer.config_written, answer.recovered,
+                                    stack_settings=answer.stack_settings)
         try:
             self._end(op, ws, answer)
         finally:
@@ -266,6 +268,7 @@ class OperationRunner:
             outputs=outcome.outputs if outcome.ok and (
                 outcome.outputs or op["kind"] != "refresh") else None,
             recovered=outcome.recovered, secrets_digest=outcome.secrets_digest,
+            stack_settings=outcome.stack_settings,
             # A recovery that did not bring the workspace where it should be
             # keeps saying why (the interruption).
             keep_last_error=op["kind"] == "refresh" and not (

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   retry_at REAL,                 -- when a failed delete is tried again
   delete_attempts INTEGER NOT NULL DEFAULT 0,
   secrets_digest TEXT,           -- keyed digest of the secret config in the stack
+  stack_settings TEXT,           -- Pulumi.<stack>.yaml: config (secrets encrypted) + salt
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -115,6 +116,8 @@ ADDED_COLUMNS = [
     ("workspaces", "retry_at", "REAL"),
     ("workspaces", "delete_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("workspaces", "secrets_digest", "TEXT"),
+    # The stack's settings file, kept here so any replica can run the stack.
+    ("workspaces", "stack_settings", "TEXT"),
     # create/update: the spec this operation applies (public JSON + encrypted secrets).
     ("operations", "spec", "TEXT"),
     ("operations", "secrets", "TEXT"),
@@ -460,11 +463,13 @@ class Store:
                          outputs: dict[str, Any] | None = None,
                          recovered: bool = False, secrets_digest: str | None = None,
                          keep_last_error: bool = False, keep_state: bool = False,
-                         lease_owner: str | None = None) -> bool:
-        """End an operation and settle its workspace, in one transaction. With
-        `lease_owner`, only while that replica still holds the running
-        operation's lease: a replica that lost it (taken over) changes nothing
-        and gets False."""
+                         lease_owner: str | None = None,
+                         stack_settings: str | None = None) -> bool:
+        """End an operation and settle its workspace, in one transaction (with
+        the stack settings the run left, so the secrets digest never describes
+        settings the store does not hold). With `lease_owner`, only while that
+        replica still holds the running operation's lease: a replica that lost
+        it (taken over) changes nothing and gets False."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
         with self.tx() as db:
@@ -488,6 +493,8 @@ class Store:
                 fields["outputs"] = json.dumps(outputs)
             if recovered:
                 fields["needs_recovery"] = 0
+            if stack_settings is not None:
+                fields["stack_settings"] = stack_settings
             if secrets_digest:
                 fields["secrets_digest"] = secrets_digest
             if error_type == lifecycle.INTERRUPTED:
