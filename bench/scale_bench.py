@@ -184,7 +184,7 @@ def run_round(tmp: Path, server: str, replicas: int, creates: int, pool: int, ra
         def sample() -> None:
             nonlocal peak
             while not sampling.is_set():
-                peak = max(peak, sum(tree_rss(r.proc.pid) for r in procs))
+                peak = max(peak, sum(tree_rss(r.proc.pid)[0] for r in procs))
                 time.sleep(0.2)
 
         threading.Thread(target=sample, daemon=True).start()

@@ -303,7 +303,13 @@ class StackRunner:
         return auto.Stack.select(name, self.workspace)
 
     def exists(self, name: str) -> bool:
-        return any(s.name == name for s in self.workspace.list_stacks())
+        # `stack select`, not `stack ls`: on the postgres:// DIY backend (CLI
+        # 3.259) `stack ls` never answers once the backend holds 4 stacks.
+        try:
+            auto.Stack.select(name, self.workspace)
+        except auto.errors.StackNotFoundError:
+            return False
+        return True
 
     def select_or_create(self, name: str, known: bool = False) -> tuple[WorkspaceStack, bool]:
         """The stack, and whether it existed before. `known`: the store knows it

@@ -17,6 +17,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from components.base import LABEL_OWNER, LABEL_WORKSPACE
 from service.store import DatabaseURL
 from stacks.automation import PROJECT_DIR
 from tests.api.conftest import Service, custom_service
@@ -143,6 +144,28 @@ def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, dock
                         database_url=new_database("state_store")) as svc:
         lifecycle_with_operator_checks(svc, settings, docker_client,
                                        f"state-pg-{os.urandom(3).hex()}", listed)
+
+
+def test_every_workspace_deletes_on_a_postgres_backend_holding_many_stacks(
+        tmp_path, docker_host, docker_client, pulumi_settings, docker_provider, new_database):
+    """The plain CLI's `stack ls` on the postgres:// backend (3.259) never
+    answers once the backend holds 4 stacks: no operation may depend on a
+    listing. Five workspaces are made; each delete finishes and leaves nothing."""
+    backend = pulumi_backend(new_database("state_many"))
+    settings = dataclasses.replace(pulumi_settings, backend_url=backend)
+    names = [f"state-many-{os.urandom(2).hex()}-{i}" for i in range(5)]
+    with custom_service(tmp_path / "svc", docker_host, settings,
+                        database_url=new_database("state_many_store")) as svc:
+        ops = [svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": n}).json()
+               for n in names]
+        assert [wait_op(svc, svc.alice, op["id"])["status"] for op in ops] == ["succeeded"] * 5
+        ops = [svc.call("DELETE", f"/api/v1/workspaces/{n}", svc.alice).json() for n in names]
+        assert [wait_op(svc, svc.alice, op["id"])["status"] for op in ops] == ["succeeded"] * 5
+        assert svc.store.workspaces("alice") == []
+    for n in names:
+        labels = [f"{LABEL_WORKSPACE}={n}", f"{LABEL_OWNER}=alice"]
+        assert docker_client.containers.list(all=True, filters={"label": labels}) == []
+        assert docker_client.volumes.list(filters={"label": labels}) == []
 
 
 def test_two_installations_on_one_backend_never_share_a_stack(
