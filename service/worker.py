@@ -170,6 +170,10 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 def run(job: Job) -> Outcome:
     """Run `job` in a private work dir holding the stack's settings from the
     store; the Outcome carries them back, changed or not, whatever happened."""
+    # First: a cancel or timeout may arrive while the work dir is made or the
+    # store opens (a first PostgreSQL connection takes a while) and must not be
+    # forgotten.
+    _cancelled.clear()
     files = StackFiles(job.settings.pulumi_home, job.stack, job.stack_settings)
     try:
         outcome = _run(job, files)
@@ -180,7 +184,6 @@ def run(job: Job) -> Outcome:
 
 def _run(job: Job, files: StackFiles) -> Outcome:
     store = _store_for(job.store_path)
-    _cancelled.clear()
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
 
@@ -278,8 +281,11 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                        {}, timings, None, False, recovered)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
-        return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",
-                       {}, timings, None, getattr(e, "config_written", False), recovered)
+        # The engine's own refusal comes after the up saved the run's config.
+        written = getattr(e, "config_written", False)
+        said = "storage untouched, the stack config written" if written else "nothing was changed"
+        return Outcome(job.op_id, False, f"refused: {e}; {said}", "storage-at-risk",
+                       {}, timings, None, written, recovered)
     except Exception as e:  # noqa: BLE001 - every failure becomes the operation's error
         log.warning("operation failed", extra={"op": job.op_id, "kind": job.kind,
                                                "error_type": type(e).__name__})
