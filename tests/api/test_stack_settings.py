@@ -190,18 +190,27 @@ def test_a_create_cut_short_after_init_keeps_its_salt_for_the_next_run(
     r = svc.call("POST", "/api/v1/workspaces", svc.alice, json=spec)
     assert r.status_code == 202, r.text
     op_id = r.json()["id"]
-    if ending == "cancelled":
-        # Cancel once the engine is at work on the stack (after `stack init`).
-        deadline = time.monotonic() + 300
-        while not any(body.get("resource_type") == "docker:index/volume:Volume"
-                      for _, body in svc.store.events(op_id)):
-            assert time.monotonic() < deadline, "the create never reached the engine"
-            time.sleep(0.2)
-        assert svc.call("POST", f"/api/v1/operations/{op_id}/cancel", svc.alice).ok
-    op = wait_op(svc, svc.alice, op_id)
-    assert op["status"] == ending, op
-    ws = svc.store.workspace("alice", name)
-    assert "encryptionsalt:" in (ws["stack_settings"] or ""), ws["state"]
-    assert backend_lists(pulumi_settings, ws["stack"], tmp_path)
-    run_op(svc, "DELETE", f"/{name}")
-    assert not backend_lists(pulumi_settings, ws["stack"], tmp_path)
+    deleted = False
+    try:
+        if ending == "cancelled":
+            # Cancel once the engine is at work on the stack (after `stack init`).
+            deadline = time.monotonic() + 300
+            while not any(body.get("resource_type") == "docker:index/volume:Volume"
+                          for _, body in svc.store.events(op_id)):
+                assert time.monotonic() < deadline, "the create never reached the engine"
+                time.sleep(0.2)
+            assert svc.call("POST", f"/api/v1/operations/{op_id}/cancel", svc.alice).ok
+        op = wait_op(svc, svc.alice, op_id)
+        assert op["status"] == ending, op
+        ws = svc.store.workspace("alice", name)
+        assert "encryptionsalt:" in (ws["stack_settings"] or ""), ws["state"]
+        assert backend_lists(pulumi_settings, ws["stack"], tmp_path)
+        run_op(svc, "DELETE", f"/{name}")
+        deleted = True
+        assert not backend_lists(pulumi_settings, ws["stack"], tmp_path)
+    finally:
+        if not deleted:  # leave nothing behind a failed check
+            wait_op(svc, svc.alice, op_id)
+            r = svc.call("DELETE", f"/api/v1/workspaces/{name}", svc.alice)
+            if r.status_code == 202:
+                wait_op(svc, svc.alice, r.json()["id"])
