@@ -26,7 +26,14 @@ from pulumi.automation import events
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
-from stacks.automation import PulumiSettings, StackFiles, StackRunner, StackTaken, StorageAtRisk
+from stacks.automation import (
+    PulumiSettings,
+    StackFiles,
+    StackRunner,
+    StackTaken,
+    StorageAtRisk,
+    sweep_work_dirs,
+)
 from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.worker")
@@ -79,6 +86,8 @@ def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
     os.environ[ENGINE_TAG] = tag  # inherited by the CLI and providers it starts
     init_process()
     if settings is not None:
+        with contextlib.suppress(OSError):  # housekeeping: never keeps a worker from serving
+            sweep_work_dirs(settings.pulumi_home)
         try:
             _runner_for(settings)  # warm: `pulumi version` once, before any job
         except Exception as e:  # noqa: BLE001 - jobs then fail with the reason; never stall

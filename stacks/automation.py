@@ -48,6 +48,7 @@ from stacks.config import (
 from stacks.guard import ATTEST_OUTPUT, attestation, preview_needed, runtime_kind
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+WORK_DIR_PREFIX = "stackspace-stack-"  # StackFiles: <prefix><pid>-<random> under TMPDIR
 STORAGE_TYPES = frozenset({
     "kubernetes:core/v1:PersistentVolumeClaim",
     "docker:index/volume:Volume",
@@ -134,7 +135,8 @@ class StackFiles:
                  text: str | None = None) -> None:
         self.pulumi_home = pulumi_home
         self.stack = stack
-        self.path = Path(tempfile.mkdtemp(prefix="stackspace-stack-"))
+        # The pid in the name lets a later process sweep what a killed one left.
+        self.path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-"))
         for entry in PROJECT_DIR.iterdir():
             if entry.name == "Pulumi.yaml":
                 shutil.copyfile(entry, self.path / entry.name)
@@ -172,6 +174,29 @@ class StackFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sweep_work_dirs(pulumi_home: Path) -> int:
+    """Remove the work dirs (and their selection files) of processes that are
+    gone: a worker killed mid-run (kill -9, a cancel past its grace) leaves
+    its dir behind. Returns how many went."""
+    swept = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{WORK_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(WORK_DIR_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            _remove_work_dir(path, pulumi_home)
+            swept += 1
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_work_dir(path: Path, pulumi_home: Path) -> None:

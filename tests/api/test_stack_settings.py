@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def operator(svc: Service, settings, workspace: str, *args: str
     return subprocess.run([sys.executable, "-m", "service.cli", "stack", workspace,
                            "--data-dir", str(data_dir), "--", *args],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def backend_lists(settings, stack: str, cwd: Path) -> bool:
+    """Whether the plain CLI lists `stack` in the backend (outside any
+    project: `--all` lists every stack the backend holds)."""
+    proc = subprocess.run([settings.pulumi_binary, "stack", "ls", "--all", "--json",
+                           "--non-interactive"], cwd=cwd, env={**os.environ, **settings.env()},
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return any(s["name"].split("/")[-1] == stack for s in json.loads(proc.stdout))
 
 
 def run_op(svc: Service, method: str, path: str, body: dict | None = None) -> dict:
@@ -130,20 +141,12 @@ def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, dock
     `pulumi_state` table on first use)."""
     backend = pulumi_backend(new_database("state_backend"))
     settings = dataclasses.replace(pulumi_settings, backend_url=backend)
-    env = {**os.environ, **settings.env()}
-
-    def listed(stack: str) -> bool:
-        # Outside any project: `--all` lists every stack the backend holds.
-        proc = subprocess.run([settings.pulumi_binary, "stack", "ls", "--all", "--json",
-                               "--non-interactive"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return any(s["name"].split("/")[-1] == stack for s in json.loads(proc.stdout))
 
     with custom_service(tmp_path / "svc", docker_host, settings,
                         database_url=new_database("state_store")) as svc:
         lifecycle_with_operator_checks(svc, settings, docker_client,
-                                       f"state-pg-{os.urandom(3).hex()}", listed)
+                                       f"state-pg-{os.urandom(3).hex()}",
+                                       lambda stack: backend_lists(settings, stack, tmp_path))
 
 
 def test_every_workspace_deletes_on_a_postgres_backend_holding_many_stacks(
@@ -194,3 +197,43 @@ def test_two_installations_on_one_backend_never_share_a_stack(
         assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
     finally:
         run_op(first, "DELETE", f"/{name}")
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_a_create_cut_short_after_init_keeps_its_salt_for_the_next_run(
+        service, pulumi_settings, tmp_path, ending):
+    """A create that fails (its clone fails) or is cancelled once the engine
+    runs has made the stack and its salt: the store keeps them, so the next
+    run (delete) decrypts what the stack holds and removes it."""
+    svc = service
+    name = f"state-{ending[:4]}-{os.urandom(3).hex()}"
+    spec = {"name": name, "secret_env": {"STATE_TOKEN": os.urandom(8).hex()}}
+    if ending == "failed":
+        spec["repository"] = {"url": "file:///srv/missing.git"}
+    r = svc.call("POST", "/api/v1/workspaces", svc.alice, json=spec)
+    assert r.status_code == 202, r.text
+    op_id = r.json()["id"]
+    deleted = False
+    try:
+        if ending == "cancelled":
+            # Cancel once the engine is at work on the stack (after `stack init`).
+            deadline = time.monotonic() + 300
+            while not any(body.get("resource_type") == "docker:index/volume:Volume"
+                          for _, body in svc.store.events(op_id)):
+                assert time.monotonic() < deadline, "the create never reached the engine"
+                time.sleep(0.2)
+            assert svc.call("POST", f"/api/v1/operations/{op_id}/cancel", svc.alice).ok
+        op = wait_op(svc, svc.alice, op_id)
+        assert op["status"] == ending, op
+        ws = svc.store.workspace("alice", name)
+        assert "encryptionsalt:" in (ws["stack_settings"] or ""), ws["state"]
+        assert backend_lists(pulumi_settings, ws["stack"], tmp_path)
+        run_op(svc, "DELETE", f"/{name}")
+        deleted = True
+        assert not backend_lists(pulumi_settings, ws["stack"], tmp_path)
+    finally:
+        if not deleted:  # leave nothing behind a failed check
+            wait_op(svc, svc.alice, op_id)
+            r = svc.call("DELETE", f"/api/v1/workspaces/{name}", svc.alice)
+            if r.status_code == 202:
+                wait_op(svc, svc.alice, r.json()["id"])

@@ -34,6 +34,16 @@ class DockerView:
         self.client = client
 
     def _containers(self, name: str) -> list[Any]:
+        import docker.errors
+
+        # The SDK lists, then inspects each container: one removed in between
+        # (an init container finishing, a sweep) is a NotFound. List again.
+        for _ in range(4):
+            try:
+                return self.client.containers.list(all=True,
+                                                   filters={"label": f"{LABEL}={name}"})
+            except docker.errors.NotFound:
+                continue
         return self.client.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
 
     def workloads(self, name: str) -> list[Workload]:

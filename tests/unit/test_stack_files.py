@@ -4,6 +4,7 @@ materialised from text (no engine needed)."""
 from __future__ import annotations
 
 import hashlib
+import tempfile
 
 import stacks.automation as automation
 from stacks.automation import StackFiles
@@ -65,3 +66,26 @@ def test_a_claimed_stack_without_settings_materialises_nothing(tmp_path):
     with StackFiles(tmp_path, "ws-c", "") as files:
         assert files.initial == "" and files.read() is None
     assert files.text is None
+
+
+def test_work_dirs_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    home = tmp_path / "home"
+    mine = StackFiles(home, "ws-d", SETTINGS)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / "tmp" / f"{automation.WORK_DIR_PREFIX}{dead.pid}-x1"
+    left.mkdir()
+    digest = hashlib.sha1(str(left / "Pulumi.yaml").encode()).hexdigest()  # noqa: S324
+    selection = home / "workspaces" / f"stackspace-{digest}-workspace.json"
+    selection.parent.mkdir(parents=True)
+    selection.write_text("{}")
+    assert automation.sweep_work_dirs(home) == 1
+    assert not left.exists() and not selection.exists()
+    assert mine.path.exists() and mine.path.name.startswith(
+        f"{automation.WORK_DIR_PREFIX}{os.getpid()}-")
+    mine.close()
