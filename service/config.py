@@ -4,7 +4,9 @@
     listen        STACKSPACE_LISTEN        127.0.0.1:8080
     proxy_listen  STACKSPACE_PROXY_LISTEN  127.0.0.1:8081
     backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state
-    passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <data_dir>/passphrase
+    passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <secrets_dir>/passphrase
+    secrets_dir   STACKSPACE_SECRETS_DIR   <data_dir>: passphrase, ticket-key (shared by replicas)
+    proxy_url     STACKSPACE_PROXY_URL     ws://<proxy_listen>/exec: the proxy as clients reach it
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
@@ -47,16 +49,20 @@ class ServiceConfig:
     operation_timeout: float = 1800.0
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
     runtimes: list[Runtime] = field(default_factory=list)
+    secrets_dir: Path | None = None  # None: the data dir
+    public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "stackspace.db"
 
     def secret_file(self, name: str, nbytes: int = 32) -> str:
-        """A secret generated on first use and kept (0600) in the data dir."""
-        path = self.data_dir / name
+        """A secret generated on first use and kept (0600) in the secrets dir; replicas
+        share that dir (in Kubernetes a mounted Secret, where the file already exists)."""
+        folder = self.secrets_dir or self.data_dir
+        path = folder / name
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(nbytes))
@@ -69,7 +75,8 @@ class ServiceConfig:
 
     @property
     def proxy_url(self) -> str:
-        return f"ws://{self.proxy_listen}/exec"
+        """Where clients open terminals: behind a Service or ingress, not the listen address."""
+        return self.public_proxy_url or f"ws://{self.proxy_listen}/exec"
 
     def pulumi_settings(self) -> PulumiSettings:
         cache = cache_dir()
@@ -110,6 +117,9 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         idle_stop_after=float(env["STACKSPACE_IDLE_STOP_AFTER"])
         if "STACKSPACE_IDLE_STOP_AFTER" in env else data.get("idle_stop_after"),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
+        secrets_dir=Path(v) if (v := env.get("STACKSPACE_SECRETS_DIR",
+                                              data.get("secrets_dir"))) else None,
+        public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
     )
     for key, value in overrides.items():
         if value is not None:
