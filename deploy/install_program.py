@@ -102,10 +102,10 @@ def deploy(s: Settings) -> None:
     if s.create_namespaces:
         namespaces.append(k8s.core.v1.Namespace(
             "namespace", metadata={"name": s.namespace, "labels": labels("install")}, opts=opts))
-        # Users' workspaces live here: uninstall never deletes it (nor them).
+        # Users' workspaces live here: uninstall never deletes it (nor them), and
+        # leaves it unlabelled, like a namespace the operator had made.
         namespaces.append(k8s.core.v1.Namespace(
-            "workspace-namespace",
-            metadata={"name": s.workspace_namespace, "labels": labels("workspaces")},
+            "workspace-namespace", metadata={"name": s.workspace_namespace},
             opts=pulumi.ResourceOptions(provider=provider, retain_on_delete=True)))
     in_ns = pulumi.ResourceOptions(provider=provider, depends_on=namespaces)
 
@@ -204,7 +204,7 @@ def deploy(s: Settings) -> None:
 
 
 def workload(component: str, s: Settings, replicas: int, port: int,
-             account: k8s.core.v1.ServiceAccount, annotations: dict[str, str],
+             account: k8s.core.v1.ServiceAccount, pod_annotations: dict[str, str],
              opts: pulumi.ResourceOptions, spec: dict) -> None:
     """A Deployment and its Service."""
     name = f"stackspace-{component}"
@@ -212,12 +212,16 @@ def workload(component: str, s: Settings, replicas: int, port: int,
     k8s.apps.v1.Deployment(
         component, metadata={"name": name, "namespace": s.namespace, "labels": selector},
         spec={"replicas": replicas, "selector": {"matchLabels": selector},
-              "template": {"metadata": {"labels": selector, "annotations": annotations},
+              "template": {"metadata": {"labels": selector, "annotations": pod_annotations},
                            "spec": spec}},
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[account])))
+    # Pods on the node's network have the node's (here loopback) address, which no
+    # endpoint may carry: do not wait for endpoints that cannot come.
+    annotations = {"pulumi.com/skipAwait": "true"} if s.host_network else {}
     k8s.core.v1.Service(
         component + "-service",
-        metadata={"name": name, "namespace": s.namespace, "labels": selector},
+        metadata={"name": name, "namespace": s.namespace, "labels": selector,
+                  "annotations": annotations},
         spec={"type": s.service_type, "selector": selector,
               "ports": [{"name": component, "port": port, "targetPort": port}]},
         opts=opts)

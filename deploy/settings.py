@@ -81,6 +81,10 @@ def load() -> Settings:
     if service_replicas < 1 or (database_url is None and service_replicas != 1):
         raise ValueError("serviceReplicas: more than one replica needs databaseUrl "
                          "(the embedded SQLite store is one replica's)")
+    backend_url = cfg.get_secret("backendUrl")
+    if service_replicas > 1 and backend_url is None:
+        raise ValueError("serviceReplicas: more than one replica needs backendUrl (a shared "
+                         "Pulumi backend such as postgres://, not one pod's files)")
     proxy_replicas = cfg.get_int("proxyReplicas") or 1
     if proxy_replicas < 1:
         raise ValueError("proxyReplicas: must be at least 1")
@@ -119,5 +123,5 @@ def load() -> Settings:
         store_key=cfg.require_secret("storeKey"),
         admin_token=cfg.require_secret("adminToken"),
         database_url=database_url,
-        backend_url=cfg.get_secret("backendUrl"),
+        backend_url=backend_url,
     )

@@ -9,6 +9,7 @@ the provider's YAML output instead of a cluster, for kubectl users.
 from __future__ import annotations
 
 import secrets
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +60,22 @@ class InstallOptions:
 
 
 def _stack(state_dir: Path, name: str) -> auto.Stack:
-    """The install's stack, with the service's toolchain and a file:// backend."""
+    """The install's stack, with the service's toolchain and a file:// backend. Its
+    settings file (config, encryption salt) stays in the state dir, not the checkout:
+    the project there runs the program in deploy/ with this interpreter."""
     settings = load_config(data_dir=state_dir).pulumi_settings()
     root = str(settings.bin_dir.parent) if settings.bin_dir else None
+    options: dict[str, Any] = {"toolchain": "pip"}
+    if sys.prefix != sys.base_prefix:
+        options["virtualenv"] = sys.prefix
+    project = auto.ProjectSettings(
+        name=PROJECT, main=str(DEPLOY_DIR),
+        runtime=auto.ProjectRuntimeInfo(name="python", options=options))
+    work_dir = state_dir / "project"
+    work_dir.mkdir(parents=True, exist_ok=True)
     workspace = auto.LocalWorkspace(
-        work_dir=str(DEPLOY_DIR), env_vars=settings.env(), pulumi_home=str(settings.pulumi_home),
+        work_dir=str(work_dir), project_settings=project, env_vars=settings.env(),
+        pulumi_home=str(settings.pulumi_home),
         pulumi_command=EngineCommand(root=root, skip_version_check=True))
     return auto.Stack.create_or_select(name, workspace)
 
