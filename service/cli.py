@@ -34,12 +34,12 @@ def main() -> None:
 def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
     from service.api import create_app
     from service.runner import OperationRunner
-    from service.store import Store
+    from service.store import open_store
     from service.terminals import Terminals
 
     setup_logging()
     cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
-    store = Store(cfg.store_path)
+    store = open_store(cfg)
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
@@ -148,7 +148,7 @@ def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str
 @click.option("--data-dir", type=click.Path(file_okay=False))
 def token(user: str, admin: bool, data_dir: str | None) -> None:
     """Create USER if needed and print a new API token for it."""
-    from service.store import Store
+    from service.store import open_store
     from stacks.naming import validate_owner
 
     try:
@@ -156,7 +156,7 @@ def token(user: str, admin: bool, data_dir: str | None) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     cfg = load_config(data_dir=data_dir)
-    click.echo(Store(cfg.store_path).add_user(user, admin=admin))
+    click.echo(open_store(cfg).add_user(user, admin=admin))
 
 
 @main.command()

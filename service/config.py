@@ -1,11 +1,16 @@
 """Service configuration: embedded defaults, then a YAML/JSON file, then environment.
 
     data_dir      STACKSPACE_DATA_DIR      ~/.local/share/stackspace
+    database_url  STACKSPACE_DATABASE_URL  unset: SQLite at <data_dir>/stackspace.db;
+                                           postgresql://...: the PostgreSQL store
+    secrets_dir   STACKSPACE_SECRETS_DIR   <data_dir>: passphrase, ticket-key, store.key
+                                           (shared by replicas; each generated once,
+                                           0600, only if missing and writable)
+    replica_id    STACKSPACE_REPLICA_ID    <hostname>-<pid>-<random>, made at start
     listen        STACKSPACE_LISTEN        127.0.0.1:8080
     proxy_listen  STACKSPACE_PROXY_LISTEN  127.0.0.1:8081
-    backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state
+    backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state (postgres://: DIY backend)
     passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <secrets_dir>/passphrase
-    secrets_dir   STACKSPACE_SECRETS_DIR   <data_dir>: passphrase, ticket-key (shared by replicas)
     proxy_url     STACKSPACE_PROXY_URL     ws://<proxy_listen>/exec: the proxy as clients reach it
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
@@ -19,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +33,19 @@ from typing import Any
 import yaml
 
 from components.runtime import Runtime, parse_runtime
+from service.secret_files import read_or_create
 from stacks.automation import PulumiSettings
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "stackspace"
 PULUMI_VERSION = "3.259.0"  # scripts/toolchain/lib.sh builds this CLI
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def default_replica_id() -> str:
+    """Unique per process and start, readable in the operations it leases."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def cache_dir() -> Path:
@@ -49,24 +64,37 @@ class ServiceConfig:
     operation_timeout: float = 1800.0
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
     runtimes: list[Runtime] = field(default_factory=list)
-    secrets_dir: Path | None = None  # None: the data dir
     public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
+    database_url: str | None = None  # None: the embedded SQLite store
+    secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
+    replica_id: str = field(default_factory=default_replica_id)
+
+    def __post_init__(self) -> None:
+        if self.secrets_dir is None:
+            self.secrets_dir = self.data_dir
+        if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
+            # The URL may hold a password: name the field, never echo the value.
+            raise ValueError("database_url: must be a postgresql:// URL (unset for SQLite)")
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "stackspace.db"
 
+    @property
+    def store_key_file(self) -> Path:
+        """The Fernet key of the store's encrypted columns. An embedded install
+        made before secrets_dir existed keeps its key beside the SQLite file:
+        that key stays in use (a new one would make its secrets unreadable)."""
+        key = Path(self.secrets_dir or self.data_dir) / "store.key"
+        legacy = self.store_path.parent / "store.key"
+        if self.database_url is None and not key.exists() and legacy.exists():
+            return legacy
+        return key
+
     def secret_file(self, name: str, nbytes: int = 32) -> str:
-        """A secret generated on first use and kept (0600) in the secrets dir; replicas
-        share that dir (in Kubernetes a mounted Secret, where the file already exists)."""
-        folder = self.secrets_dir or self.data_dir
-        path = folder / name
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(nbytes))
-        return path.read_text().strip()
+        """A shared secret from secrets_dir, generated there (0600) if missing."""
+        path = Path(self.secrets_dir or self.data_dir) / name
+        return read_or_create(path, lambda: secrets.token_hex(nbytes).encode()).decode()
 
     @property
     def ticket_key(self) -> bytes:
@@ -104,6 +132,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
     env = os.environ
+    secrets_dir = _path(env.get("STACKSPACE_SECRETS_DIR", data.get("secrets_dir")))
     cfg = ServiceConfig(
         data_dir=Path(env.get("STACKSPACE_DATA_DIR", data.get("data_dir", DEFAULT_DATA_DIR))),
         listen=env.get("STACKSPACE_LISTEN", data.get("listen", "127.0.0.1:8080")),
@@ -117,14 +146,23 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         idle_stop_after=float(env["STACKSPACE_IDLE_STOP_AFTER"])
         if "STACKSPACE_IDLE_STOP_AFTER" in env else data.get("idle_stop_after"),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
-        secrets_dir=Path(v) if (v := env.get("STACKSPACE_SECRETS_DIR",
-                                              data.get("secrets_dir"))) else None,
+        database_url=env.get("STACKSPACE_DATABASE_URL", data.get("database_url")) or None,
+        secrets_dir=secrets_dir,
+        replica_id=env.get("STACKSPACE_REPLICA_ID", data.get("replica_id"))
+        or default_replica_id(),
         public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
     )
     for key, value in overrides.items():
         if value is not None:
-            setattr(cfg, key, Path(value) if key == "data_dir" else value)
+            setattr(cfg, key, Path(value) if key in ("data_dir", "secrets_dir") else value)
+    if secrets_dir is None and overrides.get("secrets_dir") is None:
+        cfg.secrets_dir = cfg.data_dir  # the default follows a data_dir override
+    cfg.__post_init__()  # overrides are checked like the file and the environment
     if not cfg.runtimes:
         host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         cfg.runtimes = [parse_runtime({"name": "local", "type": "docker", "host": host})]
     return cfg
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

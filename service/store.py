@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -24,11 +23,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 
 from service import lifecycle
+from service.secret_files import read_or_create
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -137,11 +140,14 @@ class QuotaExceeded(Exception):
 
 
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key_file: Path | None = None):
         self.path = path
+        # The key of the encrypted columns: from the shared secrets dir
+        # (open_store), else beside the database as an embedded install has it.
+        self.key_file = key_file or path.parent / "store.key"
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._box = Fernet(_key(path.parent / "store.key"))
+        self._box = Fernet(read_or_create(self.key_file, Fernet.generate_key))
         self.db.executescript(SCHEMA)  # executescript manages its own transaction
         for table, column, decl in ADDED_COLUMNS:
             have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
@@ -456,16 +462,9 @@ class Store:
             "SELECT seq, at, body FROM events WHERE op=? AND seq>? ORDER BY seq", (op_id, after))]
 
 
-def _key(path: Path) -> bytes:
-    """The store's encryption key, generated once (0600) beside the database."""
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes().strip()
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(Fernet.generate_key())
-    return path.read_bytes().strip()
+def open_store(cfg: ServiceConfig) -> Store:
+    """The store a service configuration names, with its key from secrets_dir."""
+    return Store(cfg.store_path, key_file=cfg.store_key_file)
 
 
 def _by_key(db: sqlite3.Connection, owner: str, key: str) -> sqlite3.Row | None:

@@ -11,10 +11,11 @@ pass on tests that did not run.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,55 @@ def remote_runtime(details: dict[str, str], kind: str, name: str | None = None
     return {"name": name or "remote-ssh", "type": "docker", "host": details["SSH_HOST"],
             "ssh_identity_file": details["SSH_IDENTITY"],
             "ssh_known_hosts_file": details["SSH_KNOWN_HOSTS"]}
+
+
+# --- PostgreSQL (scripts/test-postgres) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of the test PostgreSQL server (Debian's package on 127.0.0.1:25432),
+    started if it is not running; stopped at the end only if this session
+    started it, unless STACKSPACE_KEEP_TEST_POSTGRES=1."""
+    script = REPO / "scripts" / "test-postgres"
+    running = subprocess.run([str(script), "status"], capture_output=True,
+                             check=False).returncode == 0
+    proc = subprocess.run([str(script), "up"], capture_output=True, text=True, check=False,
+                          timeout=600)
+    if proc.returncode != 0:
+        unavailable(f"no test PostgreSQL: {proc.stderr.strip().splitlines()[-3:]}")
+    yield proc.stdout.strip().splitlines()[-1]
+    if not running and os.environ.get("STACKSPACE_KEEP_TEST_POSTGRES") != "1":
+        subprocess.run([str(script), "down"], capture_output=True, check=False, timeout=120)
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A new, uniquely named database on the server of `server_url`; returns its URL."""
+    import psycopg
+
+    name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{server_url.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop a database made by create_database, closing whatever is still connected."""
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def new_database(postgres_url: str) -> Iterator[Callable[[str], str]]:
+    """`new_database(prefix) -> url`: a fresh database, dropped after the test."""
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        made.append(create_database(postgres_url, prefix))
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(postgres_url, url)
