@@ -5,13 +5,16 @@ in-cluster service, a command run through the in-cluster proxy, delete,
 
 The test cluster's API server listens on the node's loopback only and the
 cluster has no kube-proxy, so the install runs its pods on the node's network
-(`hostNetwork`, `apiServer`): the API server and the test's ports on 127.0.0.1
-are then reachable from the pods, and the test reaches the pods on 127.0.0.1.
+(`hostNetwork`, `apiServer`): the API server and the test's PostgreSQL on
+127.0.0.1 are then reachable from the pods, and the test reaches the pods on
+127.0.0.1. The workspaces' Pulumi state goes to the PostgreSQL (DIY) backend,
+in a database of the test's own.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import socket
@@ -125,8 +128,10 @@ def install_names(kube_cluster: Path) -> Iterator[tuple[str, str]]:
 
 
 def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, stackspace_image,
-                                                     install_names):
+                                                     install_names, new_database, pulumi_bin):
     ns, ws_ns = install_names
+    backend = new_database("incluster_state").replace("postgresql://", "postgres://", 1)
+    backend += "?sslmode=disable"
     api = config.new_client_from_config(config_file=str(kube_cluster))
     core = client.CoreV1Api(api)
     service_port, proxy_port = free_port(), free_port()
@@ -137,7 +142,7 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
         "--set", "apiServer=127.0.0.1:16443",
         "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--show-admin-token")
+        "--backend-url", backend, "--show-admin-token")
     try:
         assert installed.returncode == 0, installed.stderr[-3000:]
         token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
@@ -175,6 +180,13 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         assert op["status"] == "succeeded", op
         ws = requests.get(f"{url}/api/v1/workspaces/{name}", headers=headers, timeout=30).json()
         assert ws["state"] == "running" and ws["outputs"]["namespace"] == ws_ns
+        # Its stack is in the shared backend, where any replica (or operator) finds it.
+        stacks = subprocess.run(
+            [str(pulumi_bin / "pulumi"), "stack", "ls", "--all", "--json"], cwd=tmp_path,
+            capture_output=True, text=True, check=True, timeout=120,
+            env={**os.environ, "PULUMI_BACKEND_URL": backend,
+                 "PULUMI_CONFIG_PASSPHRASE": "unused-for-listing"})
+        assert ws["stack"] in {s["name"].rsplit("/", 1)[-1] for s in json.loads(stacks.stdout)}
 
         # A real command through the in-cluster proxy.
         grant = requests.post(f"{url}/api/v1/workspaces/{name}/terminals", headers=headers,
