@@ -102,8 +102,13 @@ if [[ ! -s $out ]]; then
     --user "$UID_:$UID_" --workdir "$APP" --entrypoint /usr/local/bin/stackspace --cmd serve \
     --out "$out.tmp" >/dev/null
   mv "$out.tmp" "$out"
-  # Earlier builds of the full image are superseded (the layers stay cached).
-  find "$images" -maxdepth 1 -name 'stackspace-*.image.tar' ! -name "$(basename "$out")" -delete
 fi
+touch "$base" "$toolchain"  # in use: kept by the pruning below
+# Older builds are superseded; the two newest of each kind stay (two checkouts,
+# e.g. a branch and main, may alternate without rebuilding).
+for kind in 'stackspace-base-*.rootfs.tar' 'stackspace-toolchain-*.tar' 'stackspace-*.image.tar'; do
+  find "$images" -maxdepth 1 -name "$kind" -printf '%T@ %p\n' | sort -rn | tail -n +3 |
+    cut -d' ' -f2- | xargs -r rm -f
+done
 echo "$NAME:$tag"
 echo "$out"
