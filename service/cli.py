@@ -257,9 +257,14 @@ def uninstall(namespace: str, state_dir: str | None) -> None:
 
 
 def _last_error(text: str) -> str:
-    """The engine's own error lines, not the whole transcript."""
-    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
-    return "; ".join(lines[-3:]) or text.strip().splitlines()[-1]
+    """The program's refusal (a bad setting names its key) or the engine's last error
+    lines, not the whole transcript."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    refusals = [ln.removeprefix("ValueError: ") for ln in lines if ln.startswith("ValueError: ")]
+    if refusals:
+        return refusals[-1]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return "; ".join(errors[-3:]) or (lines or ["no output"])[-1]
 
 
 # --- client side ---------------------------------------------------------------

@@ -137,15 +137,22 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
     service_port, proxy_port = free_port(), free_port()
     state = tmp_path / "install-state"
     common = ["--namespace", ns, "--state-dir", str(state)]
-    installed = stackspace(
+    install_args = [
         "install", *common, "--workspace-namespace", ws_ns, "--image", stackspace_image,
         "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
         "--set", "apiServer=127.0.0.1:16443",
         "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--backend-url", backend, "--show-admin-token")
+        "--backend-url", backend, "--show-admin-token"]
+    installed = stackspace(*install_args)
     try:
         assert installed.returncode == 0, installed.stderr[-3000:]
         token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
+        first_pods = sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items)
+        # Running it again is an upgrade to the same thing: same secrets, same pods.
+        again = stackspace(*install_args)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
+        assert sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items) == first_pods
         url = f"http://127.0.0.1:{service_port}"
         headers = {"Authorization": f"Bearer {token}"}
 
@@ -237,3 +244,14 @@ def test_render_writes_plain_manifests(tmp_path):
     # Nothing was stored for the render: no install stack to upgrade or destroy.
     assert not (tmp_path / "state").exists()
     assert os.listdir(out)
+
+
+def test_a_bad_setting_is_refused_naming_it(tmp_path):
+    out = tmp_path / "manifests"
+    refused = stackspace("install", "--image", "localhost/stackspace/stackspace:x",
+                         "--set", "serviceReplicas=2", "--render", str(out))
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: install failed: serviceReplicas: more than one replica needs databaseUrl "
+        "(the embedded SQLite store is one replica's)")
+    assert not list(out.rglob("*.yaml"))
