@@ -8,7 +8,9 @@ the provider's YAML output instead of a cluster, for kubectl users.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -88,8 +90,26 @@ def _apply(stack: auto.Stack, opts: InstallOptions, extra: dict[str, auto.Config
     for key, value in _new_secrets().items():
         if f"{PROJECT}:{key}" not in current:
             config[f"{PROJECT}:{key}"] = auto.ConfigValue(value, secret=True)
-    stack.set_all_config(config)
+    stack.set_all_config({k: v for k, v in config.items() if not v.secret})
+    for key, value in config.items():
+        if value.secret:
+            _set_secret(stack, key, value.value)
     return stack.up(on_output=echo, color="never")
+
+
+def _set_secret(stack: auto.Stack, key: str, value: str) -> None:
+    """`pulumi config set --secret` with the value on stdin, never in an argv
+    (the Automation API's set_all_config puts values on the command line)."""
+    ws = stack.workspace
+    assert isinstance(ws, auto.LocalWorkspace)
+    proc = subprocess.run(
+        [ws.pulumi_command.command, "config", "set", "--secret", "--stack", stack.name, key,
+         "--non-interactive"], input=value, text=True, capture_output=True, check=False,
+        cwd=ws.work_dir, env={**os.environ, **(ws.env_vars or {})}, timeout=120)
+    if proc.returncode != 0:
+        # stderr may name the key but never holds the value (it came on stdin).
+        raise ValueError(f"{key.removeprefix(PROJECT + ':')}: could not be stored "
+                         f"(pulumi config set exit {proc.returncode})")
 
 
 def install(opts: InstallOptions, echo: Callable[[str], Any] = print) -> dict[str, Any]:

@@ -65,9 +65,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stackspace(*args: str) -> subprocess.CompletedProcess[str]:
+def stackspace(*args: str, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True,
-                          check=False, timeout=900)
+                          check=False, timeout=900, env={**os.environ, **(env or {})})
 
 
 def wait_op(url: str, token: str, op: dict) -> dict:
@@ -142,14 +143,16 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
         "--set", "apiServer=127.0.0.1:16443",
         "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--backend-url", backend, "--show-admin-token"]
-    installed = stackspace(*install_args)
+        "--show-admin-token"]
+    # URLs that may hold passwords come from the environment, not argv.
+    secret_env = {"STACKSPACE_INSTALL_BACKEND_URL": backend}
+    installed = stackspace(*install_args, env=secret_env)
     try:
         assert installed.returncode == 0, installed.stderr[-3000:]
         token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
         first_pods = sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items)
         # Running it again is an upgrade to the same thing: same secrets, same pods.
-        again = stackspace(*install_args)
+        again = stackspace(*install_args, env=secret_env)
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
         assert sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items) == first_pods
