@@ -1,26 +1,25 @@
-"""SQLite store (WAL) for users, tokens, workspaces, operations and their events.
+"""The store of users, tokens, workspaces, operations and their events: SQLite
+(WAL) embedded, or PostgreSQL shared by replicas, through service.db.
 
 The store is the authority for "what was asked" (the whole spec, its secrets
 encrypted at rest, so any operation can rebuild the stack config after a
 crash) and for the per-workspace order of operations; Pulumi's state and the
-runtime are the authority for "what exists". Each thread gets its own
-connection; writes are short transactions, and every transition that must
-not race (create + its operation + quota, claim, cancel) is one conditional
-statement or one transaction.
+runtime are the authority for "what exists". Writes are short transactions,
+and every transition that must not race (create + its operation + quota,
+claim, cancel) is one conditional statement or one transaction; one that
+reads then writes what it read takes the owner's lock (tx.lock), which on
+SQLite is the database's one write lock anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet
 
 from service import lifecycle
+from service.db import Database, Tx, connect, is_postgres_url
 from service.secret_files import read_or_create
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS tokens (
   hash TEXT PRIMARY KEY,
-  user TEXT NOT NULL REFERENCES users(name),
+  "user" TEXT NOT NULL REFERENCES users(name),  -- quoted: a keyword in PostgreSQL
   created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS workspaces (
@@ -139,44 +139,40 @@ class QuotaExceeded(Exception):
     """The owner already has as many workspaces as the quota allows."""
 
 
+class DatabaseURL(str):
+    """A PostgreSQL store's `path`: its URL. Callers that key on a store's
+    path (the runner's instance id, the worker's Job) treat both alike."""
+
+    def resolve(self) -> DatabaseURL:
+        return self
+
+
 class Store:
-    def __init__(self, path: Path, key_file: Path | None = None):
-        self.path = path
-        # The key of the encrypted columns: from the shared secrets dir
-        # (open_store), else beside the database as an embedded install has it.
-        self.key_file = key_file or path.parent / "store.key"
-        self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._box = Fernet(read_or_create(self.key_file, Fernet.generate_key))
-        self.db.executescript(SCHEMA)  # executescript manages its own transaction
-        for table, column, decl in ADDED_COLUMNS:
-            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                with contextlib.suppress(sqlite3.OperationalError):  # another process won
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    def __init__(self, target: Path | str, key_file: Path | None = None):
+        """`target`: a postgresql:// URL, or the SQLite file's path."""
+        self.path: Path | DatabaseURL = (DatabaseURL(target) if is_postgres_url(target)
+                                         else Path(target))
+        # The key of the encrypted columns, read when first needed (a worker
+        # never needs it): from the shared secrets dir (open_store), else
+        # beside the SQLite file, as an embedded install has it.
+        self.key_file = key_file or (None if isinstance(self.path, DatabaseURL)
+                                     else self.path.parent / "store.key")
+        self.db: Database = connect(self.path)
+        self.db.ensure_schema(SCHEMA, ADDED_COLUMNS)
+        if key_file is not None:
+            self._box  # noqa: B018 - the service: a missing, unmakeable key fails at start
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-        return conn
+    def tx(self) -> contextlib.AbstractContextManager[Tx]:
+        return self.db.tx()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def close(self) -> None:
+        self.db.close()
+
+    @functools.cached_property
+    def _box(self) -> Fernet:
+        if self.key_file is None:
+            raise RuntimeError("store.key: this store was opened without its key file")
+        return Fernet(read_or_create(self.key_file, Fernet.generate_key))
 
     # --- users and tokens ---------------------------------------------------
     def add_user(self, name: str, admin: bool = False, token: str | None = None) -> str:
@@ -186,13 +182,14 @@ class Store:
             db.execute("INSERT INTO users(name, admin, created) VALUES (?,?,?) "
                        "ON CONFLICT(name) DO UPDATE SET admin=excluded.admin",
                        (name, int(admin), time.time()))
-            db.execute("INSERT OR IGNORE INTO tokens(hash, user, created) VALUES (?,?,?)",
+            db.execute('INSERT INTO tokens(hash, "user", created) VALUES (?,?,?)'
+                       " ON CONFLICT DO NOTHING",
                        (hash_token(token), name, time.time()))
         return token
 
     def user_for_token(self, token: str) -> User | None:
         row = self.db.execute(
-            "SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t.user "
+            'SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t."user" '
             "WHERE t.hash = ?", (hash_token(token),)).fetchone()
         return User(row["name"], bool(row["admin"])) if row else None
 
@@ -206,6 +203,7 @@ class Store:
         operation it first created."""
         now = time.time()
         with self.tx() as db:
+            db.lock("owner", owner)
             if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
                 return _op(row), False
             if db.execute("SELECT 1 FROM workspaces WHERE owner=? AND name=?",
@@ -234,6 +232,7 @@ class Store:
         on the workspace is queued or running; a workspace being deleted refuses
         everything but delete (lifecycle.Refused). Returns (operation, created)."""
         with self.tx() as db:
+            db.lock("owner", owner)
             if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
                 return _op(row), False
             ws = db.execute("SELECT state, desired FROM workspaces WHERE owner=? AND name=?",
@@ -313,16 +312,18 @@ class Store:
     def touch_workspace(self, owner: str, name: str, at: float) -> None:
         """Record terminal activity (kept apart from `updated`, which tracks state)."""
         with self.tx() as db:
-            db.execute("UPDATE workspaces SET last_activity=MAX(COALESCE(last_activity, 0), ?)"
-                       " WHERE owner=? AND name=?", (at, owner, name))
+            db.execute(f"UPDATE workspaces SET last_activity={self.db.greatest}("  # noqa: S608
+                       "COALESCE(last_activity, 0), ?) WHERE owner=? AND name=?",
+                       (at, owner, name))
 
     def idle_workspaces(self, idle_for: float, now: float | None = None
                         ) -> list[tuple[str, str]]:
         """Running workspaces with no state change and no terminal activity for `idle_for` s."""
         cutoff = (now or time.time()) - idle_for
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT owner, name FROM workspaces WHERE state='running' AND desired='running'"
-            " AND MAX(COALESCE(last_activity, 0), updated) < ?", (cutoff,))]
+        latest = f"{self.db.greatest}(COALESCE(last_activity, 0), updated)"
+        sql = ("SELECT owner, name FROM workspaces WHERE state='running' AND"  # noqa: S608
+               f" desired='running' AND {latest} < ?")
+        return [(r[0], r[1]) for r in self.db.execute(sql, (cutoff,))]
 
     def delete_workspace(self, owner: str, name: str) -> None:
         with self.tx() as db:
@@ -404,6 +405,7 @@ class Store:
         now = time.time()
         owner, name = op["owner"], op["workspace"]
         with self.tx() as db:
+            db.lock("owner", owner)  # settles against the requests made meanwhile
             db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?, timings=?"
                        " WHERE id=?", (status, now, error, error_type,
                                        json.dumps(timings or {}), op["id"]))
@@ -451,6 +453,7 @@ class Store:
 
     def add_event(self, op_id: str, body: dict[str, Any]) -> None:
         with self.tx() as db:
+            db.lock("events", op_id)  # the worker and the runner both write events
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE op=?",
                              (op_id,)).fetchone()[0]
             db.execute("INSERT INTO events(op, seq, at, body) VALUES (?,?,?,?)",
@@ -464,15 +467,15 @@ class Store:
 
 def open_store(cfg: ServiceConfig) -> Store:
     """The store a service configuration names, with its key from secrets_dir."""
-    return Store(cfg.store_path, key_file=cfg.store_key_file)
+    return Store(cfg.database_url or cfg.store_path, key_file=cfg.store_key_file)
 
 
-def _by_key(db: sqlite3.Connection, owner: str, key: str) -> sqlite3.Row | None:
+def _by_key(db: Tx, owner: str, key: str) -> Any:
     return db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
                       (owner, key)).fetchone()
 
 
-def _insert_op(db: sqlite3.Connection, owner: str, workspace: str, kind: str,
+def _insert_op(db: Tx, owner: str, workspace: str, kind: str,
                idempotency_key: str | None, **fields: Any) -> dict[str, Any]:
     seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM operations WHERE owner=? AND"
                      " workspace=?", (owner, workspace)).fetchone()[0]
@@ -485,7 +488,7 @@ def _insert_op(db: sqlite3.Connection, owner: str, workspace: str, kind: str,
     return _op(db.execute("SELECT * FROM operations WHERE id=?", (row["id"],)).fetchone())
 
 
-def _ws(row: sqlite3.Row) -> dict[str, Any]:
+def _ws(row: Any) -> dict[str, Any]:
     out = dict(row)
     out.pop("secrets", None)  # only workspace_secrets() hands them out, decrypted
     out["spec"] = json.loads(out["spec"])
@@ -494,7 +497,7 @@ def _ws(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def _op(row: sqlite3.Row) -> dict[str, Any]:
+def _op(row: Any) -> dict[str, Any]:
     out = dict(row)
     out.pop("secrets", None)
     out["timings"] = json.loads(out["timings"])

@@ -3,7 +3,8 @@ Flask process: the Automation API and the gRPC servers of inline programs are
 not thread-safe, pulumi#7782). The worker runs the workspace program inline
 (warm imports, and the plan is checked before any config reaches the stack)
 and writes progress straight into the store (SQLite WAL is multi-process
-safe) so events reach SSE clients while the run goes on.
+safe; PostgreSQL is shared anyway) so events reach SSE clients while the run
+goes on.
 """
 
 from __future__ import annotations
@@ -132,9 +133,12 @@ def _runner_for(settings: PulumiSettings) -> StackRunner:
 
 def _store_for(path: str) -> Store:
     # One connection (and one schema check) per worker process, not per job.
+    # `path`: the SQLite file or the PostgreSQL URL (Store tells them apart).
     global _store
     if _store is None or str(_store.path) != path:
-        _store = Store(Path(path))
+        if _store is not None:
+            _store.close()
+        _store = Store(path)
     return _store
 
 

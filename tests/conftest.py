@@ -218,3 +218,26 @@ def new_database(postgres_url: str) -> Iterator[Callable[[str], str]]:
     yield make
     for url in made:
         drop_database(postgres_url, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's store lives, once per backend: an SQLite file in the test's
+    tmp dir, or a fresh PostgreSQL database (dropped after the test)."""
+    if request.param == "sqlite":
+        return tmp_path / "stackspace.db"
+    return request.getfixturevalue("new_database")(f"store_{request.node.name}")
+
+
+def raw_store_contents(store) -> bytes:
+    """Everything a store's database holds, as bytes: the SQLite files, or
+    every row of every table of the PostgreSQL database (for at-rest checks)."""
+    from service.store import DatabaseURL
+
+    if not isinstance(store.path, DatabaseURL):
+        return b"".join(p.read_bytes() for p in store.path.parent.glob(f"{store.path.name}*"))
+    tables = [r[0] for r in store.db.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+    assert "workspaces" in tables
+    return "".join(r[0] for table in tables for r in store.db.execute(
+        f'SELECT row_to_json(t)::text FROM "{table}" t')).encode()  # noqa: S608

@@ -1,11 +1,13 @@
 """A live stackspace service on 127.0.0.1 for API tests: real store, real
-operation runner (worker processes driving the Pulumi CLI), real Docker Engine."""
+operation runner (worker processes driving the Pulumi CLI), real Docker Engine.
+Every test of a module that uses these services runs on both stores: the
+embedded SQLite and a real PostgreSQL server (store_backend)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,9 @@ from proxy.server import ProxyConfig
 from service.api import create_app
 from service.config import ServiceConfig
 from service.runner import OperationRunner
-from service.store import Store
+from service.store import Store, open_store
 from service.terminals import Terminals
+from tests.conftest import create_database, drop_database
 from tests.e2e.exec_fixtures import ProxyProcess
 
 
@@ -42,15 +45,38 @@ class Service:
         return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kw)
 
 
+StoreBackend = Callable[[str], "str | None"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
+    """`store_backend(prefix) -> database_url` for each service a test starts:
+    None (SQLite in the service's data dir), or a fresh PostgreSQL database,
+    dropped when the module is done."""
+    if request.param == "sqlite":
+        yield lambda prefix: None
+        return
+    server = request.getfixturevalue("postgres_url")
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        made.append(create_database(server, f"api_{prefix}"))
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(server, url)
+
+
 def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
                   dispatch: bool = True, idle_stop_after: float | None = None,
-                  timeout: float = 600, runtimes: list[dict] | None = None
-                  ) -> Iterator[Service]:
+                  timeout: float = 600, runtimes: list[dict] | None = None,
+                  database_url: str | None = None) -> Iterator[Service]:
     runtimes = runtimes or [
         {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"}]
-    cfg = ServiceConfig(data_dir=tmp, quota=quota,
+    cfg = ServiceConfig(data_dir=tmp, quota=quota, database_url=database_url,
                         runtimes=[parse_runtime(r) for r in runtimes])
-    store = Store(cfg.store_path)
+    store = open_store(cfg)
     runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=timeout,
                              idle_stop_after=idle_stop_after)
     if dispatch:
@@ -74,6 +100,7 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
     server.shutdown()
     proxy.stop()
     runner.shutdown()
+    store.close()
 
 
 @contextmanager
@@ -87,26 +114,29 @@ def custom_service(tmp: Path, docker_host: str, pulumi_settings, **options) -> I
 
 
 @pytest.fixture
-def offline_service(tmp_path) -> Iterator[Service]:
+def offline_service(tmp_path, store_backend: StoreBackend) -> Iterator[Service]:
     """The API without an engine behind it: for auth, validation and schema tests."""
     from stacks.automation import PulumiSettings
 
     settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                               pulumi_home=tmp_path)
-    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings)
+    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings,
+                             database_url=store_backend("offline"))
 
 
 @pytest.fixture
-def idle_service(tmp_path) -> Iterator[Service]:
+def idle_service(tmp_path, store_backend: StoreBackend) -> Iterator[Service]:
     """The API with its dispatcher stopped: operations stay queued."""
     from stacks.automation import PulumiSettings
 
     settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                               pulumi_home=tmp_path)
-    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings, dispatch=False)
+    yield from start_service(tmp_path, "unix:///nonexistent.sock", settings, dispatch=False,
+                             database_url=store_backend("idle"))
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, docker_host, pulumi_settings, docker_provider
-            ) -> Iterator[Service]:
-    yield from start_service(tmp_path_factory.mktemp("svc"), docker_host, pulumi_settings)
+def service(tmp_path_factory, docker_host, pulumi_settings, docker_provider,
+            store_backend: StoreBackend) -> Iterator[Service]:
+    yield from start_service(tmp_path_factory.mktemp("svc"), docker_host, pulumi_settings,
+                             database_url=store_backend("svc"))

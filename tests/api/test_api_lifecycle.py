@@ -76,10 +76,12 @@ def test_workspace_lifecycle_over_http(service, docker_client):
 
 
 def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, docker_client,
-                                                         pulumi_settings, docker_provider):
+                                                         pulumi_settings, docker_provider,
+                                                         store_backend):
     from tests.api.conftest import custom_service
 
-    with custom_service(tmp_path, docker_host, pulumi_settings, idle_stop_after=3) as svc:
+    with custom_service(tmp_path, docker_host, pulumi_settings, idle_stop_after=3,
+                        database_url=store_backend("idle_stop")) as svc:
         name = f"idle-{secrets.token_hex(3)}"
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
                                               json={"name": name}).json()["id"])
@@ -101,12 +103,13 @@ def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, 
 
 
 def test_timed_out_operation_is_interrupted_and_a_retry_succeeds(
-        tmp_path, docker_host, docker_client, pulumi_settings, docker_provider):
+        tmp_path, docker_host, docker_client, pulumi_settings, docker_provider, store_backend):
     """The per-operation timeout interrupts the engine (graceful SIGINT): the
     operation fails, the stack is left unlocked, and the user's retry works."""
     from tests.api.conftest import custom_service
 
-    with custom_service(tmp_path, docker_host, pulumi_settings, timeout=1.0) as svc:
+    with custom_service(tmp_path, docker_host, pulumi_settings, timeout=1.0,
+                        database_url=store_backend("timeout")) as svc:
         name = f"slow-{secrets.token_hex(3)}"
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
                                               json={"name": name}).json()["id"])

@@ -22,10 +22,10 @@ def _settings(tmp_path):
 
 
 @pytest.fixture
-def quota_service(tmp_path) -> Iterator[Service]:
+def quota_service(tmp_path, store_backend) -> Iterator[Service]:
     """Dispatcher off (operations stay queued), a quota of 3 per user."""
     yield from start_service(tmp_path, "unix:///nonexistent.sock", _settings(tmp_path),
-                             dispatch=False, quota=3)
+                             dispatch=False, quota=3, database_url=store_backend("quota"))
 
 
 def _is_problem(r, status: int) -> None:

@@ -60,11 +60,13 @@ def test_cli_wait_exits_nonzero_when_the_operation_fails(service):
     assert cli(service, "delete", name, "--wait").returncode == 0
 
 
-def test_quota_is_enforced_per_user(tmp_path, docker_host, docker_client, pulumi_settings):
+def test_quota_is_enforced_per_user(tmp_path, docker_host, docker_client, pulumi_settings,
+                                    store_backend):
     from tests.api.conftest import custom_service
     from tests.api.test_api_lifecycle import wait_op
 
-    with custom_service(tmp_path, docker_host, pulumi_settings, quota=1) as svc:
+    with custom_service(tmp_path, docker_host, pulumi_settings, quota=1,
+                        database_url=store_backend("quota1")) as svc:
         try:
             assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "a"}
                             ).status_code == 202

@@ -18,11 +18,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
 
 
 def test_kill_9_mid_operation_recovers(tmp_path, docker_host, docker_client, pulumi_bin,
-                                       pulumi_home):
+                                       pulumi_home, store_backend):
     engine = DockerView(docker_client)
     runtimes = [{"name": "local", "type": "docker", "host": docker_host,
                  "network_mode": "none"}]
-    with live_service(tmp_path, runtimes, pulumi_bin, pulumi_home, engine) as svc:
+    database_url = store_backend("crash")
+    settings = {"database_url": database_url} if database_url else {}
+    with live_service(tmp_path, runtimes, pulumi_bin, pulumi_home, engine,
+                      settings=settings) as svc:
         name = unique("crash")
         op = svc.call("POST", "/workspaces", json={"name": name}).json()
         stack = svc.workspace(name).json()["stack"]

@@ -153,7 +153,8 @@ class LiveService:
         env = {**os.environ, "STACKSPACE_ADMIN_TOKEN": self.token,
                "PULUMI_CONFIG_PASSPHRASE": self.passphrase}
         for var in ("STACKSPACE_DATA_DIR", "STACKSPACE_LISTEN", "STACKSPACE_PROXY_LISTEN",
-                    "PULUMI_BACKEND_URL", "STACKSPACE_QUOTA"):
+                    "PULUMI_BACKEND_URL", "STACKSPACE_QUOTA", "STACKSPACE_DATABASE_URL",
+                    "STACKSPACE_SECRETS_DIR", "STACKSPACE_REPLICA_ID"):
             env.pop(var, None)
         if self.pulumi_bin:
             env["STACKSPACE_PULUMI_BIN"] = str(self.pulumi_bin)

@@ -1,17 +1,35 @@
 """The store's transitions that must not race: create + its operation + quota,
-claim, cancel; and secrets encrypted at rest. Real SQLite, real threads."""
+claim, cancel; and secrets encrypted at rest. Real SQLite and a real
+PostgreSQL server (each test runs on both), real threads."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from service import lifecycle
 from service.store import Conflict, QuotaExceeded, Store
+from tests.conftest import raw_store_contents
 
 RUNTIME = {"name": "local", "type": "docker", "host": "unix:///var/run/docker.sock"}
+
+
+@pytest.fixture
+def open_store(store_target: Path | str, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens the test's store; each call is another client (own connections),
+    like another API thread or another replica."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        opened.append(Store(store_target, key_file=tmp_path / "store.key"))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 def create(store: Store, owner: str, name: str, quota: int = 10, **kw):
@@ -19,8 +37,8 @@ def create(store: Store, owner: str, name: str, quota: int = 10, **kw):
                                   {"credential": "s3cr3t-token"}, quota=quota, **kw)
 
 
-def test_create_writes_the_workspace_and_its_operation_together(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_create_writes_the_workspace_and_its_operation_together(open_store):
+    store = open_store()
     op, created = create(store, "alice", "one")
     assert created and op["kind"] == "create" and op["status"] == "queued"
     ws = store.workspace("alice", "one")
@@ -32,13 +50,13 @@ def test_create_writes_the_workspace_and_its_operation_together(tmp_path: Path):
     assert [o["id"] for o in _ops(store)] == [op["id"]]
 
 
-def test_quota_holds_under_concurrent_creates(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_quota_holds_under_concurrent_creates(open_store):
+    store = open_store()
     admitted, refused = [], []
     barrier = threading.Barrier(12)
 
     def attempt(i: int) -> None:
-        local = Store(tmp_path / "db")  # one connection per thread, like the API
+        local = open_store()  # one connection per thread, like the API
         barrier.wait()
         try:
             create(local, "bob", f"w{i}", quota=3)
@@ -56,26 +74,26 @@ def test_quota_holds_under_concurrent_creates(tmp_path: Path):
     assert len(_ops(store)) == 3  # every workspace has exactly its create operation
 
 
-def test_idempotency_key_returns_the_first_operation(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_idempotency_key_returns_the_first_operation(open_store):
+    store = open_store()
     first, created = create(store, "alice", "one", idempotency_key="k1")
     again, created_again = create(store, "alice", "one", idempotency_key="k1")
     assert created and not created_again and again["id"] == first["id"]
 
 
-def test_only_one_claim_wins_and_cancel_cannot_undo_a_claim(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_only_one_claim_wins_and_cancel_cannot_undo_a_claim(open_store):
+    store = open_store()
     op, _ = create(store, "alice", "one")
     results: list[str] = []
     barrier = threading.Barrier(8)
 
     def claim() -> None:
-        local = Store(tmp_path / "db")
+        local = open_store()
         barrier.wait()
         results.append("claimed" if local.claim(op["id"]) else "lost")
 
     def cancel() -> None:
-        local = Store(tmp_path / "db")
+        local = open_store()
         barrier.wait()
         results.append("cancelled" if local.cancel_queued(op["id"]) else "late")
 
@@ -91,8 +109,8 @@ def test_only_one_claim_wins_and_cancel_cannot_undo_a_claim(tmp_path: Path):
     assert status == ("running" if winners == ["claimed"] else "cancelled")
 
 
-def test_claim_keeps_order_and_one_at_a_time(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_claim_keeps_order_and_one_at_a_time(open_store):
+    store = open_store()
     create_op, _ = create(store, "alice", "one")
     stop, _ = store.request_operation("alice", "one", "stop", queue=True)
     assert not store.claim(stop["id"])  # the create comes first
@@ -102,8 +120,8 @@ def test_claim_keeps_order_and_one_at_a_time(tmp_path: Path):
     assert store.claim(stop["id"])
 
 
-def test_requests_set_desired_and_deletion_is_final(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_requests_set_desired_and_deletion_is_final(open_store):
+    store = open_store()
     op, _ = create(store, "alice", "one")
     with pytest.raises(Conflict):
         store.request_operation("alice", "one", "stop", queue=False)
@@ -115,17 +133,20 @@ def test_requests_set_desired_and_deletion_is_final(tmp_path: Path):
         store.request_operation("alice", "one", "start", queue=True)
 
 
-def test_secrets_are_encrypted_at_rest_and_given_back(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_secrets_are_encrypted_at_rest_and_given_back(open_store, tmp_path: Path):
+    store = open_store()
     create(store, "alice", "one")
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("db*"))
-    assert b"s3cr3t-token" not in raw
+    store.request_operation("alice", "one", "update", queue=True, spec={"name": "one"},
+                            secrets={"credential": "n3w-s3cr3t"})
+    raw = raw_store_contents(store)
+    assert b"ws-alice-one" in raw  # it holds the rows
+    assert b"s3cr3t-token" not in raw and b"n3w-s3cr3t" not in raw
     assert store.workspace_secrets("alice", "one") == {"credential": "s3cr3t-token"}
     assert (tmp_path / "store.key").stat().st_mode & 0o777 == 0o600
 
 
-def test_failed_delete_is_due_for_retry(tmp_path: Path):
-    store = Store(tmp_path / "db")
+def test_failed_delete_is_due_for_retry(open_store):
+    store = open_store()
     op, _ = create(store, "alice", "one")
     store.claim(op["id"])
     store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
@@ -139,3 +160,86 @@ def test_failed_delete_is_due_for_retry(tmp_path: Path):
 
 def _ops(store: Store) -> list[dict]:
     return [dict(r) for r in store.db.execute("SELECT id, kind FROM operations")]
+
+
+
+def _race(n: int, work) -> list:
+    """Run work(i) on n threads released together; their results (or errors)."""
+    results: list = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as e:  # noqa: BLE001 - the test looks at every outcome
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_replicas_starting_together_create_the_schema_once(store_target, tmp_path: Path):
+    stores = _race(6, lambda i: Store(store_target, key_file=tmp_path / "store.key"))
+    assert all(isinstance(s, Store) for s in stores), stores
+    create(stores[0], "alice", "one")
+    assert [w["name"] for w in stores[5].workspaces("alice")] == ["one"]
+    for store in stores:
+        store.close()
+
+
+def test_same_idempotency_key_at_once_creates_one_workspace(open_store):
+    results = _race(8, lambda i: create(open_store(), "alice", "one", idempotency_key="k"))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(created for _, created in results) == 1
+    assert len({op["id"] for op, _ in results}) == 1
+    assert len(_ops(open_store())) == 1
+
+
+def test_queued_requests_at_once_keep_one_order(open_store):
+    store = open_store()
+    first, _ = create(store, "alice", "one")
+    kinds = ["stop", "start"] * 4
+    ops = _race(8, lambda i: open_store().request_operation("alice", "one", kinds[i],
+                                                            queue=True)[0])
+    assert not [o for o in ops if isinstance(o, Exception)], ops
+    seqs = sorted(o["seq"] for o in ops)
+    assert seqs == list(range(2, 10))  # every request has its own place after the create
+    # They run one at a time, in that order.
+    order = [first, *sorted(ops, key=lambda o: o["seq"])]
+    for op in order:
+        assert all(not store.claim(o["id"]) for o in order if o is not op)
+        assert store.claim(op["id"])
+        store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
+
+
+def test_events_written_at_once_are_all_kept_in_order(open_store):
+    op, _ = create(open_store(), "alice", "one")
+    _race(8, lambda i: [open_store().add_event(op["id"], {"writer": i, "n": n})
+                        for n in range(5)])
+    events = open_store().events(op["id"])
+    assert [seq for seq, _ in events] == list(range(1, 41))
+    for writer in range(8):
+        assert [e["n"] for _, e in events if e["writer"] == writer] == list(range(5))
+
+
+def test_postgres_connections_dropped_by_the_server_are_replaced(new_database, tmp_path: Path):
+    """A database restart or failover ends every session: the next request still works."""
+    import psycopg
+
+    url = new_database("store_dropped")
+    store = Store(url, key_file=tmp_path / "store.key")
+    create(store, "alice", "one")
+    with psycopg.connect(url, autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                              ).fetchone()[0]
+    assert ended >= 1
+    assert store.workspace("alice", "one")["state"] == "provisioning"
+    create(store, "alice", "two")
+    assert len(store.workspaces("alice")) == 2
+    store.close()
