@@ -157,8 +157,11 @@ def deploy(s: Settings) -> None:
         secret_env("STACKSPACE_ADMIN_TOKEN", secret_name, "admin-token"),
         *api_server_env(s),
     ]
+    # The proxy records redeemed tickets in the shared database (single-use across proxies).
+    proxy_env = api_server_env(s)
     if s.database_url is not None:
         service_env.append(secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url"))
+        proxy_env.append(secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url"))
     if s.backend_url is not None:
         service_env.append(secret_env("PULUMI_BACKEND_URL", secret_name, "backend-url"))
 
@@ -185,7 +188,7 @@ def deploy(s: Settings) -> None:
         {"name": "proxy",
          "args": ["proxy", "--config", f"{CONFIG_DIR}/config.json",
                   "--api", s.service_address],
-         "env": api_server_env(s),
+         "env": proxy_env,
          "ports": [{"name": "ws", "containerPort": s.proxy_port}],
          "readinessProbe": probe(s, {"tcpSocket": {"port": s.proxy_port}}),
          "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

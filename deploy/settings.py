@@ -86,8 +86,9 @@ def load() -> Settings:
         raise ValueError("serviceReplicas: more than one replica needs backendUrl (a shared "
                          "Pulumi backend such as postgres://, not one pod's files)")
     proxy_replicas = cfg.get_int("proxyReplicas") or 1
-    if proxy_replicas < 1:
-        raise ValueError("proxyReplicas: must be at least 1")
+    if proxy_replicas < 1 or (database_url is None and proxy_replicas != 1):
+        raise ValueError("proxyReplicas: more than one proxy needs databaseUrl (a ticket is "
+                         "single-use across proxies through the shared database)")
     api_server = cfg.get("apiServer")
     if api_server and not HOST_PORT.match(api_server):
         raise ValueError("apiServer: must be HOST:PORT")

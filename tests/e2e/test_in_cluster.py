@@ -7,8 +7,8 @@ The test cluster's API server listens on the node's loopback only and the
 cluster has no kube-proxy, so the install runs its pods on the node's network
 (`hostNetwork`, `apiServer`): the API server and the test's PostgreSQL on
 127.0.0.1 are then reachable from the pods, and the test reaches the pods on
-127.0.0.1. The workspaces' Pulumi state goes to the PostgreSQL (DIY) backend,
-in a database of the test's own.
+127.0.0.1. The service's store is that PostgreSQL and the workspaces' Pulumi
+state goes to its DIY backend, each in a database of the test's own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 import yaml
@@ -131,6 +132,7 @@ def install_names(kube_cluster: Path) -> Iterator[tuple[str, str]]:
 def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, stackspace_image,
                                                      install_names, new_database, pulumi_bin):
     ns, ws_ns = install_names
+    store_url = new_database("incluster_store")
     backend = new_database("incluster_state").replace("postgresql://", "postgres://", 1)
     backend += "?sslmode=disable"
     api = config.new_client_from_config(config_file=str(kube_cluster))
@@ -145,7 +147,8 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
         "--show-admin-token"]
     # URLs that may hold passwords come from the environment, not argv.
-    secret_env = {"STACKSPACE_INSTALL_BACKEND_URL": backend}
+    secret_env = {"STACKSPACE_DATABASE_URL": store_url,
+                  "STACKSPACE_INSTALL_BACKEND_URL": backend}
     installed = stackspace(*install_args, env=secret_env)
     try:
         assert installed.returncode == 0, installed.stderr[-3000:]
@@ -190,7 +193,11 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         assert op["status"] == "succeeded", op
         ws = requests.get(f"{url}/api/v1/workspaces/{name}", headers=headers, timeout=30).json()
         assert ws["state"] == "running" and ws["outputs"]["namespace"] == ws_ns
-        # Its stack is in the shared backend, where any replica (or operator) finds it.
+        # The in-cluster service keeps it in the PostgreSQL store...
+        with psycopg.connect(store_url) as db:
+            assert db.execute("SELECT owner, state FROM workspaces WHERE name = %s",
+                              (name,)).fetchall() == [("admin", "running")]
+        # ... and its stack in the shared backend, where any replica (or operator) finds it.
         stacks = subprocess.run(
             [str(pulumi_bin / "pulumi"), "stack", "ls", "--all", "--json"], cwd=tmp_path,
             capture_output=True, text=True, check=True, timeout=120,

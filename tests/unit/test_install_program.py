@@ -85,15 +85,16 @@ def test_secrets_reach_pods_only_through_the_secret():
     for reg in r.registrations:
         leaked = [v for v in SECRET_VALUES if any(v in s for s in plain_strings(reg.inputs))]
         assert leaked == [], f"{reg.type} {reg.name} carries a secret in the clear"
-    service = next(d.plain() for d in r.by_type("Deployment")
-                   if d.plain()["metadata"]["name"] == "stackspace-service")
-    env = {e["name"]: e for e in service["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["STACKSPACE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "stackspace-secrets", "key": "database-url"}
+    for d in r.by_type("Deployment"):
+        env = {e["name"]: e for e in d.plain()["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["STACKSPACE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "stackspace-secrets", "key": "database-url"}
 
 
 @pytest.mark.parametrize(("config", "field"), [
     ({"serviceReplicas": "2"}, "serviceReplicas"),
+    ({"proxyReplicas": "2"}, "proxyReplicas"),
+    ({"serviceReplicas": "2", "databaseUrl": "postgresql://db/s"}, "serviceReplicas"),
     ({"workspaceNamespace": "ss"}, "workspaceNamespace"),
     ({"namespace": "Not_A_Label"}, "namespace"),
     ({"apiServer": "no-port"}, "apiServer"),
