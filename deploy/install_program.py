@@ -11,6 +11,7 @@ only rights either gets (deploy/rbac.py).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 import pulumi
@@ -90,6 +91,53 @@ def secret_env(name: str, secret: str, key: str) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def secret_volume(secret_name: pulumi.Input[str], keys: list[str]) -> dict:
+    """The Secret's files, readable by the service user (fsGroup) and nobody else."""
+    return {"name": "secrets", "secret": {"secretName": secret_name, "defaultMode": 0o440,
+                                          "items": [{"key": k, "path": k} for k in keys]}}
+
+
+def database_env(s: Settings, secret_name: pulumi.Input[str]) -> list[dict]:
+    if s.database_url is None:
+        return []
+    return [secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url")]
+
+
+def service_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Input[str],
+                config_volume: dict) -> dict:
+    """`stackspace serve`: the API and the runner, with the shared secrets as files."""
+    env = [secret_env("STACKSPACE_ADMIN_TOKEN", secret_name, "admin-token"),
+           *api_server_env(s), *database_env(s, secret_name)]
+    if s.backend_url is not None:
+        env.append(secret_env("PULUMI_BACKEND_URL", secret_name, "backend-url"))
+    return pod_spec(s, account, {
+        "name": "service",
+        "args": ["serve", "--config", f"{CONFIG_DIR}/config.json"],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": s.service_port}],
+        "readinessProbe": probe(s, {"httpGet": {"path": "/healthz", "port": s.service_port}}),
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
+                         {"name": "data", "mountPath": DATA_DIR}],
+    }, [config_volume, secret_volume(secret_name, SHARED_SECRET_FILES),
+        {"name": "data", "emptyDir": {}}])
+
+
+def proxy_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Input[str],
+              config_volume: dict) -> dict:
+    """`stackspace proxy`: of the shared files it needs the ticket key alone; the
+    database (when there is one) records redeemed tickets across proxies."""
+    return pod_spec(s, account, {
+        "name": "proxy",
+        "args": ["proxy", "--config", f"{CONFIG_DIR}/config.json", "--api", s.service_address],
+        "env": [*api_server_env(s), *database_env(s, secret_name)],
+        "ports": [{"name": "ws", "containerPort": s.proxy_port}],
+        "readinessProbe": probe(s, {"tcpSocket": {"port": s.proxy_port}}),
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}],
+    }, [config_volume, secret_volume(secret_name, ["ticket-key"])])
+
+
 def deploy(s: Settings) -> None:
     provider = k8s.Provider(
         "k8s", kubeconfig=s.kubeconfig, context=s.context,
@@ -147,57 +195,21 @@ def deploy(s: Settings) -> None:
     proxy_sa = account("proxy", rbac.PROXY_RULES)
 
     secret_name = secret.metadata.name
-    # Pods restart when their config file changes (a ConfigMap edit alone does not).
-    checksum = {"stackspace.dev/config-sha256":
-                hashlib.sha256(service_config(s).encode()).hexdigest()[:16]}
     config_volume = {"name": "config", "configMap": {"name": config.metadata.name}}
-    # Replicas read the shared secrets as files; the group-readable mode lets the
-    # non-root user (fsGroup) read them and nobody else.
-    service_env = [
-        secret_env("STACKSPACE_ADMIN_TOKEN", secret_name, "admin-token"),
-        *api_server_env(s),
-    ]
-    # The proxy records redeemed tickets in the shared database (single-use across proxies).
-    proxy_env = api_server_env(s)
-    if s.database_url is not None:
-        service_env.append(secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url"))
-        proxy_env.append(secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url"))
-    if s.backend_url is not None:
-        service_env.append(secret_env("PULUMI_BACKEND_URL", secret_name, "backend-url"))
+    # Pods restart when their config or the Secret's values change (environment
+    # and files from them are read at start). The digest is keyed: not a hash
+    # anyone could test passwords against.
+    restart_on = pulumi.Output.all(
+        s.ticket_key, s.passphrase, s.store_key, s.admin_token,
+        s.database_url or "", s.backend_url or "", service_config(s),
+    ).apply(lambda v: hmac.new(v[0].encode(), "\0".join(v).encode(),
+                               hashlib.sha256).hexdigest()[:16])
+    annotations = {"stackspace.dev/inputs": pulumi.Output.unsecret(restart_on)}
 
-    workload("service", s, s.service_replicas, s.service_port, service_sa, checksum, in_ns,
-             pod_spec(
-        s, service_sa.metadata.name,
-        {"name": "service", "args": ["serve", "--config", f"{CONFIG_DIR}/config.json"],
-         "env": service_env,
-         "ports": [{"name": "http", "containerPort": s.service_port}],
-         "readinessProbe": probe(s, {"httpGet": {"path": "/healthz",
-                                                 "port": s.service_port}}),
-         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                          {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
-                          {"name": "data", "mountPath": DATA_DIR}]},
-        [config_volume,
-         {"name": "secrets", "secret": {"secretName": secret_name, "defaultMode": 0o440,
-                                        "items": [{"key": k, "path": k}
-                                                  for k in SHARED_SECRET_FILES]}},
-         {"name": "data", "emptyDir": {}}]))
-
-    workload("proxy", s, s.proxy_replicas, s.proxy_port, proxy_sa, checksum, in_ns,
-             pod_spec(
-        s, proxy_sa.metadata.name,
-        {"name": "proxy",
-         "args": ["proxy", "--config", f"{CONFIG_DIR}/config.json",
-                  "--api", s.service_address],
-         "env": proxy_env,
-         "ports": [{"name": "ws", "containerPort": s.proxy_port}],
-         "readinessProbe": probe(s, {"tcpSocket": {"port": s.proxy_port}}),
-         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                          # The proxy needs the ticket key alone.
-                          {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}]},
-        [config_volume,
-         {"name": "secrets", "secret": {"secretName": secret_name, "defaultMode": 0o440,
-                                        "items": [{"key": "ticket-key",
-                                                   "path": "ticket-key"}]}}]))
+    workload("service", s, s.service_replicas, s.service_port, service_sa, annotations, in_ns,
+             service_pod(s, service_sa.metadata.name, secret_name, config_volume))
+    workload("proxy", s, s.proxy_replicas, s.proxy_port, proxy_sa, annotations, in_ns,
+             proxy_pod(s, proxy_sa.metadata.name, secret_name, config_volume))
 
     pulumi.export("namespace", s.namespace)
     pulumi.export("workspaceNamespace", s.workspace_namespace)
@@ -207,7 +219,7 @@ def deploy(s: Settings) -> None:
 
 
 def workload(component: str, s: Settings, replicas: int, port: int,
-             account: k8s.core.v1.ServiceAccount, pod_annotations: dict[str, str],
+             account: k8s.core.v1.ServiceAccount, pod_annotations: dict[str, pulumi.Input[str]],
              opts: pulumi.ResourceOptions, spec: dict) -> None:
     """A Deployment and its Service."""
     name = f"stackspace-{component}"
