@@ -252,6 +252,8 @@ def uninstall(namespace: str, state_dir: str | None) -> None:
     echo = lambda line: click.echo(line.rstrip("\n"), err=True)  # noqa: E731
     try:
         inst.uninstall(namespace, Path(state_dir) if state_dir else inst.DEFAULT_STATE_DIR, echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
     except CommandError as e:
         raise click.ClickException(f"uninstall failed: {_last_error(str(e))}") from e
 

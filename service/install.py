@@ -61,7 +61,7 @@ class InstallOptions:
         return {f"{PROJECT}:{k}": v for k, v in values.items()}
 
 
-def _stack(state_dir: Path, name: str) -> auto.Stack:
+def _stack(state_dir: Path, name: str, create: bool = True) -> auto.Stack:
     """The install's stack, with the service's toolchain and a file:// backend. Its
     settings file (config, encryption salt) stays in the state dir, not the checkout:
     the project there runs the program in deploy/ with this interpreter."""
@@ -79,7 +79,12 @@ def _stack(state_dir: Path, name: str) -> auto.Stack:
         work_dir=str(work_dir), project_settings=project, env_vars=settings.env(),
         pulumi_home=str(settings.pulumi_home),
         pulumi_command=EngineCommand(root=root, skip_version_check=True))
-    return auto.Stack.create_or_select(name, workspace)
+    if create:
+        return auto.Stack.create_or_select(name, workspace)
+    try:
+        return auto.Stack.select(name, workspace)
+    except auto.StackNotFoundError as e:
+        raise ValueError(f"namespace: no install of {name!r} recorded in {state_dir}") from e
 
 
 def _apply(stack: auto.Stack, opts: InstallOptions, extra: dict[str, auto.ConfigValue],
@@ -122,7 +127,7 @@ def install(opts: InstallOptions, echo: Callable[[str], Any] = print) -> dict[st
 def uninstall(namespace: str, state_dir: Path = DEFAULT_STATE_DIR,
               echo: Callable[[str], Any] = print) -> None:
     """Destroy everything the install made, then forget its stack."""
-    stack = _stack(state_dir, namespace)
+    stack = _stack(state_dir, namespace, create=False)
     stack.destroy(on_output=echo, color="never")
     stack.workspace.remove_stack(namespace)
 

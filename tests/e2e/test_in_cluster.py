@@ -265,3 +265,11 @@ def test_a_bad_setting_is_refused_naming_it(tmp_path):
         "Error: install failed: serviceReplicas: more than one replica needs databaseUrl "
         "(the embedded SQLite store is one replica's)")
     assert not list(out.rglob("*.yaml"))
+
+
+def test_uninstall_of_an_unknown_install_is_refused(tmp_path):
+    refused = stackspace("uninstall", "--namespace", "ss-never-installed",
+                         "--state-dir", str(tmp_path / "state"))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"Error: namespace: no install of 'ss-never-installed' recorded in {tmp_path / 'state'}")
