@@ -28,12 +28,18 @@ mapfile -t deps < <(python3 -c 'import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$pyproject")
 cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$rootfs/tmp/build-ca.pem"
+# The host's way to PyPI (proxy, index) carries over; nothing else of its environment.
+pass=()
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL \
+         PIP_EXTRA_INDEX_URL; do
+  if [[ -n ${!v:-} ]]; then pass+=("$v=${!v}"); fi
+done
 env -i PATH=/usr/bin:/bin HOME=/root PIP_CERT=/tmp/build-ca.pem PIP_DISABLE_PIP_VERSION_CHECK=1 \
-  PIP_DEFAULT_TIMEOUT=180 "$(command -v chroot)" "$rootfs" "$app/.venv/bin/pip" install -q --no-cache-dir \
-  "${deps[@]}" >&2
+  PIP_DEFAULT_TIMEOUT=180 "${pass[@]}" "$(command -v chroot)" "$rootfs" \
+  "$app/.venv/bin/pip" install -q --no-cache-dir "${deps[@]}" >&2
 rm -f "$rootfs/tmp/build-ca.pem"
 : >"$rootfs/etc/resolv.conf"
 # The app directory itself (owned by the service user) comes with the source layer.
-# Keep the image small: apt caches, docs and bytecode caches are not needed.
+# Keep the image small: apt caches and docs are not needed.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
