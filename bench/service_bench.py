@@ -47,20 +47,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss(pid: int) -> int:
-    """RSS in bytes of a process and all its descendants."""
-    total, stack = 0, [pid]
+def tree_rss(pid: int) -> tuple[int, dict[str, int], int]:
+    """RSS in bytes of a process and all its descendants, RSS by program name,
+    and PSS (shared pages, e.g. the text of concurrent CLI processes, counted
+    once across the tree rather than once per process)."""
+    total, stack, by_name, pss = 0, [pid], {}, 0
     while stack:
         p = stack.pop()
         try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    rss = int(line.split()[1]) * 1024
+                    total += rss
+                    by_name[name] = by_name.get(name, 0) + rss
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return total, by_name, pss
 
 
 class Service:
@@ -88,12 +96,18 @@ class Service:
             except requests.ConnectionError:
                 time.sleep(0.1)
         self.peak = 0
+        self.peak_by_name: dict[str, int] = {}
+        self.peak_pss = 0
+        self.poll = 0.1  # seconds between status polls of one operation
         self._stop = threading.Event()
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.proc.pid))
+            total, by_name, pss = tree_rss(self.proc.pid)
+            self.peak_pss = max(self.peak_pss, pss)
+            if total > self.peak:
+                self.peak, self.peak_by_name = total, by_name
             time.sleep(0.2)
 
     @property
@@ -106,7 +120,7 @@ class Service:
         auth = {"Authorization": f"Bearer {self.token}"}
         op = requests.request(method, self.url + path, json=body, headers=auth, timeout=30).json()
         while op["status"] in ("queued", "running"):
-            time.sleep(0.1)
+            time.sleep(self.poll)
             op = requests.get(f"{self.url}/operations/{op['id']}", headers=auth,
                               timeout=30).json()
         self.last_op = op
@@ -173,9 +187,14 @@ def main() -> None:
         svc = Service(Path(tmp), docker_host, pool)
         try:
             name = "bench-one"
-            timing = {"create": svc.run("POST", "/workspaces", {"name": name}),
-                      "stop": svc.run("POST", f"/workspaces/{name}/stop"),
-                      "start": svc.run("POST", f"/workspaces/{name}/start")}
+            timing, phases = {}, {}
+            for kind, path, body in (("create", "/workspaces", {"name": name}),
+                                     ("stop", f"/workspaces/{name}/stop", None),
+                                     ("start", f"/workspaces/{name}/start", None)):
+                timing[kind] = svc.run("POST", path, body)
+                phases[kind] = dict(svc.last_op.get("timings") or {})
+                op = svc.last_op
+                phases[kind]["queued"] = op["started"] - op["created"]
             # Empty up: the same stack, nothing to change.
             settings = PulumiSettings(
                 backend_url=f"file://{svc.data / 'state'}", passphrase="bench",
@@ -188,13 +207,19 @@ def main() -> None:
             runner.stack(stack, create=False).up(color="never", suppress_progress=True)
             empty_up = time.monotonic() - t
             for kind in ("create", "stop", "start"):
+                goal = {"create": 1.3, "stop": 1.15, "start": 1.15}[kind]
+                moon = {"create": 2.0, "stop": 1.5, "start": 1.5}[kind]
                 rows.append((f"{kind} (time to done)", f"{floor[kind]:.2f}s",
-                             f"{timing[kind]:.2f}s   (empty pulumi up {empty_up:.2f}s)"))
+                             f"{timing[kind]:.2f}s = {timing[kind] / empty_up:.2f} x empty up"
+                             f" {empty_up:.2f}s (goal <= {goal}x; moonshot <= {moon:.1f}s)"))
             svc.run("DELETE", f"/workspaces/{name}")
 
             conc_rows = []
             for n in [int(x) for x in args.concurrency.split(",")]:
-                svc.peak = 0
+                svc.peak = svc.peak_pss = 0
+                # n clients polling every 0.1 s would load the service more than
+                # the runs do: poll as often as the SSE stream reports (0.5 s).
+                svc.poll = 0.1 if n == 1 else 0.5
                 times: list[float] = []
                 names = [f"c{n}-{i}" for i in range(n)]
                 t = time.monotonic()
@@ -206,7 +231,9 @@ def main() -> None:
                     th.join()
                 wall = time.monotonic() - t
                 conc_rows.append((n, wall, statistics.median(times), pct(times, 0.95),
-                                  svc.peak / 2**20))
+                                  svc.peak / 2**20, dict(svc.peak_by_name),
+                                  svc.peak_pss / 2**20))
+                svc.poll = 0.1
                 for th in [threading.Thread(target=lambda w=w: svc.run(
                         "DELETE", f"/workspaces/{w}")) for w in names]:
                     th.start()
@@ -218,9 +245,16 @@ def main() -> None:
     print(f"{'operation':<24}{'raw Docker SDK':>16}   {'stackspace service'}")
     for op, raw, ours in rows:
         print(f"{op:<24}{raw:>16}   {ours}")
+    print("\nwhere the worker spent it (operation timings, seconds)")
+    for kind, t in phases.items():
+        print(f"  {kind:<8}" + "  ".join(f"{k} {v:.2f}" for k, v in t.items()))
     print(f"\n{'concurrent creates':<20}{'wall':>9}{'p50':>9}{'p95':>9}{'peak RSS':>12}")
-    for n, wall, p50, p95, peak in conc_rows:
-        print(f"{n:<20}{wall:>8.1f}s{p50:>8.1f}s{p95:>8.1f}s{peak:>10.0f}MB")
+    for n, wall, p50, p95, peak, by_name, pss in conc_rows:
+        print(f"{n:<20}{wall:>8.1f}s{p50:>8.1f}s{p95:>8.1f}s{peak:>10.0f}MB   "
+              f"(goal: wall <= 8 x single create = {8 * timing['create']:.1f}s, RSS <= 600MB)")
+        parts = sorted(by_name.items(), key=lambda kv: -kv[1])
+        print(f"    peak PSS {pss:.0f}MB; RSS at peak: "
+              + ", ".join(f"{k} {v / 2**20:.0f}MB" for k, v in parts))
 
 
 if __name__ == "__main__":

@@ -216,6 +216,9 @@ def run(job: Job) -> Outcome:
                                   secrets_digest=job.secrets_digest)
             written = result.config_written
             digest = result.secrets_digest
+            if result.guard:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
+                                            "message": f"storage guard: checked by {result.guard}"})
             timings.update(result.timings)
             outputs = dict(result.outputs)
             if converge:
@@ -226,7 +229,7 @@ def run(job: Job) -> Outcome:
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",
-                       {}, timings, None, False, recovered)
+                       {}, timings, None, getattr(e, "config_written", False), recovered)
     except Exception as e:  # noqa: BLE001 - every failure becomes the operation's error
         log.warning("operation failed", extra={"op": job.op_id, "kind": job.kind,
                                                "error_type": type(e).__name__})

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import gzip
 import hashlib
 import hmac
+import json
 import os
 import re
 import subprocess
@@ -37,6 +39,7 @@ from stacks.config import (
     ConfigValues,
     StackConfig,
 )
+from stacks.guard import ATTEST_OUTPUT, attestation, preview_needed, runtime_kind
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STORAGE_TYPES = frozenset({
@@ -46,6 +49,8 @@ STORAGE_TYPES = frozenset({
 # Plan steps that would lose a storage resource's data.
 DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-replaced",
                              "discard", "discard-replaced"})
+
+EMPTY_SECRETS = "{}"  # StackConfig.to_config of a spec without secrets
 
 EventSink = Callable[[events.EngineEvent], None]
 # Config values longer than this go through stdin (one argv string is capped
@@ -103,21 +108,25 @@ class RunResult:
     config_written: bool = False
     # Digest of the secret config the stack now holds (see `apply`).
     secrets_digest: str | None = None
+    # What the storage guard decided from (stacks.guard), None if it did not run.
+    guard: str | None = None
 
 
-def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None
-                   ) -> Callable[[], None]:
+def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None,
+                   attest: str | None = None) -> Callable[[], None]:
     """The workspace program for `cfg`, run inside this process: the same
     `stacks.program.build` the local program (__main__.py) runs from stack
     config, but fed from memory, so a plan can be checked before the config
     is written, and no interpreter starts per engine pass. With `outputs`,
-    the stack outputs land there as they resolve (no `stack output` call)."""
+    the stack outputs land there as they resolve (no `stack output` call).
+    With `attest`, the stack records it once the engine accepted the storage
+    resource (stacks.guard: what lets the next run skip its preview)."""
     import pulumi
 
     from stacks import program
 
     def run() -> None:
-        program.build(cfg)
+        program.build(cfg, attest)
         if outputs is not None:
             root = pulumi.runtime.get_root_resource()
             for key, value in getattr(root, "outputs", {}).items():
@@ -212,11 +221,13 @@ class StackRunner:
         exists (its config was written), so no CLI call is needed at all."""
         if known:
             return WorkspaceStack(name, self.workspace), True
+        # Init first: a workspace the store does not know is usually new, and
+        # `stack init` of a new stack is one CLI process, not a failed select too.
         with self._select_lock():
             try:
-                return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
-            except auto.errors.StackNotFoundError:
                 return WorkspaceStack(name, self.workspace, StackInitMode.CREATE), False
+            except auto.errors.StackAlreadyExistsError:
+                return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
 
     def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
         """A keyed digest of a stack's secret config, so an unchanged secret is not
@@ -257,23 +268,14 @@ class StackRunner:
             raise RuntimeError(f"pulumi config set {key} failed (exit {proc.returncode})")
 
     def check_storage_safe(self, stack: auto.Stack, cfg: StackConfig,
-                           on_event: EventSink | None = None) -> None:
+                           on_event: EventSink | None = None,
+                           attest: str | None = None) -> None:
         """Preview `cfg` (from memory: nothing is written to the stack) and raise
         StorageAtRisk if the plan would delete or replace storage."""
-        risky: list[tuple[str, str]] = []
-
-        def watch(event: events.EngineEvent) -> None:
-            pre = event.resource_pre_event
-            if pre is not None:
-                meta = pre.metadata
-                if meta.type in STORAGE_TYPES and str(meta.op.value) in DESTRUCTIVE_OPS:
-                    risky.append((str(meta.op.value), meta.urn))
-            if on_event:
-                on_event(event)
-
+        watch, risky = _storage_watch(on_event)
         try:
-            stack.preview(program=inline_program(cfg), on_event=watch, color="never",
-                          suppress_progress=True)
+            stack.preview(program=inline_program(cfg, attest=attest), on_event=watch,
+                          color="never", suppress_progress=True)
         except auto.errors.CommandError as e:
             # Storage is also protected in the program: the engine itself then
             # refuses the plan. That is the same verdict, said by us.
@@ -284,30 +286,68 @@ class StackRunner:
         if risky:
             raise StorageAtRisk(risky)
 
+    def read_state(self, stack: auto.Stack) -> dict[str, Any]:
+        """The stack's deployment (resources, pending operations). A `file://`
+        backend's checkpoint is read in place (no CLI process); any other
+        backend through `stack export`."""
+        url = self.settings.backend_url
+        if url.startswith("file:///") and "?" not in url:
+            project = self.workspace.project_settings().name
+            base = Path(url.removeprefix("file://")) / ".pulumi" / "stacks" / project
+            for path, opener in ((base / f"{stack.name}.json", open),
+                                 (base / f"{stack.name}.json.gz", gzip.open)):
+                if path.exists():
+                    with opener(path, "rt") as fh:
+                        checkpoint = json.load(fh)
+                    return checkpoint.get("checkpoint", {}).get("latest") or {}
+        return stack.export_stack().deployment or {}
+
+    def _plan_check(self, stack: auto.Stack, existed: bool, cfg: StackConfig,
+                    attest: str) -> str | None:
+        """Why this run must preview (stacks.guard), None if its state proves
+        the plan cannot touch storage."""
+        if cfg.deleting:
+            return "a delete-path config"
+        if not existed:
+            return None  # just created here: empty state, the plan only creates
+        try:
+            deployment = self.read_state(stack)
+        except Exception as e:  # noqa: BLE001 - unreadable state: the preview decides
+            return f"state unreadable ({type(e).__name__})"
+        return preview_needed(deployment, stack.name, runtime_kind(cfg.runtime), attest)
+
     def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
               guard: bool = True, secrets_digest: str | None = None) -> RunResult:
         """Converge a stack to `cfg` (create/start/stop/update): check the plan
         (the storage guard), then write the whole config, then up.
+        The guard previews the plan unless the stack's state proves it cannot
+        touch storage (stacks.guard); either way the up itself is watched and
+        the engine's protect refusal reads as the same StorageAtRisk.
         `secrets_digest`: what the stack's secret config was last set to, if known."""
         result = RunResult()
         t = time.monotonic()
         stack, existed = self.select_or_create(stack_name, known=secrets_digest is not None)
         result.timings["select"] = time.monotonic() - t
+        attest = attestation(cfg, self.settings.passphrase.encode())
         if guard:
+            # "preview": the storage guard's phase, however it decided.
             t = time.monotonic()
             self._checkpoint("the plan check")
-            try:
+            reason = self._plan_check(stack, existed, cfg, attest)
+            result.guard = "the stack's state" if reason is None else f"a preview ({reason})"
+            if reason is not None:
                 try:
-                    self.check_storage_safe(stack, cfg, on_event)
-                except auto.errors.StackNotFoundError:
-                    # The store thought it existed (someone removed it): start over.
-                    stack, existed = self.select_or_create(stack_name)
-                    self.check_storage_safe(stack, cfg, on_event)
-            except StorageAtRisk:
-                if not existed:  # the refused create leaves no empty stack behind
-                    with self._select_lock():
-                        self.workspace.remove_stack(stack_name)
-                raise
+                    try:
+                        self.check_storage_safe(stack, cfg, on_event, attest)
+                    except auto.errors.StackNotFoundError:
+                        # The store thought it existed (someone removed it): start over.
+                        stack, existed = self.select_or_create(stack_name)
+                        self.check_storage_safe(stack, cfg, on_event, attest)
+                except StorageAtRisk:
+                    if not existed:  # the refused create leaves no empty stack behind
+                        with self._select_lock():
+                            self.workspace.remove_stack(stack_name)
+                    raise
             result.timings["preview"] = time.monotonic() - t
         self._checkpoint("writing the config")
         t = time.monotonic()
@@ -319,6 +359,9 @@ class StackRunner:
         # the update itself (`up --config`), before the engine runs.
         small: dict[str, str] = {}
         for key, (value, secret) in values.items():
+            # An empty secrets map holds nothing secret: it travels with the up
+            # (one CLI process less for a workspace without secrets).
+            secret = secret and value != EMPTY_SECRETS
             if secret or len(value) > ARGV_VALUE_LIMIT:
                 self._set_from_stdin(stack_name, f"{NAMESPACE}:{key}", value, secret)
             else:
@@ -328,18 +371,25 @@ class StackRunner:
         t = time.monotonic()
         stack.program_outputs = {}
         self.command.up_args = [a for k, v in small.items() for a in ("--config", f"{k}={v}")]
+        watch, risky = _storage_watch(on_event)
         try:
             # Written even if the update then fails: the CLI saves config first.
             result.config_written = True
-            up = stack.up(program=inline_program(cfg, stack.program_outputs),
-                          on_event=on_event, color="never", suppress_progress=True)
+            up = stack.up(program=inline_program(cfg, stack.program_outputs, attest),
+                          on_event=watch, color="never", suppress_progress=True)
         except Exception as e:
             e.config_written = True  # type: ignore[attr-defined]
+            protected = protected_storage(str(e))
+            if protected or risky:  # the engine's own protect check refused
+                refused = StorageAtRisk(risky or [("replace or delete (protected)", urn)
+                                                  for urn in protected])
+                refused.config_written = True  # type: ignore[attr-defined]
+                raise refused from e
             raise
         finally:
             self.command.up_args = []
         result.timings["up"] = time.monotonic() - t
-        result.outputs = {k: v.value for k, v in up.outputs.items()}
+        result.outputs = {k: v.value for k, v in up.outputs.items() if k != ATTEST_OUTPUT}
         return result
 
     def delete(self, stack_name: str, on_event: EventSink | None = None) -> RunResult:
@@ -389,6 +439,24 @@ class StackRunner:
             return set()
         deployment = self.stack(stack_name, create=False).export_stack().deployment or {}
         return {r["id"] for r in deployment.get("resources", []) if r.get("id")}
+
+
+def _storage_watch(on_event: EventSink | None
+                   ) -> tuple[EventSink, list[tuple[str, str]]]:
+    """An event sink that records steps deleting or replacing storage, then
+    passes every event on."""
+    risky: list[tuple[str, str]] = []
+
+    def watch(event: events.EngineEvent) -> None:
+        pre = event.resource_pre_event
+        if pre is not None:
+            meta = pre.metadata
+            if meta.type in STORAGE_TYPES and str(meta.op.value) in DESTRUCTIVE_OPS:
+                risky.append((str(meta.op.value), meta.urn))
+        if on_event:
+            on_event(event)
+
+    return watch, risky
 
 
 def protected_storage(error_text: str) -> list[str]:

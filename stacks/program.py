@@ -7,6 +7,8 @@ runs `pulumi preview --stack <ws>` by hand.
 
 from __future__ import annotations
 
+import os
+
 import pulumi
 
 from components.base import WorkspaceInputs
@@ -14,11 +16,14 @@ from components.docker import DockerWorkspace
 from components.kubernetes import KubernetesWorkspace
 from components.runtime import DockerRuntime
 from stacks.config import NAMESPACE, StackConfig
+from stacks.guard import ATTEST_OUTPUT, attestation
 from stacks.naming import resource_base
 
 
-def build(cfg: StackConfig) -> pulumi.ComponentResource:
-    """Declare the workspace's components for the given config."""
+def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResource:
+    """Declare the workspace's components for the given config. `attest`
+    (stacks.guard): recorded as a stack output once the engine accepted the
+    storage resource."""
     inputs = WorkspaceInputs(
         owner=cfg.owner,
         spec=cfg.spec,
@@ -39,9 +44,16 @@ def build(cfg: StackConfig) -> pulumi.ComponentResource:
         pulumi.export("deployment", ws.deployment_name)
     pulumi.export("runtime", cfg.runtime.name)
     pulumi.export("running", inputs.running)
+    if attest is not None:
+        storage = ws.volume if isinstance(ws, DockerWorkspace) else ws.pvc
+        pulumi.export(ATTEST_OUTPUT, storage.id.apply(lambda _: attest))
     return ws
 
 
 def main() -> None:
     config = pulumi.Config(NAMESPACE)
-    build(StackConfig.from_values(config.get))
+    cfg = StackConfig.from_values(config.get)
+    # The same attestation the service's runs record, so an operator's preview
+    # of an unchanged stack shows no change at all.
+    passphrase = os.environ.get("PULUMI_CONFIG_PASSPHRASE")
+    build(cfg, attestation(cfg, passphrase.encode()) if passphrase else None)
