@@ -97,7 +97,7 @@ def _apply(stack: auto.Stack, opts: InstallOptions, extra: dict[str, auto.Config
             config[f"{PROJECT}:{key}"] = auto.ConfigValue(value, secret=True)
     stack.set_all_config({k: v for k, v in config.items() if not v.secret})
     for key, value in config.items():
-        if value.secret:
+        if value.secret and (key not in current or current[key].value != value.value):
             _set_secret(stack, key, value.value)
     return stack.up(on_output=echo, color="never")
 
