@@ -48,7 +48,8 @@ from components.kubernetes import (  # noqa: E402
 )
 from components.runtime import KubernetesRuntime, parse_runtime  # noqa: E402
 from components.spec import WORKSPACE_ROOT, WorkspaceSpec  # noqa: E402
-from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
+from service.store import Store  # noqa: E402
+from stacks.automation import PulumiSettings, StackFiles, StackRunner  # noqa: E402
 
 # Small enough to fit next to other engineers' pods on the shared 2-CPU node.
 RESOURCES = {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"}
@@ -252,9 +253,12 @@ def main() -> None:
                 settings = PulumiSettings(
                     backend_url=f"file://{svc.data / 'state'}", passphrase="bench",
                     pulumi_home=Path(os.environ.get("PULUMI_HOME", "")),
-                    bin_dir=Path(os.environ["STACKSPACE_PULUMI_BIN"]), lock_dir=svc.data)
+                    bin_dir=Path(os.environ["STACKSPACE_PULUMI_BIN"]))
                 runner = StackRunner(settings)
-                stack = next(s.name for s in runner.workspace.list_stacks())
+                # The stack's settings live in the service's store, not the checkout.
+                ws = Store(svc.data / "stackspace.db").workspace("admin", name)
+                stack = ws["stack"]
+                runner.use(StackFiles(settings.pulumi_home, stack, ws["stack_settings"]))
                 t = time.monotonic()
                 # The operator's `pulumi up` of the same stack (no changes), as service_bench.
                 runner.stack(stack, create=False).up(color="never", suppress_progress=True)

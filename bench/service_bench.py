@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from components.docker import INIT_INPUT_PREFIX  # noqa: E402
 from components.init_script import INIT_SCRIPT, init_inputs  # noqa: E402
 from components.spec import DEFAULT_IMAGE, WorkspaceSpec  # noqa: E402
-from stacks.automation import PulumiSettings, StackRunner  # noqa: E402
+from service.store import Store  # noqa: E402
+from stacks.automation import PulumiSettings, StackFiles, StackRunner  # noqa: E402
 
 
 def free_port() -> int:
@@ -199,9 +200,12 @@ def main() -> None:
             settings = PulumiSettings(
                 backend_url=f"file://{svc.data / 'state'}", passphrase="bench",
                 pulumi_home=Path(os.environ.get("PULUMI_HOME", "")),
-                bin_dir=Path(os.environ["STACKSPACE_PULUMI_BIN"]), lock_dir=svc.data)
+                bin_dir=Path(os.environ["STACKSPACE_PULUMI_BIN"]))
             runner = StackRunner(settings)
-            stack = next(s.name for s in runner.workspace.list_stacks())
+            # The stack's settings live in the service's store, not the checkout.
+            ws = Store(svc.data / "stackspace.db").workspace("admin", name)
+            stack = ws["stack"]
+            runner.use(StackFiles(settings.pulumi_home, stack, ws["stack_settings"]))
             t = time.monotonic()
             # The operator's `pulumi up` of the same stack (local program, no changes).
             runner.stack(stack, create=False).up(color="never", suppress_progress=True)

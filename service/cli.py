@@ -33,13 +33,18 @@ def main() -> None:
 
 def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
     from service.api import create_app
+    from service.db import DatabaseUnavailable
     from service.runner import OperationRunner
+    from service.secret_files import SecretUnavailable
     from service.store import open_store
     from service.terminals import Terminals
 
     setup_logging()
-    cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
-    store = open_store(cfg)
+    try:
+        cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+        store = open_store(cfg)
+    except (ValueError, DatabaseUnavailable, SecretUnavailable) as e:
+        raise click.ClickException(str(e)) from None  # names the setting, no traceback
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
@@ -157,6 +162,31 @@ def token(user: str, admin: bool, data_dir: str | None) -> None:
         raise click.BadParameter(str(e)) from e
     cfg = load_config(data_dir=data_dir)
     click.echo(open_store(cfg).add_user(user, admin=admin))
+
+
+@main.command(name="stack", context_settings={"ignore_unknown_options": True})
+@click.argument("workspace")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False))
+def stack_(workspace: str, args: tuple[str, ...], config: str | None,
+           data_dir: str | None) -> None:
+    """Run the plain `pulumi` CLI on a workspace's stack: `stackspace stack
+    OWNER/NAME -- preview` (or the stack's name; also `stack output`, `config`,
+    `refresh` ...), with the service's backend and passphrase and the stack's
+    settings from its store."""
+    from service.operator import WorkspaceNotFound, run_pulumi
+    from service.store import Store
+
+    cfg = load_config(Path(config) if config else None, data_dir=data_dir)
+    try:
+        # Opened without its key: stack settings are no encrypted column.
+        store = Store(cfg.database_url or cfg.store_path)
+        code = run_pulumi(store, cfg.pulumi_settings(), workspace, args,
+                          warn=lambda text: click.echo(f"warning: {text}", err=True))
+    except WorkspaceNotFound as e:
+        raise click.ClickException(str(e)) from e
+    sys.exit(code)
 
 
 @main.command()

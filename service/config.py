@@ -117,8 +117,7 @@ class ServiceConfig:
         (self.data_dir / "state").mkdir(parents=True, exist_ok=True)
         return PulumiSettings(
             backend_url=self.backend_url or f"file://{self.data_dir / 'state'}",
-            passphrase=passphrase, pulumi_home=home, bin_dir=bin_dir, python=sys.executable,
-            lock_dir=self.data_dir)
+            passphrase=passphrase, pulumi_home=home, bin_dir=bin_dir, python=sys.executable)
 
     def runtime(self, name: str | None) -> Runtime | None:
         if name is None:

@@ -43,6 +43,33 @@ def is_postgres_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
 
 
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be reached or refuses the connection."""
+
+
+def _masked(message: str, url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # noqa: BLE001 - an unparsable URL: say nothing that may echo it
+        return "the URL is not a valid PostgreSQL connection URL"
+    return message.replace(str(password), "***") if password else message
+
+
+def probe(url: str) -> str:
+    """Connect once; the server's version, or DatabaseUnavailable naming the
+    setting with the server's reason (the password masked)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])
+    except psycopg.Error as e:
+        raise DatabaseUnavailable(
+            f"database_url: cannot connect: {_masked(str(e), url)}") from None
+
+
 class Rows(Protocol):
     rowcount: int
 
@@ -216,12 +243,9 @@ class PostgresDatabase:
     POOL_SIZE = 16  # connections per process at most; the server allows 100 by default
 
     def __init__(self, url: str):
-        import psycopg
         from psycopg_pool import ConnectionPool
 
-        # One direct connection first: a wrong URL or an unreachable server fails
-        # here with the driver's own message (which never includes a password).
-        psycopg.connect(url, connect_timeout=10).close()
+        probe(url)  # a wrong URL or an unreachable server fails here, clearly
         # check: a connection the server dropped (restart, failover) is replaced
         # before use instead of failing a request.
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_SIZE, open=True,

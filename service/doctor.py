@@ -45,9 +45,20 @@ def run_checks(cfg: ServiceConfig) -> list[dict[str, Any]]:
         checks.append(_check(f"plugin {name}", version is not None,
                              version or f"not installed in {settings.pulumi_home}",
                              required=kind in kinds))
+    if cfg.database_url:  # the embedded SQLite store needs nothing to check
+        checks.append(_store_check(cfg.database_url))
     for rt in cfg.runtimes:
         checks.append(_runtime_check(rt))
     return checks
+
+
+def _store_check(url: str) -> dict[str, Any]:
+    from service.db import DatabaseUnavailable, probe
+
+    try:
+        return _check("store (postgresql)", True, f"PostgreSQL {probe(url)}")
+    except DatabaseUnavailable as e:
+        return _check("store (postgresql)", False, str(e))
 
 
 def _runtime_check(rt: DockerRuntime | KubernetesRuntime) -> dict[str, Any]:

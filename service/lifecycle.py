@@ -18,7 +18,7 @@ USER_KINDS = ("create", "start", "stop", "update", "delete")
 
 # Why an operation failed without changing anything: the workspace keeps its
 # state and what it wanted before the request.
-UNCHANGED = frozenset({"storage-at-risk", "not-started"})
+UNCHANGED = frozenset({"storage-at-risk", "stack-taken", "not-started"})
 # The run was cut off (service crash, dead worker, hard cancel): what exists is
 # found out by recovery, not assumed.
 INTERRUPTED = "interrupted"

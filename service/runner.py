@@ -181,7 +181,8 @@ class OperationRunner:
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
-                          secrets_digest=ws.get("secrets_digest"))
+                          secrets_digest=ws.get("secrets_digest"),
+                          stack_settings=ws.get("stack_settings"))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         with self._lock:
@@ -196,7 +197,8 @@ class OperationRunner:
                                     f"{why}; the engine stopped at its next safe point",
                                     lifecycle.CANCELLED,
                                     {}, answer.timings, answer.observed_running,
-                                    answer.config_written, answer.recovered)
+                                    answer.config_written, answer.recovered,
+                                    stack_settings=answer.stack_settings)
         self._end(op, ws, answer)
         self._wake.set()
 
@@ -211,6 +213,11 @@ class OperationRunner:
             ran_as=ws["desired"])
         if outcome.config_written and op["kind"] == "update":
             self.store.apply_spec(op)
+        if outcome.stack_settings is not None:
+            # Before the secrets digest (saved when the operation ends): the
+            # digest must never describe settings the store does not hold.
+            self.store.update_workspace(op["owner"], op["workspace"],
+                                        stack_settings=outcome.stack_settings)
         cancelled = outcome.error_type in (lifecycle.CANCELLED, "not-started") and \
             bool((self.store.operation(op["id"]) or {}).get("cancel_requested"))
         status = "succeeded" if outcome.ok else ("cancelled" if cancelled else "failed")

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   retry_at REAL,                 -- when a failed delete is tried again
   delete_attempts INTEGER NOT NULL DEFAULT 0,
   secrets_digest TEXT,           -- keyed digest of the secret config in the stack
+  stack_settings TEXT,           -- Pulumi.<stack>.yaml: config (secrets encrypted) + salt
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -112,6 +113,8 @@ ADDED_COLUMNS = [
     ("workspaces", "retry_at", "REAL"),
     ("workspaces", "delete_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("workspaces", "secrets_digest", "TEXT"),
+    # The stack's settings file, kept here so any replica can run the stack.
+    ("workspaces", "stack_settings", "TEXT"),
     # create/update: the spec this operation applies (public JSON + encrypted secrets).
     ("operations", "spec", "TEXT"),
     ("operations", "secrets", "TEXT"),

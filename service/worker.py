@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pulumi.automation import events
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
-from stacks.automation import PulumiSettings, StackRunner, StorageAtRisk
+from stacks.automation import PulumiSettings, StackFiles, StackRunner, StackTaken, StorageAtRisk
 from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.worker")
@@ -51,6 +51,9 @@ class Job:
     recover: bool = False
     # Keyed digest of the secret config the stack holds (skip rewriting it).
     secrets_digest: str | None = None
+    # The stack's settings file (config + encryption salt) as the store keeps
+    # it; None before the first run. Never logged.
+    stack_settings: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class Outcome:
     config_written: bool = False
     recovered: bool = False
     secrets_digest: str | None = None
+    # The stack's settings text after the run (None: no stack, or not known).
+    stack_settings: str | None = field(default=None, repr=False)
 
 
 def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
@@ -163,8 +168,22 @@ def event_summary(event: events.EngineEvent) -> dict[str, Any] | None:
 
 
 def run(job: Job) -> Outcome:
-    store = _store_for(job.store_path)
+    """Run `job` in a private work dir holding the stack's settings from the
+    store; the Outcome carries them back, changed or not, whatever happened."""
+    # First: a cancel or timeout may arrive while the work dir is made or the
+    # store opens (a first PostgreSQL connection takes a while) and must not be
+    # forgotten.
     _cancelled.clear()
+    files = StackFiles(job.settings.pulumi_home, job.stack, job.stack_settings)
+    try:
+        outcome = _run(job, files)
+    finally:
+        files.close()
+    return replace(outcome, stack_settings=files.text)
+
+
+def _run(job: Job, files: StackFiles) -> Outcome:
+    store = _store_for(job.store_path)
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
 
@@ -183,6 +202,36 @@ def run(job: Job) -> Outcome:
     try:
         runner = _runner_for(job.settings)
         runner.should_stop = _cancelled.is_set
+        runner.use(files)
+        # A new stack's salt goes to the store at once: if this run is killed
+        # before it ends, the next one must still decrypt what the stack holds.
+        runner.on_stack_created = lambda text: store.update_workspace(
+            cfg.owner, cfg.spec.name, stack_settings=text)
+        # The digest speaks of the secrets in the settings: without them, write them.
+        known_digest = job.secrets_digest if files.initial else None
+        if files.initial is None:
+            # This store never made the stack: it is new, or it is another
+            # installation's (same backend, owner and name). Never take that
+            # one over, and never destroy it.
+            t = time.monotonic()
+            if job.kind == "create":
+                # Claimed first (""): a run cut off from here on, even inside
+                # `stack init`, left a stack of ours that recovery may adopt.
+                store.update_workspace(cfg.owner, cfg.spec.name, stack_settings="")
+                try:
+                    runner.init_stack(job.stack)
+                except StackTaken:
+                    store.update_workspace(cfg.owner, cfg.spec.name, stack_settings=None)
+                    raise
+            elif runner.exists(job.stack):
+                if job.kind != "delete":
+                    raise StackTaken(job.stack)
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
+                                            "message": f"stack {job.stack} belongs to another "
+                                                       "installation: left untouched"})
+                return Outcome(job.op_id, True, None, None, {}, {"total": time.monotonic()
+                                                                  - started})
+            timings["init"] = time.monotonic() - t
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
             recorded = runner.recover(job.stack, on_event)
@@ -213,7 +262,7 @@ def run(job: Job) -> Outcome:
         converge = job.kind == "refresh" and cfg.running and observed
         if job.kind not in ("delete", "refresh") or converge:
             result = runner.apply(cfg, job.stack, on_event, guard=True,
-                                  secrets_digest=job.secrets_digest)
+                                  secrets_digest=known_digest)
             written = result.config_written
             digest = result.secrets_digest
             if result.guard:
@@ -226,6 +275,10 @@ def run(job: Job) -> Outcome:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
                        recovered, digest)
+    except StackTaken as e:
+        timings["total"] = time.monotonic() - started
+        return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "stack-taken",
+                       {}, timings, None, False, recovered)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",

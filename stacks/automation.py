@@ -1,28 +1,34 @@
 """Drive workspace stacks through the Pulumi Automation API.
 
 The repository root is the Pulumi project (Pulumi.yaml), so every stack runs
-the same program an operator previews by hand. One `StackRunner` per process:
-it reuses a single `PulumiCommand` and serialises `stack select/init` across
-processes with a file lock (parallel selects in one project corrupt Pulumi's
-workspace file, pulumi#8186). Each call is one synchronous CLI run; callers
+the same program an operator previews by hand. One `StackRunner` per process
+reuses a single `PulumiCommand`. Each call is one synchronous CLI run; callers
 run them in worker processes, never as inline programs on threads.
+
+A stack's settings file (`Pulumi.<stack>.yaml`: its config and the passphrase
+provider's encryption salt) never lands in the checkout: each run gets a private
+work dir (`StackFiles`) into which the caller materialises the text it keeps
+in shared state, and from which it takes the (possibly changed) text back. So
+any replica can run any stack, and parallel selects never share a directory
+(pulumi#8186).
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import gzip
 import hashlib
 import hmac
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +68,18 @@ class Cancelled(Exception):
     """The run was asked to stop before its next step."""
 
 
+class StackTaken(Exception):
+    """The backend holds the stack, but the caller has no settings for it: it
+    belongs to another stackspace installation (another store) on the same
+    backend, the same owner and workspace name. Never touched."""
+
+    def __init__(self, stack: str):
+        self.stack = stack
+        super().__init__(f"stack {stack} already exists in the Pulumi backend and belongs to "
+                         "another stackspace installation sharing it; give each installation "
+                         "its own backend (another database, or ?table= for postgres://)")
+
+
 class StorageAtRisk(Exception):
     """A non-delete plan would delete or replace workspace storage."""
 
@@ -80,7 +98,10 @@ class PulumiSettings:
     pulumi_home: Path
     bin_dir: Path | None = None  # directory with `pulumi` and the language host
     python: str = sys.executable  # interpreter with stackspace installed
-    lock_dir: Path | None = None
+
+    @property
+    def pulumi_binary(self) -> str:
+        return str(self.bin_dir / "pulumi") if self.bin_dir else "pulumi"
 
     def env(self) -> dict[str, str]:
         path = os.environ.get("PATH", "")
@@ -99,6 +120,66 @@ class PulumiSettings:
             "PULUMI_PYTHON_CMD": self.python,
             "PYTHONPATH": str(PROJECT_DIR),
         }
+
+
+class StackFiles:
+    """A private copy of the project for one run: Pulumi.yaml copied (the CLI
+    finds a stack's settings file beside it), every other top-level entry of
+    the checkout linked (the program, .venv: the plain CLI can run it), and at
+    most one stack's settings file, materialised from `text`. `close()` takes
+    the settings text back (`self.text`; None if the stack is gone) and removes
+    the directory and the selection file Pulumi keeps for it in PULUMI_HOME."""
+
+    def __init__(self, pulumi_home: Path, stack: str | None = None,
+                 text: str | None = None) -> None:
+        self.pulumi_home = pulumi_home
+        self.stack = stack
+        self.path = Path(tempfile.mkdtemp(prefix="stackspace-stack-"))
+        for entry in PROJECT_DIR.iterdir():
+            if entry.name == "Pulumi.yaml":
+                shutil.copyfile(entry, self.path / entry.name)
+            elif not (entry.name.startswith("Pulumi.") and entry.suffix in (".yaml", ".yml")):
+                (self.path / entry.name).symlink_to(entry)
+        if stack is not None and text is None:
+            # Upgrade path: a stack made before settings moved to shared state.
+            legacy = PROJECT_DIR / f"Pulumi.{stack}.yaml"
+            text = legacy.read_text() if legacy.is_file() else None
+        # None: the store never had settings for the stack; "": it claimed
+        # the stack, but a run was cut off before any settings came back.
+        self.initial = text
+        self.text = text
+        if stack is not None and text:
+            self.settings_path(stack).write_text(text)
+        self._cleanup = weakref.finalize(self, _remove_work_dir, self.path, pulumi_home)
+
+    def settings_path(self, stack: str) -> Path:
+        return self.path / f"Pulumi.{stack}.yaml"
+
+    def read(self, stack: str | None = None) -> str | None:
+        """The stack's settings text as the CLI left it (None: no settings file)."""
+        path = self.settings_path(stack or self.stack or "")
+        return path.read_text() if path.is_file() else None
+
+    def close(self) -> str | None:
+        if self._cleanup.alive:
+            if self.stack is not None:
+                self.text = self.read()
+            self._cleanup()
+        return self.text
+
+    def __enter__(self) -> StackFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _remove_work_dir(path: Path, pulumi_home: Path) -> None:
+    # `stack select/init` records the selection per Pulumi.yaml path (sha1).
+    digest = hashlib.sha1(str(path / "Pulumi.yaml").encode()).hexdigest()  # noqa: S324
+    for selection in (pulumi_home / "workspaces").glob(f"*-{digest}-workspace.json"):
+        selection.unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -184,34 +265,42 @@ class StackRunner:
         # PulumiCommand wants the directory above bin/.
         root = str(settings.bin_dir.parent) if settings.bin_dir else None
         self.command = EngineCommand(root=root, skip_version_check=True)
+        # Used between runs that bring their own files (see `use`): direct
+        # callers (tests, benches) keep their stacks' settings here while the
+        # runner lives.
+        self._own_files = StackFiles(settings.pulumi_home)
+        self.files = self._own_files
         self.workspace = auto.LocalWorkspace(
-            work_dir=str(PROJECT_DIR), env_vars=settings.env(), pulumi_command=self.command,
-            pulumi_home=str(settings.pulumi_home),
+            work_dir=str(self.files.path), env_vars=settings.env(),
+            pulumi_command=self.command, pulumi_home=str(settings.pulumi_home),
         )
-        self.lock_path = (settings.lock_dir or settings.pulumi_home) / "stack-select.lock"
         # Polled between steps: a cancel that arrives between two CLI processes
         # must still stop the run.
         self.should_stop: Callable[[], bool] = lambda: False
+        # Called with the settings text right after `stack init` made a stack
+        # (its new encryption salt): a run cut off later must not lose it.
+        self.on_stack_created: Callable[[str], None] | None = None
+        self._created_here: set[str] = set()
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the CLI runs now (holds the stack settings files)."""
+        return self.files.path
+
+    def use(self, files: StackFiles | None) -> None:
+        """Run in `files` from now on (None: back to the runner's own dir)."""
+        self.files = files or self._own_files
+        self.workspace.work_dir = str(self.files.path)
+        self._created_here.clear()  # a new run knows nothing of the last one's stacks
 
     def _checkpoint(self, step: str) -> None:
         if self.should_stop():
             raise Cancelled(f"cancelled before {step}")
 
-    @contextmanager
-    def _select_lock(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def stack(self, name: str, create: bool = True) -> auto.Stack:
-        with self._select_lock():
-            if create:
-                return auto.Stack.create_or_select(name, self.workspace)
-            return auto.Stack.select(name, self.workspace)
+        if create:
+            return auto.Stack.create_or_select(name, self.workspace)
+        return auto.Stack.select(name, self.workspace)
 
     def exists(self, name: str) -> bool:
         return any(s.name == name for s in self.workspace.list_stacks())
@@ -221,13 +310,32 @@ class StackRunner:
         exists (its config was written), so no CLI call is needed at all."""
         if known:
             return WorkspaceStack(name, self.workspace), True
+        if name in self._created_here:  # init_stack made it in this run: attach
+            self._created_here.discard(name)
+            return WorkspaceStack(name, self.workspace), False
         # Init first: a workspace the store does not know is usually new, and
         # `stack init` of a new stack is one CLI process, not a failed select too.
-        with self._select_lock():
-            try:
-                return WorkspaceStack(name, self.workspace, StackInitMode.CREATE), False
-            except auto.errors.StackAlreadyExistsError:
-                return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
+        try:
+            stack = WorkspaceStack(name, self.workspace, StackInitMode.CREATE)
+        except auto.errors.StackAlreadyExistsError:
+            return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
+        self._created(name)
+        return stack, False
+
+    def init_stack(self, name: str) -> None:
+        """`stack init` a stack that must be new: StackTaken if the backend has it.
+        The next `select_or_create` attaches to it as new (no CLI call)."""
+        try:
+            auto.Stack.create(name, self.workspace)
+        except auto.errors.StackAlreadyExistsError as e:
+            raise StackTaken(name) from e
+        self._created_here.add(name)
+        self._created(name)
+
+    def _created(self, name: str) -> None:
+        text = self.files.read(name)
+        if self.on_stack_created is not None and text is not None:
+            self.on_stack_created(text)
 
     def secrets_digest(self, stack_name: str, secrets_json: str) -> str:
         """A keyed digest of a stack's secret config, so an unchanged secret is not
@@ -239,10 +347,10 @@ class StackRunner:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         """Run the Pulumi CLI on the project (for what the Automation API lacks).
         Output is not returned to clients: it may hold secrets."""
-        binary = str(self.settings.bin_dir / "pulumi") if self.settings.bin_dir else "pulumi"
         env = {**os.environ, **self.settings.env()}
-        return subprocess.run([binary, *args, "--non-interactive"], input=stdin, text=True,
-                              capture_output=True, cwd=PROJECT_DIR, env=env, check=False)
+        return subprocess.run([self.settings.pulumi_binary, *args, "--non-interactive"],
+                              input=stdin, text=True, capture_output=True, cwd=self.work_dir,
+                              env=env, check=False)
 
     def write_config(self, stack: auto.Stack, values: ConfigValues) -> None:
         """Write `stackspace:*` keys. Secret values go through stdin, never argv."""
@@ -345,8 +453,7 @@ class StackRunner:
                         self.check_storage_safe(stack, cfg, on_event, attest)
                 except StorageAtRisk:
                     if not existed:  # the refused create leaves no empty stack behind
-                        with self._select_lock():
-                            self.workspace.remove_stack(stack_name)
+                        self.workspace.remove_stack(stack_name)
                     raise
             result.timings["preview"] = time.monotonic() - t
         self._checkpoint("writing the config")
@@ -412,8 +519,7 @@ class StackRunner:
         stack.destroy(on_event=on_event, color="never", suppress_progress=True)
         result.timings["destroy"] = time.monotonic() - t
         t = time.monotonic()
-        with self._select_lock():
-            self.workspace.remove_stack(stack_name)
+        self.workspace.remove_stack(stack_name)
         result.timings["remove"] = time.monotonic() - t
         return result
 

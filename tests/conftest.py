@@ -127,7 +127,6 @@ def pulumi_settings(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path,
         pulumi_home=pulumi_home,
         bin_dir=pulumi_bin,
         python=sys.executable,
-        lock_dir=state,
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from components.runtime import Runtime
 from components.spec import WorkspaceSpec
-from stacks.automation import PROJECT_DIR, PulumiSettings, RunResult, StackRunner
+from stacks.automation import RunResult, StackRunner
 from stacks.config import StackConfig
 
 
@@ -21,12 +21,14 @@ def converger(runner: StackRunner, owner: str, runtime: Runtime, stack: str
     return converge
 
 
-def assert_operator_preview_is_clean(settings: PulumiSettings, stack: str, secret: str) -> None:
-    """`pulumi preview --stack <ws>` by hand shows no changes and no secret."""
-    env = {**os.environ, **settings.env()}
+def assert_operator_preview_is_clean(runner: StackRunner, stack: str, secret: str) -> None:
+    """`pulumi preview --stack <ws>` by hand (the local program, not the inline
+    one), in the runner's work dir with the stack's settings, shows no changes
+    and no secret."""
+    env = {**os.environ, **runner.settings.env()}
     preview = subprocess.run(
         ["pulumi", "preview", "--stack", stack, "--expect-no-changes", "--non-interactive"],
-        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
+        cwd=runner.work_dir, env=env, capture_output=True, text=True, check=False)
     assert preview.returncode == 0, preview.stdout[-2000:] + preview.stderr[-2000:]
     assert secret not in preview.stdout + preview.stderr
 

@@ -68,7 +68,7 @@ def test_workspace_lifecycle_keeps_files_until_delete(runner, docker_host, docke
     sh(ws, "echo mine > /workspace/mine.txt")
 
     # an operator's preview of the same stack shows no changes
-    assert_operator_preview_is_clean(pulumi_settings, stack, "not-needed-token")
+    assert_operator_preview_is_clean(runner, stack, "not-needed-token")
 
     # stop: the container is gone, the volume stays
     converge(spec, False)
@@ -127,8 +127,6 @@ def test_plan_that_loses_storage_is_refused_and_changes_nothing(
     import os
     import subprocess
 
-    from stacks.automation import PROJECT_DIR
-
     owner, name = "alice", f"guard-{secrets.token_hex(3)}"
     spec = WorkspaceSpec.parse({"name": name, "image": repo_image})
     stack = stack_name(owner, name)
@@ -140,7 +138,7 @@ def test_plan_that_loses_storage_is_refused_and_changes_nothing(
     def pulumi_cli(*args: str) -> str:
         env = {**os.environ, **runner.settings.env()}
         proc = subprocess.run(["pulumi", *args, "--stack", stack, "--non-interactive"],
-                              cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                              cwd=runner.work_dir, env=env, capture_output=True, text=True,
                               check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout
@@ -270,7 +268,7 @@ def test_no_secret_lingers_in_containers_or_storage(runner, docker_host, docker_
         code, out = ws.exec_run(["grep", "-rlF", "--exclude=id", value, "/workspace"],
                                 user="1000")
         assert code == 1, out  # 1: no match anywhere
-    assert_operator_preview_is_clean(pulumi_settings, stack, token)
+    assert_operator_preview_is_clean(runner, stack, token)
     runner.delete(stack)
 
 

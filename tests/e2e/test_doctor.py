@@ -48,3 +48,16 @@ def test_doctor_fails_when_a_runtime_cannot_work(tmp_path, pulumi_bin, pulumi_ho
     assert names["runtime gone (docker)"]["ok"] is False
     assert "no-docker.sock" in names["runtime gone (docker)"]["detail"]
     assert names["runtime nokube (kubernetes)"]["ok"] is False
+
+
+def test_doctor_checks_the_postgresql_store(tmp_path, postgres_url, pulumi_bin, pulumi_home):
+    env = {**os.environ, "STACKSPACE_PULUMI_BIN": str(pulumi_bin),
+           "PULUMI_HOME": str(pulumi_home), "STACKSPACE_DATA_DIR": str(tmp_path),
+           "STACKSPACE_DATABASE_URL": postgres_url}
+    store = {c["name"]: c for c in json.loads(doctor(env).stdout)["checks"]}["store (postgresql)"]
+    assert store["ok"] is True and store["detail"].startswith("PostgreSQL ")
+    env["STACKSPACE_DATABASE_URL"] = "postgresql://nobody:s3cretpw@127.0.0.1:25432/stackspace"
+    r = doctor(env)
+    store = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["store (postgresql)"]
+    assert r.returncode == 1 and store["ok"] is False
+    assert 'role "nobody" does not exist' in store["detail"] and "s3cretpw" not in r.stdout

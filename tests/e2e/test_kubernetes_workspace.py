@@ -131,7 +131,7 @@ def test_kubernetes_workspace_lifecycle(runner, kube, kube_cluster, namespace, k
     secret = core.read_namespaced_secret(f"{base}-input", namespace)
     assert "credential" in secret.data
 
-    assert_operator_preview_is_clean(pulumi_settings, stack, "k8s-secret-token")
+    assert_operator_preview_is_clean(runner, stack, "k8s-secret-token")
 
     # Self-healing: the pod is deleted behind stackspace's back; the Deployment
     # brings a new one on the same storage, without any stackspace call.
@@ -250,7 +250,7 @@ def test_kubernetes_user_edits_survive_and_no_secret_lingers(runner, kube, kube_
     pod = workspace_pod(core, owner, name)
     assert exec_in(kube, pod, "cat /workspace/cfg/app.toml /workspace/notes/todo.txt "
                               "/workspace/notes/mine.txt") == "k = 2\nuser todo\nmine\n"
-    assert_operator_preview_is_clean(pulumi_settings, stack, token)
+    assert_operator_preview_is_clean(runner, stack, token)
     runner.delete(stack)
 
 

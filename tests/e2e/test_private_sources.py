@@ -108,7 +108,7 @@ def test_private_image_and_repository_with_username(runner, docker_host, docker_
                 all=True, filters={"label": f"stackspace.dev/workspace={name}"}):
             config = json.dumps(docker_client.api.inspect_container(c.id))
             assert git_server.password not in config and registry.password not in config
-        assert_operator_preview_is_clean(pulumi_settings, stack, git_server.password)
+        assert_operator_preview_is_clean(runner, stack, git_server.password)
     finally:
         runner.delete(stack)
 

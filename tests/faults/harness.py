@@ -302,11 +302,18 @@ class LiveService:
 
     # --- Pulumi, as an operator sees it -----------------------------------------
     def pulumi(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The plain CLI; on one stack (`--stack S`) through `stackspace stack S`,
+        the operator's command, which brings the stack's settings from the store."""
         binary = str(self.pulumi_bin / "pulumi") if self.pulumi_bin else "pulumi"
         env = {**self.env, "PULUMI_BACKEND_URL": self.backend_url,
                "PULUMI_SKIP_UPDATE_CHECK": "true", "PYTHONPATH": str(REPO),
                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true"}
-        proc = subprocess.run([binary, *args, "--non-interactive"], cwd=REPO, env=env,
+        command = [binary]
+        if "--stack" in args:
+            stack = args[args.index("--stack") + 1]
+            command = [sys.executable, "-m", "service.cli", "stack", stack,
+                       "--config", str(self.config), "--"]
+        proc = subprocess.run([*command, *args, "--non-interactive"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300, check=False)
         if check:
             assert proc.returncode == 0, proc.stderr[-2000:]

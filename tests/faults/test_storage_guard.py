@@ -86,9 +86,11 @@ def test_guard_refuses_stop_and_update_that_would_delete_storage(docker_faults, 
 def test_guard_refuses_a_create_that_would_delete_storage(tmp_path, docker_runtime, pulumi_bin,
                                                           pulumi_home, docker_view,
                                                           docker_client):
-    """A second service on the same backend (SPEC §9; or a store restored from
-    an old backup) creates a workspace whose stack already exists: the create
-    is guarded too, and refuses without touching the stack or the engine."""
+    """A second installation on the same backend (another store; or a store
+    restored from an old backup) creates a workspace whose stack already
+    exists: it has no settings for that stack, so the create is refused as
+    another installation's before any plan, and deleting its failed workspace
+    leaves the stack and the engine alone."""
     engine = docker_view
     shared = {"backend_url": f"file://{tmp_path / 'shared-state'}",
               "passphrase": "faults-" + secrets.token_hex(8)}
@@ -111,8 +113,11 @@ def test_guard_refuses_a_create_that_would_delete_storage(tmp_path, docker_runti
             try:
                 op = second.run_op("POST", "/workspaces", json={
                     "name": name, "env": {"FROM": "second"}})
-                assert_refused(op)
+                assert (op["status"], op["error_type"]) == ("failed", "stack-taken"), op
                 assert second.workspace(name).json()["state"] != "running"
+                gone = second.run_op("DELETE", f"/workspaces/{name}")
+                assert gone["status"] == "succeeded", gone
+                assert second.workspace(name).status_code == 404
             finally:
                 second.stop()
             assert stack_config(first, stack) == config, "the refused create wrote config"

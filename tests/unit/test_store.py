@@ -243,3 +243,12 @@ def test_postgres_connections_dropped_by_the_server_are_replaced(new_database, t
     create(store, "alice", "two")
     assert len(store.workspaces("alice")) == 2
     store.close()
+
+
+def test_unreachable_postgres_names_the_setting_and_hides_the_password(postgres_url: str):
+    from service.db import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable, match="database_url: cannot connect") as err:
+        Store("postgresql://nobody:s3cretpw@127.0.0.1:25432/stackspace")  # no such role
+    assert "s3cretpw" not in str(err.value) and err.value.__cause__ is None
+    assert 'role "nobody"' in str(err.value)  # the server's reason reaches the operator
