@@ -39,7 +39,7 @@ env -i PATH=/usr/bin:/bin HOME=/root PIP_CERT=/tmp/build-ca.pem PIP_DISABLE_PIP_
   "$app/.venv/bin/pip" install -q --no-cache-dir "${deps[@]}" >&2
 rm -f "$rootfs/tmp/build-ca.pem"
 : >"$rootfs/etc/resolv.conf"
-# The app directory itself (owned by the service user) comes with the source layer.
+# The project source (root's, read-only to the service) comes with a later layer.
 # Keep the image small: apt caches and docs are not needed.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*

@@ -78,11 +78,11 @@ exec /opt/stackspace/app/.venv/bin/python -m service.cli "$@"
 WRAP
 chmod 0755 "$s/usr/local/bin/stackspace"
 source_tar=$work/source.tar
-# Code is root's and read-only; the app directory is the service user's until
-# stacks' settings leave the checkout (Pulumi writes Pulumi.<stack>.yaml there).
+# Code is root's and read-only to the service: each run works in a private
+# directory of its own (stacks' settings live in the store, not the checkout).
 tarx() { tar -C "$s" --numeric-owner --mtime=@0 --sort=name --mode=go-w "$@"; }
-tarx --owner=0 --group=0 --no-recursion -cf "$source_tar" usr usr/local usr/local/bin opt opt/stackspace
-tarx --owner=$UID_ --group=$UID_ --no-recursion -rf "$source_tar" "${APP#/}"
+tarx --owner=0 --group=0 --no-recursion -cf "$source_tar" usr usr/local usr/local/bin opt \
+  opt/stackspace "${APP#/}"
 tarx --owner=0 --group=0 -rf "$source_tar" usr/local/bin/stackspace \
   $(cd "$s" && ls -d "${APP#/}"/*)
 
