@@ -45,6 +45,7 @@ from proxy.protocol import (
     status_failure,
     ticket_from_subprotocols,
 )
+from proxy.replay import SharedReplayGuard
 from proxy.tickets import ReplayGuard, TicketClaims, TicketError, verify_ticket
 
 log = logging.getLogger("stackspace.proxy")
@@ -71,6 +72,9 @@ class ProxyConfig:
     max_frame_bytes: int = 1 << 20
     activity_url: str | None = None
     activity_interval: float = 30.0  # at most one report per (user, workspace) per interval
+    # The service's database: tickets are then single-use across every proxy
+    # replica on it (proxy.replay); None keeps the in-memory guard (one proxy).
+    database_url: str | None = None
 
 
 def ticket_from_headers(request: Request) -> str | None:
@@ -153,6 +157,7 @@ class ExecProxy:
             raise ValueError("proxy key must be at least 32 bytes")
         self.config = config
         self.replay = ReplayGuard()
+        self.shared = SharedReplayGuard(config.database_url) if config.database_url else None
         self.limiter = SessionLimiter(config.max_sessions_per_user,
                                       config.max_sessions_per_workspace)
         self.activity = ActivityReporter(config)
@@ -191,19 +196,39 @@ class ExecProxy:
             return None, CloseCode.POLICY_VIOLATION, "ticket refused: no ticket"
         try:
             claims = verify_ticket(self.config.key, ticket)
-            self.replay.check(claims)
+            if self.shared is None:
+                self.replay.check(claims)
         except TicketError as exc:
             return None, CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
         refusal = self.limiter.refusal(claims)
         if refusal:
             # Checked before the ticket is consumed, so the client may retry with it.
             return None, CloseCode.TRY_AGAIN_LATER, refusal
-        self.replay.consume(claims)
+        if self.shared is None:
+            self.replay.consume(claims)
         self.limiter.acquire(claims)
         return claims, 0, ""
 
+    async def _consume_shared(self, claims: TicketClaims) -> tuple[int, str]:
+        """Redeem the ticket in the shared table (off the event loop); on refusal
+        the session slot taken by _admit is given back."""
+        assert self.shared is not None
+        try:
+            await asyncio.to_thread(self.shared.consume, claims)
+            return 0, ""
+        except TicketError as exc:
+            code, reason = CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - the database is away: the ticket stays unused
+            log.warning("ticket store unavailable", extra={"error_type": type(exc).__name__})
+            code, reason = CloseCode.TRY_AGAIN_LATER, "ticket store unavailable; retry"
+        self.limiter.release(claims)
+        return code, reason
+
     async def handle(self, conn: ServerConnection) -> None:
         claims, code, reason = self._admit(conn)
+        if claims is not None and self.shared is not None:
+            code, reason = await self._consume_shared(claims)
+            claims = claims if not code else None
         if claims is None:
             log.warning("session refused", extra={"reason": reason, "peer": _peer(conn)})
             await conn.close(code, reason)

@@ -48,7 +48,8 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
-                             cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes)
+                             cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
+                             replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds)
     runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
     app = create_app(cfg, store, runner, terminals)
@@ -101,7 +102,8 @@ def server_options(listen_help: str) -> Any:
 @main.command()
 @server_options("HOST:PORT (default 127.0.0.1:8080)")
 def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
-    """Run the HTTP API service."""
+    """Run one service replica: the HTTP API and an operation runner, no exec
+    proxy. Several replicas may share one store (SPEC §9)."""
     _serve(config, data_dir, listen)
 
 
@@ -133,17 +135,22 @@ def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
 @main.command()
 @server_options("HOST:PORT for the proxy (default 127.0.0.1:8081)")
 @click.option("--api", help="HOST:PORT of the service, for activity reports")
-def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str | None
-          ) -> None:
-    """Run the exec proxy (terminals into running workspaces) with the service's
-    ticket key and listen address; the same process as `python -m proxy`."""
+@click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
+              help="the service's database (postgresql://... or its SQLite file): tickets "
+                   "are then single-use across all proxy replicas [STACKSPACE_DATABASE_URL]")
+def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str | None,
+          database_url: str | None) -> None:
+    """Run one exec proxy (terminals into running workspaces) with the service's
+    ticket key and listen address; the same process as `python -m proxy`. Run
+    several on one --database-url to scale out (SPEC §9)."""
     from proxy.server import ProxyConfig, run_proxy
 
     setup_logging()
     cfg = load_config(Path(config) if config else None, data_dir=data_dir, proxy_listen=listen)
     host, _, port = cfg.proxy_listen.rpartition(":")
     run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
-                          activity_url=f"http://{api or cfg.listen}/internal/activity"),
+                          activity_url=f"http://{api or cfg.listen}/internal/activity",
+                          database_url=database_url or cfg.database_url),
               announce=lambda url: click.echo(f"exec proxy listening on {url}"))
 
 

@@ -9,6 +9,13 @@ ProcessPoolExecutor breaks for good when one worker dies.)
 Every process a worker starts (the Pulumi CLI, providers) inherits the
 worker's ENGINE_TAG environment variable, so leftovers are found precisely by
 that tag, never by a saved pid that may since belong to someone else.
+
+Workers die with the service (PR_SET_PDEATHSIG), but the engine processes
+they started would not: a guardian process watches the service through a
+pipe only the service holds, and when the service is gone (however it died)
+kills every engine process of this pool. So an engine never outlives its
+service replica for long, and a lease that replica held can safely be taken
+over once it expires (service.runner).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import multiprocessing
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +67,7 @@ class WorkerPool:
         self._jobs: queue.Queue[tuple[Any, Callable[[Any], None]] | None] = queue.Queue()
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        self._guardian, self._lifeline = _start_guardian(tag_prefix)
         self._threads = [threading.Thread(target=self._slot, args=(i,), name=f"worker-slot-{i}",
                                           daemon=True) for i in range(size)]
         for t in self._threads:
@@ -89,6 +99,9 @@ class WorkerPool:
             t.join(timeout=15)
         # Workers die with their slot thread (PR_SET_PDEATHSIG); their engines too.
         kill_tagged(lambda tag: tag.startswith(self.tag_prefix + ":"))
+        os.close(self._lifeline)  # the guardian finds nothing left and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._guardian.wait(timeout=15)
 
     # --- one slot ---------------------------------------------------------------
     def _slot(self, index: int) -> None:
@@ -160,6 +173,28 @@ class WorkerPool:
                 raise WorkerDied(f"worker exited with code {proc.exitcode}")
 
 
+def _start_guardian(tag_prefix: str) -> tuple[subprocess.Popen, int]:
+    """Start the guardian of this pool's engine processes; returns it and the
+    write end of its lifeline (non-inheritable: only this process holds it)."""
+    read, write = os.pipe()
+    try:
+        # Its own session: a Ctrl-C at the service's terminal must not kill it first.
+        proc = subprocess.Popen([sys.executable, "-m", "service.pool", tag_prefix],  # noqa: S603
+                                stdin=read, start_new_session=True)
+    finally:
+        os.close(read)
+    return proc, write
+
+
+def guard(tag_prefix: str) -> None:
+    """The guardian's life: wait until the lifeline closes (the service exited
+    or died), then kill the engine processes the service's workers left."""
+    with contextlib.suppress(OSError):
+        while os.read(0, 1024):
+            pass
+    kill_tagged(lambda tag: tag.startswith(tag_prefix + ":"))
+
+
 def tagged_processes(match: Callable[[str], bool]) -> list[int]:
     """Pids whose environment carries an ENGINE_TAG that `match` accepts."""
     found = []
@@ -192,3 +227,8 @@ def kill_tagged(match: Callable[[str], bool], wait: float = 10.0) -> int:
             break
         time.sleep(0.1)
     return killed
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    guard(sys.argv[1])

@@ -2,12 +2,22 @@
 order, on a pool of warm worker processes.
 
 Every request is written to the store before anything runs. The dispatcher
-claims the oldest queued operation of an idle workspace with one conditional
-update (so a cancel or another dispatcher cannot race it), builds the run's
-whole config from the store (spec, decrypted secrets, runtime, and the
-running/deleting flags of service.lifecycle), and hands it to a worker. When
-it ends, lifecycle.settle decides the workspace's state, written with the
-operation's end in one transaction.
+claims the oldest queued operation of each idle workspace in one store
+transaction (so a cancel or another replica's dispatcher cannot race it),
+builds the run's whole config from the store (spec, decrypted secrets,
+runtime, and the running/deleting flags of service.lifecycle), and hands it to
+a worker. When it ends, lifecycle.settle decides the workspace's state,
+written with the operation's end in one transaction.
+
+Replicas: any number of runners may share one store. A claimed operation is
+leased to this replica (`replica_id`) for `lease_seconds` and renewed every
+third of that while it runs. A replica that dies stops renewing; once the
+lease has expired another replica takes the operation over and ends it
+through the crash recovery below. Why the dead replica's engine is no longer
+writing by then: its engine processes die with it (service.pool's guardian),
+and a replica that cannot renew a lease kills that run itself before the
+lease runs out (`_heartbeat`); a run whose lease was taken over is killed and
+its end is not recorded (the conditional `finish_operation`).
 
 Faults: a run cut off (service crash, dead worker, cancel past its grace)
 marks the workspace for recovery, which the next run on it does first
@@ -32,8 +42,10 @@ from typing import Any
 from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
 from service import lifecycle, worker
+from service.config import default_replica_id
 from service.metrics import metrics_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
+from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
 from stacks.automation import PulumiSettings
@@ -44,20 +56,25 @@ log = logging.getLogger("stackspace.runner")
 # After the one graceful SIGINT of a cancel or timeout, how long the engine
 # gets to stop cleanly before its worker is killed.
 CANCEL_GRACE = 30.0
+# How long a replica's claim on a running operation lasts unless renewed.
+LEASE_SECONDS = 30.0
 
 
 @dataclass
 class _Active:
     op: dict[str, Any]
     started: float  # monotonic
+    lease_until: float  # monotonic time our lease surely lasts until
     interrupted: float | None = None  # monotonic time the worker was asked to stop
     timed_out: bool = False
+    fenced: bool = False  # killed because its lease is (about to be) lost
 
 
 class OperationRunner:
     def __init__(self, store: Store, settings: PulumiSettings, pool_size: int | None = None,
                  timeout: float = 1800.0, idle_stop_after: float | None = None,
-                 runtimes: list[Runtime] | None = None, cancel_grace: float = CANCEL_GRACE):
+                 runtimes: list[Runtime] | None = None, cancel_grace: float = CANCEL_GRACE,
+                 replica_id: str | None = None, lease_seconds: float = LEASE_SECONDS):
         self.store = store
         self.settings = settings
         self.timeout = timeout
@@ -65,23 +82,32 @@ class OperationRunner:
         self.cancel_grace = cancel_grace
         self.runtimes = {r.name: r for r in runtimes or []}
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
-        # Engine processes carry "<instance>:<run>:..." (service.pool): the
-        # instance is this data dir, the run is this start of the service.
+        self.replica_id = replica_id or default_replica_id()
+        self.lease_seconds = lease_seconds
+        # Engine processes carry "<instance>:<pid>-<run>:..." (service.pool,
+        # service.replica): the instance is this store, the pid and run this
+        # start of this replica.
         self.instance = hashlib.sha256(str(store.path.resolve()).encode()).hexdigest()[:12]
         self.run_id = uuid.uuid4().hex[:12]
+        self.tag_prefix = engine_tag_prefix(self.instance, self.run_id)
         self._pool: WorkerPool | None = None
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._beat_stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._beat = threading.Thread(target=self._heartbeat, name="lease-heartbeat",
+                                      daemon=True)
+        self._next_takeover = 0.0
 
     # --- life of the runner ---------------------------------------------------
     def start(self) -> None:
         self.recover()
-        self._pool = WorkerPool(self.pool_size, f"{self.instance}:{self.run_id}", worker.serve,
+        self._pool = WorkerPool(self.pool_size, self.tag_prefix, worker.serve,
                                 args=(self.settings,))
         self._thread.start()
+        self._beat.start()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -90,6 +116,10 @@ class OperationRunner:
             self._thread.join(timeout=5)
         if self._pool is not None:
             self._pool.shutdown()
+        # Leases are renewed until the engines are gone: none expires while ours runs.
+        self._beat_stop.set()
+        if self._beat.is_alive():
+            self._beat.join(timeout=5)
 
     def submit(self, op: dict[str, Any], submission: Any = None) -> None:
         """A new operation is in the store: look at the queue now. (Everything a
@@ -132,6 +162,9 @@ class OperationRunner:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             try:
+                if time.monotonic() >= self._next_takeover:
+                    self._next_takeover = time.monotonic() + self.lease_seconds / 3
+                    self._take_over_expired()
                 self._retry_deletes()
                 self._dispatch()
                 self._watch_running()
@@ -141,26 +174,30 @@ class OperationRunner:
 
     def _dispatch(self) -> None:
         assert self._pool is not None
-        for owner, name in self.store.queued_workspaces():
-            if len(self._active) >= self.pool_size:
-                return
-            op = self.store.next_queued(owner, name)
-            if op is None or not self.store.claim(op["id"]):
-                continue
+        with self._lock:
+            free = self.pool_size - len(self._active)
+        asked = time.monotonic()  # the lease the store records lasts at least this long
+        for op in self.store.claim_next(self.replica_id, self.lease_seconds, free):
+            owner, name = op["owner"], op["workspace"]
+            with self._lock:
+                self._active[op["id"]] = _Active(op, time.monotonic(),
+                                                 asked + self.lease_seconds)
             ws = self.store.workspace(owner, name)
             if ws is None:  # cannot happen (delete is the last operation); be safe
+                with self._lock:
+                    self._active.pop(op["id"], None)
                 self.store.update_operation(op["id"], status="cancelled", ended=time.time())
                 continue
             try:
                 job = self._job(op, ws)
             except Exception as e:  # noqa: BLE001 - a run that cannot start changes nothing
+                with self._lock:
+                    self._active.pop(op["id"], None)
                 self._end(op, ws, worker.Outcome(op["id"], False, f"cannot start: {e}",
                                                  "not-started", {}, {}))
                 continue
             busy = lifecycle.busy_state(op["kind"], ws["desired"], ws["state"])
             self.store.update_workspace(owner, name, state=busy)
-            with self._lock:
-                self._active[op["id"]] = _Active(op, time.monotonic())
             self._pool.submit(job, lambda answer, op=op, ws=ws: self._done(op, ws, answer))
 
     def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> worker.Job:
@@ -185,8 +222,10 @@ class OperationRunner:
                           stack_settings=ws.get("stack_settings"))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
+        # A run killed for its lease (`_fence`) is recorded only if the lease
+        # is still ours (`_end`): if another replica took over, the end is theirs.
         with self._lock:
-            active = self._active.pop(op["id"], None)
+            active = self._active.get(op["id"])
         if isinstance(answer, WorkerDied):
             answer = worker.Outcome(op["id"], False,
                                     "interrupted: the worker running it stopped; retry it",
@@ -199,7 +238,13 @@ class OperationRunner:
                                     {}, answer.timings, answer.observed_running,
                                     answer.config_written, answer.recovered,
                                     stack_settings=answer.stack_settings)
-        self._end(op, ws, answer)
+        try:
+            self._end(op, ws, answer)
+        finally:
+            # Renewed until it is recorded: our own takeover pass must not
+            # see it expire in between.
+            with self._lock:
+                self._active.pop(op["id"], None)
         self._wake.set()
 
     def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: worker.Outcome) -> None:
@@ -213,25 +258,25 @@ class OperationRunner:
             ran_as=ws["desired"])
         if outcome.config_written and op["kind"] == "update":
             self.store.apply_spec(op)
-        if outcome.stack_settings is not None:
-            # Before the secrets digest (saved when the operation ends): the
-            # digest must never describe settings the store does not hold.
-            self.store.update_workspace(op["owner"], op["workspace"],
-                                        stack_settings=outcome.stack_settings)
         cancelled = outcome.error_type in (lifecycle.CANCELLED, "not-started") and \
             bool((self.store.operation(op["id"]) or {}).get("cancel_requested"))
         status = "succeeded" if outcome.ok else ("cancelled" if cancelled else "failed")
-        self.store.finish_operation(op, status, settled, error=outcome.error,
-                                    error_type=outcome.error_type, timings=outcome.timings,
-                                    # A recovery that did not converge keeps the outputs.
-                                    outputs=outcome.outputs if outcome.ok and (
-                                        outcome.outputs or op["kind"] != "refresh") else None,
-                                    recovered=outcome.recovered,
-                                    secrets_digest=outcome.secrets_digest,
-                                    # A recovery that did not bring the workspace where
-                                    # it should be keeps saying why (the interruption).
-                                    keep_last_error=op["kind"] == "refresh" and not (
-                                        settled.state == "running" == current["desired"]))
+        recorded = self.store.finish_operation(
+            op, status, settled, error=outcome.error, error_type=outcome.error_type,
+            timings=outcome.timings,
+            # A recovery that did not converge keeps the outputs.
+            outputs=outcome.outputs if outcome.ok and (
+                outcome.outputs or op["kind"] != "refresh") else None,
+            recovered=outcome.recovered, secrets_digest=outcome.secrets_digest,
+            stack_settings=outcome.stack_settings,
+            # A recovery that did not bring the workspace where it should be
+            # keeps saying why (the interruption).
+            keep_last_error=op["kind"] == "refresh" and not (
+                settled.state == "running" == current["desired"]),
+            lease_owner=self.replica_id)
+        if not recorded:  # another replica took it over: its end is theirs to record
+            log.warning("operation taken over by another replica", extra={"op": op["id"]})
+            return
         self.store.add_event(op["id"], {"type": "end", "status": status,
                                         **({"error": outcome.error} if outcome.error else {})})
         metrics_for(self.store).observe_operation(op["kind"], ws["runtime"], status,
@@ -316,23 +361,88 @@ class OperationRunner:
             log.info("idle auto-stop", extra={"owner": owner, "workspace": name})
             self._wake.set()
 
-    # --- crash recovery -----------------------------------------------------
-    def recover(self) -> None:
-        """After a restart: stop what earlier runs of this service left running
-        (found by their engine tag, never by a saved pid), end their operations
-        as interrupted, and queue a recovery run for each workspace, so the API
-        soon shows what really exists and every operation can be retried."""
-        mine = f"{self.instance}:"
-        killed = kill_tagged(lambda tag: tag.startswith(mine)
-                             and not tag.startswith(f"{mine}{self.run_id}:"))
-        if killed:
-            log.warning("killed engine processes of an earlier run", extra={"count": killed})
+    # --- leases and crash recovery -------------------------------------------
+    def _heartbeat(self) -> None:
+        """Renew the leases of this replica's runs every third of a lease. A run
+        whose lease is lost (taken over) or about to run out unrenewed (the
+        store unreachable) is killed here, before anyone else may take it over."""
+        interval = self.lease_seconds / 3
+        while not self._beat_stop.wait(interval):
+            with self._lock:
+                runs = [r for r in self._active.values() if not r.fenced]
+            if not runs:
+                continue
+            asked = time.monotonic()
+            try:
+                renewed = set(self.store.renew_leases(self.replica_id,
+                                                      [r.op["id"] for r in runs],
+                                                      self.lease_seconds))
+            except Exception:  # noqa: BLE001 - the store is away: fence in time instead
+                log.exception("cannot renew leases")
+                renewed = None
+            for run in runs:
+                if renewed is not None and run.op["id"] in renewed:
+                    run.lease_until = asked + self.lease_seconds
+                elif renewed is not None or time.monotonic() > run.lease_until - interval:
+                    self._fence(run)
+
+    def _fence(self, run: _Active) -> None:
+        """Stop a run whose lease is lost: kill its worker and engine now."""
+        with self._lock:
+            if self._active.get(run.op["id"]) is not run or run.fenced:
+                return
+            run.fenced = True
+        op_id = run.op["id"]
+        with contextlib.suppress(Exception):  # the store may be the reason: kill anyway
+            if (self.store.operation(op_id) or {}).get("status") != "running":
+                run.fenced = False  # it has just been recorded as ended
+                return
+        log.warning("lease lost: killing the run", extra={"op": op_id})
+        if self._pool is not None:
+            self._pool.kill(op_id)
+
+    def _take_over_expired(self, startup: bool = False) -> None:
+        """End the operations of dead replicas as interrupted and queue their
+        recovery: those whose lease has expired, and those of replicas known
+        dead on this host (at start: also this replica id's own earlier life)."""
+        with self._lock:
+            mine = set(self._active)
+        candidates = {op["id"]: op for op in self.store.expired_operations()}
         for op in self.store.running_operations():
+            owner = op.get("lease_owner")
+            if dead_here(owner, self.replica_id) or (startup and owner == self.replica_id):
+                candidates.setdefault(op["id"], op)
+        for op_id, op in candidates.items():
+            if op_id in mine:
+                continue
+            owner = op.get("lease_owner")
+            known_dead = startup and owner == self.replica_id or dead_here(owner,
+                                                                          self.replica_id)
+            if not self.store.take_over(op_id, owner, self.replica_id,
+                                        lease_seconds=self.lease_seconds,
+                                        expired_only=not known_dead):
+                continue  # renewed, or another replica was first
+            log.warning("taking over an interrupted operation",
+                        extra={"op": op_id, "from": owner})
             ws = self.store.workspace(op["owner"], op["workspace"])
             if ws is None:
-                self.store.update_operation(op["id"], status="failed", ended=time.time())
+                self.store.update_operation(op_id, status="failed", ended=time.time())
                 continue
             self._end(op, ws, worker.Outcome(
-                op["id"], False, "interrupted: the service stopped during the run; retry it",
+                op_id, False, "interrupted: the service stopped during the run; retry it",
                 lifecycle.INTERRUPTED, {}, {}, self._observe(ws)))
 
+    def recover(self) -> None:
+        """At start: stop what dead replicas of this store left running on this
+        host (found by their engine tag, never by a saved pid; never a live
+        replica's), then end as interrupted every operation of a dead replica
+        and queue a recovery run for each workspace, so the API soon shows what
+        really exists and every operation can be retried. Operations of live
+        replicas, and of replicas elsewhere until their lease expires, are left
+        alone (the dispatcher takes those over once their lease expires)."""
+        own = f"{self.tag_prefix}:"
+        killed = kill_tagged(lambda tag: left_by_dead_replica(tag, self.instance)
+                             and not tag.startswith(own))
+        if killed:
+            log.warning("killed engine processes of an earlier run", extra={"count": killed})
+        self._take_over_expired(startup=True)

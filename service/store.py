@@ -85,11 +85,14 @@ CREATE TABLE IF NOT EXISTS operations (
   secrets TEXT,                  -- ... and its secret values, Fernet-encrypted
   prev_state TEXT,               -- the workspace before the request
   prev_desired TEXT,
-  cancel_requested REAL
+  cancel_requested REAL,
+  lease_owner TEXT,              -- the replica running it (service.runner)
+  lease_until REAL               -- ... until when, unless it renews (unix s)
 );
 CREATE INDEX IF NOT EXISTS ops_by_ws ON operations(owner, workspace, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS ops_idem ON operations(owner, idempotency_key)
   WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ops_by_status ON operations(status);
 CREATE TABLE IF NOT EXISTS events (
   op TEXT NOT NULL,
   seq INTEGER NOT NULL,
@@ -121,7 +124,21 @@ ADDED_COLUMNS = [
     ("operations", "prev_state", "TEXT"),
     ("operations", "prev_desired", "TEXT"),
     ("operations", "cancel_requested", "REAL"),
+    # N replicas: who runs a running operation, and until when (leases).
+    ("operations", "lease_owner", "TEXT"),
+    ("operations", "lease_until", "REAL"),
 ]
+
+# Workspaces with a queued operation and none running, oldest request first
+# (service.store.Store.claim_next). PostgreSQL locks the rows it returns and
+# skips those another claimer holds.
+_CLAIMABLE = (
+    "SELECT w.owner, w.name FROM workspaces w WHERE EXISTS (SELECT 1 FROM operations o"
+    " WHERE o.owner=w.owner AND o.workspace=w.name AND o.status='queued') AND NOT EXISTS"
+    " (SELECT 1 FROM operations o WHERE o.owner=w.owner AND o.workspace=w.name AND"
+    " o.status='running') ORDER BY (SELECT MIN(o.created) FROM operations o WHERE"
+    " o.owner=w.owner AND o.workspace=w.name AND o.status='queued') LIMIT ?")
+CLAIMABLE = {"sqlite": _CLAIMABLE, "postgresql": _CLAIMABLE + " FOR UPDATE OF w SKIP LOCKED"}
 
 
 def hash_token(token: str) -> str:
@@ -347,40 +364,82 @@ class Store:
                               "ORDER BY seq DESC LIMIT 1", (owner, workspace)).fetchone()
         return _op(row) if row else None
 
-    def next_queued(self, owner: str, workspace: str) -> dict[str, Any] | None:
-        """The oldest queued operation of a workspace, if none is running."""
-        rows = self.db.execute(
-            "SELECT * FROM operations WHERE owner=? AND workspace=? AND status IN "
-            "('queued','running') ORDER BY seq", (owner, workspace)).fetchall()
-        if not rows or rows[0]["status"] == "running":
-            return None
-        return _op(rows[0])
-
     def has_queued(self, owner: str, workspace: str, after: int) -> bool:
         """Whether requests made after operation `after` (a seq) are queued."""
         return self.db.execute("SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
                                " status='queued' AND seq>?", (owner, workspace, after)
                                ).fetchone() is not None
 
-    def queued_workspaces(self) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT owner, workspace FROM operations WHERE status='queued'"
-            " GROUP BY owner, workspace ORDER BY MIN(created)")]
-
     def running_operations(self) -> list[dict[str, Any]]:
         return [_op(r) for r in self.db.execute(
             "SELECT * FROM operations WHERE status='running'")]
 
-    def claim(self, op_id: str) -> bool:
-        """queued -> running, only if it is still queued, is its workspace's
-        oldest active operation and nothing else of that workspace runs. One
-        conditional UPDATE, so a cancel or another dispatcher cannot race it."""
+    # --- leases: N runner replicas on one store (service.runner) -------------
+    def claim_next(self, owner: str, lease_seconds: float, limit: int) -> list[dict[str, Any]]:
+        """Claim for replica `owner`, in one transaction, up to `limit` operations:
+        the oldest queued one of each workspace that has none running, oldest
+        requests first; each becomes running, leased to `owner` for
+        `lease_seconds`. A claimer holds the rows of the workspaces it claims
+        for (PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas claiming at once
+        take different workspaces and never wait for each other; SQLite: BEGIN
+        IMMEDIATE serialises claimers), and reads each one's queue again under
+        that lock, so two replicas never start two operations of one
+        workspace; a cancel of a queued operation either wins first or finds
+        it running."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        claimed = []
+        with self.tx() as db:
+            idle = db.execute(CLAIMABLE[self.db.dialect], (limit,)).fetchall()
+            for ws in idle:
+                head = db.execute(
+                    "SELECT id, status FROM operations WHERE owner=? AND workspace=? AND"
+                    " status IN ('queued','running') ORDER BY seq LIMIT 1",
+                    (ws[0], ws[1])).fetchone()
+                if head is None or head["status"] != "queued":
+                    continue  # claimed by another replica since the first read
+                row = db.execute(
+                    "UPDATE operations SET status='running', started=?, lease_owner=?,"
+                    " lease_until=? WHERE id=? AND status='queued' RETURNING *",
+                    (now, owner, now + lease_seconds, head["id"])).fetchone()
+                if row is not None:
+                    claimed.append(_op(row))
+        return claimed
+
+    def renew_leases(self, owner: str, op_ids: list[str], lease_seconds: float) -> list[str]:
+        """Extend `owner`'s leases on its running operations; returns the ids
+        renewed (an id missing from the answer was taken over or has ended)."""
+        if not op_ids:
+            return []
+        marks = ", ".join("?" * len(op_ids))
+        with self.tx() as db:
+            rows = db.execute(
+                f"UPDATE operations SET lease_until=? WHERE id IN ({marks})"  # noqa: S608
+                " AND status='running' AND lease_owner=? RETURNING id",
+                (time.time() + lease_seconds, *op_ids, owner)).fetchall()
+        return [r[0] for r in rows]
+
+    def expired_operations(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Running operations whose lease has run out (or that never had one:
+        started before leases existed)."""
+        return [_op(r) for r in self.db.execute(
+            "SELECT * FROM operations WHERE status='running' AND (lease_until IS NULL OR"
+            " lease_until < ?) ORDER BY started", (time.time() if now is None else now,))]
+
+    def take_over(self, op_id: str, old_owner: str | None, new_owner: str, *,
+                  lease_seconds: float = 30.0, expired_only: bool = True) -> bool:
+        """Move a running operation's lease from `old_owner` to `new_owner`, only
+        if nobody moved or renewed it meanwhile (one conditional UPDATE: of two
+        replicas taking over at once, one wins). `expired_only=False` is for an
+        owner known dead on this very host (service.replica)."""
+        now = time.time()
         with self.tx() as db:
             cur = db.execute(
-                "UPDATE operations SET status='running', started=? WHERE id=? AND status='queued'"
-                " AND seq = (SELECT MIN(o.seq) FROM operations o WHERE o.owner=operations.owner"
-                " AND o.workspace=operations.workspace AND o.status IN ('queued','running'))",
-                (time.time(), op_id))
+                "UPDATE operations SET lease_owner=?, lease_until=? WHERE id=? AND"
+                " status='running' AND COALESCE(lease_owner, '') = COALESCE(?, '') AND"
+                " (? = 0 OR lease_until IS NULL OR lease_until < ?)",
+                (new_owner, now + lease_seconds, op_id, old_owner, int(expired_only), now))
             return cur.rowcount == 1
 
     def cancel_queued(self, op_id: str) -> bool:
@@ -403,18 +462,28 @@ class Store:
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
                          recovered: bool = False, secrets_digest: str | None = None,
-                         keep_last_error: bool = False, keep_state: bool = False) -> None:
-        """End a running operation and settle its workspace, in one transaction."""
+                         keep_last_error: bool = False, keep_state: bool = False,
+                         lease_owner: str | None = None,
+                         stack_settings: str | None = None) -> bool:
+        """End an operation and settle its workspace, in one transaction (with
+        the stack settings the run left, so the secrets digest never describes
+        settings the store does not hold). With `lease_owner`, only while that
+        replica still holds the running operation's lease: a replica that lost
+        it (taken over) changes nothing and gets False."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
         with self.tx() as db:
             db.lock("owner", owner)  # settles against the requests made meanwhile
-            db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?, timings=?"
-                       " WHERE id=?", (status, now, error, error_type,
-                                       json.dumps(timings or {}), op["id"]))
+            cur = db.execute("UPDATE operations SET status=?, ended=?, error=?, error_type=?,"
+                             " timings=?, lease_until=NULL WHERE id=? AND (CAST(? AS TEXT) IS"
+                             " NULL OR (status='running' AND lease_owner=?))",
+                             (status, now, error, error_type, json.dumps(timings or {}),
+                              op["id"], lease_owner, lease_owner))
+            if cur.rowcount == 0 and lease_owner:
+                return False
             if settled.state is None:
                 db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
-                return
+                return True
             fields: dict[str, Any] = {"desired": settled.desired, "updated": now}
             if not keep_state:
                 fields["state"] = settled.state
@@ -424,6 +493,8 @@ class Store:
                 fields["outputs"] = json.dumps(outputs)
             if recovered:
                 fields["needs_recovery"] = 0
+            if stack_settings is not None:
+                fields["stack_settings"] = stack_settings
             if secrets_digest:
                 fields["secrets_digest"] = secrets_digest
             if error_type == lifecycle.INTERRUPTED:
@@ -437,6 +508,7 @@ class Store:
             cols = ", ".join(f"{k}=?" for k in fields)
             db.execute(f"UPDATE workspaces SET {cols} WHERE owner=? AND name=?",  # noqa: S608
                        (*fields.values(), owner, name))
+        return True
 
     def due_delete_retries(self, now: float | None = None) -> list[tuple[str, str]]:
         """Workspaces whose delete failed and is due again, with nothing in flight."""

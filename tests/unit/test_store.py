@@ -1,6 +1,7 @@
 """The store's transitions that must not race: create + its operation + quota,
-claim, cancel; and secrets encrypted at rest. Real SQLite and a real
-PostgreSQL server (each test runs on both), real threads."""
+claim, cancel, leases of several replicas; and secrets encrypted at rest.
+Real SQLite and a real PostgreSQL server (each test runs on both), real
+threads."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_only_one_claim_wins_and_cancel_cannot_undo_a_claim(open_store):
     def claim() -> None:
         local = open_store()
         barrier.wait()
-        results.append("claimed" if local.claim(op["id"]) else "lost")
+        results.append("claimed" if local.claim_next("r1", 30, 1) else "lost")
 
     def cancel() -> None:
         local = open_store()
@@ -113,11 +114,79 @@ def test_claim_keeps_order_and_one_at_a_time(open_store):
     store = open_store()
     create_op, _ = create(store, "alice", "one")
     stop, _ = store.request_operation("alice", "one", "stop", queue=True)
-    assert not store.claim(stop["id"])  # the create comes first
-    assert store.claim(create_op["id"])
-    assert not store.claim(stop["id"])  # the create still runs
-    store.finish_operation(create_op, "succeeded", lifecycle.Settled("running", "running"))
-    assert store.claim(stop["id"])
+    claimed = store.claim_next("r1", 30, 10)
+    assert [o["id"] for o in claimed] == [create_op["id"]]  # the create comes first
+    assert claimed[0]["lease_owner"] == "r1" and claimed[0]["status"] == "running"
+    assert store.claim_next("r2", 30, 10) == []  # the create still runs
+    store.finish_operation(create_op, "succeeded", lifecycle.Settled("running", "running"),
+                           lease_owner="r1")
+    assert [o["id"] for o in store.claim_next("r2", 30, 10)] == [stop["id"]]
+
+
+def test_replicas_claiming_at_once_never_run_two_operations_of_one_workspace(open_store):
+    store = open_store()
+    for i in range(6):
+        create(store, "alice", f"w{i}")
+        store.request_operation("alice", f"w{i}", "stop", queue=True)
+    claims: dict[str, list[dict]] = {}
+    barrier = threading.Barrier(4)
+
+    def replica(name: str) -> None:
+        local = open_store()
+        barrier.wait()
+        claims[name] = [o for _ in range(5) for o in local.claim_next(name, 30, 2)]
+
+    threads = [threading.Thread(target=replica, args=(f"r{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = [o for ops in claims.values() for o in ops]
+    # Each workspace's create was claimed exactly once, by one replica, and
+    # none of the stops queued behind them.
+    assert sorted(o["workspace"] for o in got) == [f"w{i}" for i in range(6)]
+    assert {o["kind"] for o in got} == {"create"}
+    for name, ops in claims.items():
+        assert all(store.operation(o["id"])["lease_owner"] == name for o in ops)
+
+
+def test_leases_renew_expire_and_are_taken_over_once(open_store):
+    store = open_store()
+    op, _ = create(store, "alice", "one")
+    [claimed] = store.claim_next("r1", 30, 1)
+    assert store.renew_leases("r1", [op["id"]], 30) == [op["id"]]
+    assert store.renew_leases("r2", [op["id"]], 30) == []  # not r2's
+    assert store.expired_operations() == []
+    # A live lease is not taken over...
+    assert not store.take_over(op["id"], "r1", "r2")
+    # ...an expired one is, by exactly one of the replicas that try at once.
+    later = claimed["lease_until"] + 1
+    assert [o["id"] for o in store.expired_operations(now=later)] == [op["id"]]
+    store.update_operation(op["id"], lease_until=0)
+    barrier = threading.Barrier(4)
+    won: list[str] = []
+
+    def take(name: str) -> None:
+        local = open_store()
+        barrier.wait()
+        if local.take_over(op["id"], "r1", name):
+            won.append(name)
+
+    threads = [threading.Thread(target=take, args=(f"r{i}",)) for i in range(2, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and store.operation(op["id"])["lease_owner"] == won[0]
+    # The replica that lost it can neither renew it nor record its end.
+    assert store.renew_leases("r1", [op["id"]], 30) == []
+    assert not store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"),
+                                      lease_owner="r1")
+    assert store.operation(op["id"])["status"] == "running"
+    assert store.workspace("alice", "one")["state"] == "provisioning"
+    assert store.finish_operation(op, "failed", lifecycle.Settled("failed", "running"),
+                                  error="interrupted", lease_owner=won[0])
+    assert store.operation(op["id"])["status"] == "failed"
 
 
 def test_requests_set_desired_and_deletion_is_final(open_store):
@@ -148,10 +217,10 @@ def test_secrets_are_encrypted_at_rest_and_given_back(open_store, tmp_path: Path
 def test_failed_delete_is_due_for_retry(open_store):
     store = open_store()
     op, _ = create(store, "alice", "one")
-    store.claim(op["id"])
+    store.claim_next("r1", 30, 1)
     store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
     delete, _ = store.request_operation("alice", "one", "delete", queue=False)
-    store.claim(delete["id"])
+    store.claim_next("r1", 30, 1)
     assert store.due_delete_retries(now=1e12) == []  # still running
     store.finish_operation(delete, "failed", lifecycle.Settled("deleting", "deleted", True))
     assert store.due_delete_retries(now=0) == []  # not yet due
@@ -212,8 +281,8 @@ def test_queued_requests_at_once_keep_one_order(open_store):
     # They run one at a time, in that order.
     order = [first, *sorted(ops, key=lambda o: o["seq"])]
     for op in order:
-        assert all(not store.claim(o["id"]) for o in order if o is not op)
-        assert store.claim(op["id"])
+        assert [o["id"] for o in store.claim_next("r1", 30, 10)] == [op["id"]]
+        assert store.claim_next("r2", 30, 10) == []
         store.finish_operation(op, "succeeded", lifecycle.Settled("running", "running"))
 
 

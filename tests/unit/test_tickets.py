@@ -124,3 +124,36 @@ def test_replay_guard_is_bounded_and_forgets_expired():
         guard.consume(late, now=NOW + 1)
     guard.consume(late, now=NOW + 6)  # the first three expired and were dropped
     assert len(guard) == 1
+
+
+@pytest.fixture
+def database_url(store_target) -> str:
+    """The service's database on each backend: an SQLite file or a PostgreSQL URL."""
+    return str(store_target)
+
+
+def test_shared_guard_makes_a_ticket_single_use_across_proxies(database_url):
+    from proxy.replay import SharedReplayGuard
+
+    first, second = SharedReplayGuard(database_url), SharedReplayGuard(database_url)
+    claims = verify_ticket(KEY, mint(), now=NOW)
+    first.consume(claims, now=NOW)
+    for guard in (second, first):  # replayed on the other proxy, or the same one
+        with pytest.raises(TicketError, match="already used"):
+            guard.consume(claims, now=NOW + 1)
+    # A proxy started after the ticket was minted still takes a fresh one
+    # (the database remembers what was used, unlike the in-memory guard).
+    late = SharedReplayGuard(database_url)
+    late.consume(verify_ticket(KEY, mint(), now=NOW), now=NOW + 2)
+    for guard in (first, second, late):
+        guard.close()
+
+
+def test_shared_guard_forgets_expired_tickets(database_url):
+    from proxy.replay import SharedReplayGuard
+
+    guard = SharedReplayGuard(database_url)
+    guard.consume(verify_ticket(KEY, mint(ttl=5), now=NOW), now=NOW)
+    guard.consume(verify_ticket(KEY, mint(ttl=5), now=NOW), now=NOW + 61)  # purges the first
+    assert guard.db.execute("SELECT COUNT(*) FROM consumed_tickets").fetchone()[0] == 1
+    guard.close()
