@@ -32,7 +32,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
-from service.exec_client import run_exec
+from service.exec_client import ExecClientError, run_exec
 from tests.conftest import unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
@@ -213,6 +213,11 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
         out, err = io.BytesIO(), io.BytesIO()
         assert run_exec(grant["url"], grant["ticket"], io.BytesIO(), out, err) == 3
         assert out.getvalue() == b"made in the cluster\n"
+        # Single use, recorded in the shared database (so across proxy replicas).
+        with pytest.raises(ExecClientError, match="ticket already used"):
+            run_exec(grant["url"], grant["ticket"], io.BytesIO(), io.BytesIO(), io.BytesIO())
+        with psycopg.connect(store_url) as db:
+            assert db.execute("SELECT count(*) FROM consumed_tickets").fetchone()[0] == 1
 
         op = requests.delete(f"{url}/api/v1/workspaces/{name}", headers=headers,
                              timeout=30).json()
