@@ -215,6 +215,97 @@ def doctor(as_json: bool, config: str | None) -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@click.option("--namespace", default="stackspace", show_default=True,
+              help="namespace of the service and the proxy (one install per namespace)")
+@click.option("--workspace-namespace", default="stackspace-workspaces", show_default=True,
+              help="the only namespace the service may touch: workspaces live there")
+@click.option("--image", required=True, help="the stackspace image (scripts/toolchain/"
+              "stackspace-image.sh builds it; the cluster's nodes must have it)")
+@click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
+              help="postgresql://... store (STACKSPACE_DATABASE_URL); none: SQLite, 1 replica")
+@click.option("--backend-url", envvar="STACKSPACE_INSTALL_BACKEND_URL",
+              help="Pulumi backend of the workspaces (postgres://...); none: file:// in the pod")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="another install setting (deploy/settings.py), e.g. serviceReplicas=2")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="where the install's own Pulumi state and passphrase stay")
+@click.option("--render", "render_dir", type=click.Path(file_okay=False),
+              help="write the manifests as YAML into this directory instead ('-': stdout)")
+@click.option("--show-admin-token", is_flag=True, help="print the service's admin token")
+def install(namespace: str, workspace_namespace: str, image: str, database_url: str | None,
+            backend_url: str | None, settings: tuple[str, ...], state_dir: str | None,
+            render_dir: str | None, show_admin_token: bool) -> None:
+    """Install or upgrade stackspace in a Kubernetes cluster (the Pulumi program in
+    deploy/, run with the current kubeconfig unless --set kubeconfig=...)."""
+    import tempfile
+
+    from pulumi.automation.errors import CommandError
+
+    from service import install as inst
+
+    extra: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: want KEY=VALUE", param_hint="--set")
+        extra[key] = value
+    opts = inst.InstallOptions(namespace=namespace, workspace_namespace=workspace_namespace,
+                               image=image, database_url=database_url, backend_url=backend_url,
+                               settings=extra,
+                               state_dir=Path(state_dir) if state_dir else inst.DEFAULT_STATE_DIR)
+    echo = lambda line: click.echo(line.rstrip("\n"), err=True)  # noqa: E731
+    try:
+        if render_dir == "-":
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in inst.render(opts, Path(tmp), echo):
+                    click.echo(f"---\n# {path.relative_to(tmp)}\n{path.read_text()}")
+            return
+        if render_dir:
+            for path in inst.render(opts, Path(render_dir), echo):
+                click.echo(str(path))
+            return
+        outputs = inst.install(opts, echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    except CommandError as e:
+        raise click.ClickException(f"install failed: {_last_error(str(e))}") from e
+    token = outputs.pop("adminToken", None)
+    click.echo(json.dumps(outputs, indent=2, sort_keys=True))
+    if show_admin_token:
+        click.echo(f"admin token: {token}")
+
+
+@main.command()
+@click.option("--namespace", default="stackspace", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False))
+def uninstall(namespace: str, state_dir: str | None) -> None:
+    """Remove everything `stackspace install` made in NAMESPACE and the workspace
+    namespace's Roles (the workspace namespace itself and its workspaces stay)."""
+    from pulumi.automation.errors import CommandError
+
+    from service import install as inst
+
+    echo = lambda line: click.echo(line.rstrip("\n"), err=True)  # noqa: E731
+    try:
+        inst.uninstall(namespace, Path(state_dir) if state_dir else inst.DEFAULT_STATE_DIR, echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    except CommandError as e:
+        raise click.ClickException(f"uninstall failed: {_last_error(str(e))}") from e
+
+
+def _last_error(text: str) -> str:
+    """The program's refusal (a bad setting names its key) or the engine's last error
+    lines, not the whole transcript."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    refusals = [ln.removeprefix("ValueError: ") for ln in lines if ln.startswith("ValueError: ")]
+    if refusals:
+        return refusals[-1]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return "; ".join(errors[-3:]) or (lines or ["no output"])[-1]
+
+
 # --- client side ---------------------------------------------------------------
 
 class Client:

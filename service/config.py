@@ -11,6 +11,7 @@
     proxy_listen  STACKSPACE_PROXY_LISTEN  127.0.0.1:8081
     backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state (postgres://: DIY backend)
     passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <secrets_dir>/passphrase
+    proxy_url     STACKSPACE_PROXY_URL     ws://<proxy_listen>/exec: the proxy as clients reach it
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
@@ -66,6 +67,7 @@ class ServiceConfig:
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
     lease_seconds: float = 30.0
     runtimes: list[Runtime] = field(default_factory=list)
+    public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
     database_url: str | None = None  # None: the embedded SQLite store
     secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
     replica_id: str = field(default_factory=default_replica_id)
@@ -104,7 +106,8 @@ class ServiceConfig:
 
     @property
     def proxy_url(self) -> str:
-        return f"ws://{self.proxy_listen}/exec"
+        """Where clients open terminals: behind a Service or ingress, not the listen address."""
+        return self.public_proxy_url or f"ws://{self.proxy_listen}/exec"
 
     def pulumi_settings(self) -> PulumiSettings:
         cache = cache_dir()
@@ -150,6 +153,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         secrets_dir=secrets_dir,
         replica_id=env.get("STACKSPACE_REPLICA_ID", data.get("replica_id"))
         or default_replica_id(),
+        public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
     )
     for key, value in overrides.items():
         if value is not None:

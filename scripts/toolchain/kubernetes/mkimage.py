@@ -2,9 +2,10 @@
 """Write a single-layer image archive (docker-archive format) without a registry.
 
 The archive is what `ctr images import` and `docker load` accept:
-``manifest.json``, an image config JSON and one uncompressed layer tar. The
-layer is either an existing root filesystem tarball (``--rootfs-tar``) or a
-set of single files (``--file SRC:DEST[:MODE]``). Standard library only.
+``manifest.json``, an image config JSON and uncompressed layer tars. The
+layers are existing root filesystem tarballs (``--rootfs-tar``, repeatable:
+bottom layer first) or one layer of single files (``--file SRC:DEST[:MODE]``).
+Standard library only.
 
 Usage:
   mkimage.py --name docker.io/stackspace/workspace:bookworm \
@@ -78,9 +79,9 @@ def add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, f)
 
 
-def image_config(layer_digest: str, args: argparse.Namespace) -> dict[str, object]:
+def image_config(layer_digests: list[str], args: argparse.Namespace) -> dict[str, object]:
     config: dict[str, object] = {
-        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Env": args.env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
     }
     if args.entrypoint:
         config["Entrypoint"] = args.entrypoint
@@ -95,8 +96,9 @@ def image_config(layer_digest: str, args: argparse.Namespace) -> dict[str, objec
         "os": "linux",
         "created": EPOCH,
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-        "history": [{"created": EPOCH, "created_by": "stackspace mkimage.py"}],
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in layer_digests]},
+        "history": [{"created": EPOCH, "created_by": "stackspace mkimage.py"}
+                    for _ in layer_digests],
     }
 
 
@@ -104,37 +106,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="image reference, with tag")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--rootfs-tar", type=Path, help="root filesystem tarball (the layer)")
+    src.add_argument("--rootfs-tar", type=Path, action="append",
+                     help="root filesystem tarball (a layer; repeat for more, bottom first)")
     src.add_argument("--file", action="append", default=[], help="SRC:DEST[:MODE]")
     parser.add_argument("--entrypoint", nargs="+", default=None)
     parser.add_argument("--cmd", nargs="+", default=None)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--user", default="")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE (replaces PATH "
+                        "default when given)")
     parser.add_argument("--arch", default="amd64")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
-        if args.rootfs_tar is not None:
-            layer = args.rootfs_tar
+        if args.rootfs_tar:
+            layers = list(args.rootfs_tar)
         else:
-            layer = Path(tmp) / "layer.tar"
-            files_layer(args.file, layer)
-        layer_digest = sha256_file(layer)
-        config = json.dumps(image_config(layer_digest, args), sort_keys=True).encode()
+            layers = [Path(tmp) / "layer.tar"]
+            files_layer(args.file, layers[0])
+        digests = [sha256_file(layer) for layer in layers]
+        config = json.dumps(image_config(digests, args), sort_keys=True).encode()
         config_digest = hashlib.sha256(config).hexdigest()
         manifest = [
             {
                 "Config": f"{config_digest}.json",
                 "RepoTags": [args.name],
-                "Layers": [f"{layer_digest}/layer.tar"],
+                "Layers": [f"{d}/layer.tar" for d in digests],
             }
         ]
         partial = Path(tmp) / "image.tar"
         with tarfile.open(partial, "w", format=tarfile.GNU_FORMAT) as tar:
             add_bytes(tar, f"{config_digest}.json", config)
-            add_file(tar, f"{layer_digest}/layer.tar", layer)
+            for digest, layer in zip(digests, layers, strict=True):
+                add_file(tar, f"{digest}/layer.tar", layer)
             add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
         shutil.move(partial, args.out)
     os.chmod(args.out, 0o644)
