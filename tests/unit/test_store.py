@@ -321,3 +321,13 @@ def test_unreachable_postgres_names_the_setting_and_hides_the_password(postgres_
         Store("postgresql://nobody:s3cretpw@127.0.0.1:25432/stackspace")  # no such role
     assert "s3cretpw" not in str(err.value) and err.value.__cause__ is None
     assert 'role "nobody"' in str(err.value)  # the server's reason reaches the operator
+
+
+def test_a_replica_keeps_reading_while_a_newer_one_adds_a_column(open_store):
+    """Rolling upgrade: one replica adds a column while another serves reads."""
+    old, new = open_store(), open_store()
+    op, _ = create(old, "alice", "one")
+    for _ in range(30):  # often enough for a driver to cache the statement's plan
+        assert old.operation(op["id"])["id"] == op["id"]
+    new.db.execute("ALTER TABLE operations ADD COLUMN upgrade_note TEXT")
+    assert old.operation(op["id"])["upgrade_note"] is None
