@@ -35,14 +35,12 @@ from typing import Any
 import yaml
 
 from components.runtime import Runtime, parse_runtime
+from service.db import is_postgres_url
 from service.secret_files import read_or_create
 from stacks.automation import PulumiSettings
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "stackspace"
 PULUMI_VERSION = "3.259.0"  # scripts/toolchain/lib.sh builds this CLI
-
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def default_replica_id() -> str:
@@ -75,7 +73,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.secrets_dir is None:
             self.secrets_dir = self.data_dir
-        if self.database_url is not None and not self.database_url.startswith(POSTGRES_SCHEMES):
+        if self.database_url is not None and not is_postgres_url(self.database_url):
             # The URL may hold a password: name the field, never echo the value.
             raise ValueError("database_url: must be a postgresql:// URL (unset for SQLite)")
 

@@ -248,8 +248,9 @@ class PostgresDatabase:
         probe(url)  # a wrong URL or an unreachable server fails here, clearly
         # check: a connection the server dropped (restart, failover) is replaced
         # before use instead of failing a request. prepare_threshold=None: no
-        # server-side prepared statements, whose cached plans fail ("cached plan
-        # must not change result type") once a newer replica adds a column.
+        # server-side prepared statements, whose cached `SELECT *` plans fail
+        # once a newer replica adds a column during a rolling upgrade (they
+        # would not survive a transaction-pooling PgBouncer either).
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_SIZE, open=True,
                                     kwargs={"autocommit": True, "row_factory": _rows,
                                             "prepare_threshold": None},
