@@ -72,17 +72,20 @@ class Replica:
         env = {**os.environ, "STACKSPACE_ADMIN_TOKEN": token,
                "PULUMI_CONFIG_PASSPHRASE": "bench", "STACKSPACE_LOG_LEVEL": "WARNING",
                "STACKSPACE_REPLICA_ID": f"bench-{index}"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config",
-                                      str(cfg)], cwd=REPO, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = tmp / f"replica-{index}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve",
+                                          "--config", str(cfg)], cwd=REPO, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
                     return
             except requests.ConnectionError:
                 time.sleep(0.1)
-        raise RuntimeError(f"replica {index} did not answer /healthz")
+        raise RuntimeError(f"replica {index} did not answer /healthz:\n"
+                           + self.log.read_text()[-3000:])
 
     @property
     def url(self) -> str:

@@ -247,9 +247,12 @@ class PostgresDatabase:
 
         probe(url)  # a wrong URL or an unreachable server fails here, clearly
         # check: a connection the server dropped (restart, failover) is replaced
-        # before use instead of failing a request.
+        # before use instead of failing a request. prepare_threshold=None: no
+        # server-side prepared statements, whose cached plans fail ("cached plan
+        # must not change result type") once a newer replica adds a column.
         self._pool = ConnectionPool(url, min_size=1, max_size=self.POOL_SIZE, open=True,
-                                    kwargs={"autocommit": True, "row_factory": _rows},
+                                    kwargs={"autocommit": True, "row_factory": _rows,
+                                            "prepare_threshold": None},
                                     check=ConnectionPool.check_connection,
                                     name="stackspace-store")
 

@@ -281,8 +281,11 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                        {}, timings, None, False, recovered)
     except StorageAtRisk as e:
         timings["total"] = time.monotonic() - started
-        return Outcome(job.op_id, False, f"refused: {e}; nothing was changed", "storage-at-risk",
-                       {}, timings, None, getattr(e, "config_written", False), recovered)
+        # The engine's own refusal comes after the up saved the run's config.
+        written = getattr(e, "config_written", False)
+        said = "storage untouched, the stack config written" if written else "nothing was changed"
+        return Outcome(job.op_id, False, f"refused: {e}; {said}", "storage-at-risk",
+                       {}, timings, None, written, recovered)
     except Exception as e:  # noqa: BLE001 - every failure becomes the operation's error
         log.warning("operation failed", extra={"op": job.op_id, "kind": job.kind,
                                                "error_type": type(e).__name__})

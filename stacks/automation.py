@@ -496,6 +496,9 @@ class StackRunner:
         finally:
             self.command.up_args = []
         result.timings["up"] = time.monotonic() - t
+        if risky:  # cannot happen while storage is protected; never pass it silently
+            raise RuntimeError("the update deleted or replaced storage: "
+                               + ", ".join(f"{op} {urn}" for op, urn in risky))
         result.outputs = {k: v.value for k, v in up.outputs.items() if k != ATTEST_OUTPUT}
         return result
 

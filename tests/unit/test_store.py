@@ -314,6 +314,19 @@ def test_postgres_connections_dropped_by_the_server_are_replaced(new_database, t
     store.close()
 
 
+def test_a_column_added_by_a_newer_replica_does_not_break_an_older_one(open_store):
+    """A rolling upgrade: a newer replica adds a column while an older one keeps
+    serving. The older one's reads must not fail on plans cached before (on
+    PostgreSQL: "cached plan must not change result type")."""
+    old, new = open_store(), open_store()
+    create(old, "alice", "one")
+    for _ in range(40):  # psycopg prepares a statement after 5 runs on a connection
+        assert old.workspace("alice", "one")["name"] == "one"
+    new.db.execute("ALTER TABLE workspaces ADD COLUMN added_by_newer_replica TEXT")
+    assert old.workspace("alice", "one")["name"] == "one"
+    assert [w["name"] for w in old.workspaces("alice")] == ["one"]
+
+
 def test_unreachable_postgres_names_the_setting_and_hides_the_password(postgres_url: str):
     from service.db import DatabaseUnavailable
 
