@@ -200,6 +200,9 @@ def run_round(tmp: Path, server: str, replicas: int, creates: int, pool: int, ra
         load.stop()
         sampling.set()
         failed = [op for op in ops if op.get("status") != "succeeded"]
+        for op in failed:
+            print(f"failed: {op.get('status')} {op.get('error_type')}: "
+                  f"{str(op.get('error'))[:300]}", file=sys.stderr)
         with ThreadPoolExecutor(max_workers=creates) as ex:
             list(ex.map(lambda i: http.operation(
                 "DELETE", f"{apis[i % len(apis)]}/workspaces/{names[i]}",

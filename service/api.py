@@ -178,17 +178,19 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @authed
     def list_workspaces() -> Response:
         owner = request.args.get("owner")
-        if g.user.admin:
-            rows = store.workspaces(owner) if owner else store.workspaces()
-        else:
-            rows = store.workspaces(g.user.name)
-        return app.response_class(json.dumps({"items": [ws_view(w, store) for w in rows]}),
-                                  mimetype="application/json")
+        if not g.user.admin:
+            owner = g.user.name
+        rows = store.workspaces(owner or None)
+        last = store.last_operations(owner or None)
+        items = [ws_view(w, last.get((w["owner"], w["name"]))) for w in rows]
+        return app.response_class(json.dumps({"items": items}), mimetype="application/json")
 
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
     def get_workspace(name: str) -> Response:
-        return app.response_class(json.dumps(ws_view(find_workspace(name), store)),
+        ws = find_workspace(name)
+        last = store.last_operation(ws["owner"], ws["name"])
+        return app.response_class(json.dumps(ws_view(ws, last)),
                                   mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")
@@ -311,9 +313,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     return app
 
 
-def ws_view(ws: dict[str, Any], store: Store) -> dict[str, Any]:
+def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
     spec = WorkspaceSpec.parse(ws["spec"])
-    last = store.last_operation(ws["owner"], ws["name"])
     return {
         "name": ws["name"],
         "owner": ws["owner"],

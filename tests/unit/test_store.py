@@ -314,6 +314,20 @@ def test_postgres_connections_dropped_by_the_server_are_replaced(new_database, t
     store.close()
 
 
+def test_last_operations_gives_each_workspace_its_newest_operation(open_store):
+    store = open_store()
+    create(store, "alice", "one")
+    create(store, "alice", "two")
+    create(store, "bob", "three")
+    stop, _ = store.request_operation("alice", "one", "stop", queue=True)
+    newest = store.last_operations()
+    assert sorted(newest) == [("alice", "one"), ("alice", "two"), ("bob", "three")]
+    assert newest[("alice", "one")]["id"] == stop["id"]
+    for (owner, name), op in newest.items():
+        assert op == store.last_operation(owner, name)
+    assert sorted(store.last_operations("alice")) == [("alice", "one"), ("alice", "two")]
+
+
 def test_unreachable_postgres_names_the_setting_and_hides_the_password(postgres_url: str):
     from service.db import DatabaseUnavailable
 
