@@ -58,6 +58,42 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used by a process and all its descendants so far, the exited
+    ones included (a parent's cutime/cstime holds the children it waited for)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def database_activity(url: str) -> tuple[int, int]:
+    """(committed transactions, rows written) of one database so far."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit, tup_inserted + tup_updated + tup_deleted"
+                           " FROM pg_stat_database WHERE datname = current_database()"
+                           ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def backend_size(url: str) -> tuple[int, int]:
+    """(rows, bytes) the postgres:// Pulumi backend holds in its table."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('pulumi_state')").fetchone()[0] is None:
+            return 0, 0
+        row = conn.execute("SELECT count(*), coalesce(sum(octet_length(data::text)), 0)"
+                           " FROM pulumi_state").fetchone()
+    return int(row[0]), int(row[1])
+
+
 class Replica:
     """One `stackspace serve` process on the shared state."""
 
@@ -152,11 +188,13 @@ class ReadLoad:
             self.sent += 1
 
     def start(self) -> None:
-        self._thread.start()
+        if self.rate > 0:  # --rate 0: creates alone, for their own cost
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._pool.shutdown(wait=True)
 
 
@@ -191,12 +229,17 @@ def run_round(tmp: Path, server: str, replicas: int, creates: int, pool: int, ra
         load = ReadLoad(http, apis, rate)
         load.start()
         names = [f"s{replicas}-{i}" for i in range(creates)]
+        cpu0 = sum(tree_cpu(r.proc.pid) for r in procs)
+        db0 = database_activity(url)
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=creates) as ex:
             ops = list(ex.map(lambda i: http.operation(
                 "POST", f"{apis[i % len(apis)]}/workspaces", apis[i % len(apis)],
                 {"name": names[i]}), range(creates)))
         wall = time.monotonic() - t
+        cpu = sum(tree_cpu(r.proc.pid) for r in procs) - cpu0
+        db1 = database_activity(url)
+        state_rows, state_bytes = backend_size(url)
         load.stop()
         sampling.set()
         failed = [op for op in ops if op.get("status") != "succeeded"]
@@ -212,7 +255,11 @@ def run_round(tmp: Path, server: str, replicas: int, creates: int, pool: int, ra
                 "failed": len(failed), "sent": load.sent, "errors": load.errors,
                 "p50": pct(lat, 0.50) if lat else float("nan"),
                 "p99": pct(lat, 0.99) if lat else float("nan"),
-                "rate": load.sent / wall, "peak": peak / 2**20}
+                "rate": load.sent / wall, "peak": peak / 2**20,
+                # Per create; the reads' share is in these too (same processes, same DB).
+                "cpu": cpu / creates, "xacts": (db1[0] - db0[0]) / creates,
+                "rows": (db1[1] - db0[1]) / creates,
+                "state_kb": state_bytes / creates / 1024, "state_rows": state_rows / creates}
     finally:
         for r in procs:
             r.close()
@@ -243,6 +290,13 @@ def main() -> None:
         print(f"{r['replicas']:<10}{r['wall']:>7.1f}s{r['per_min']:>13.1f}{r['failed']:>8}"
               f"{r['rate']:>12.0f}{r['p50'] * 1000:>7.0f}ms{r['p99'] * 1000:>7.0f}ms"
               f"{r['errors']:>10}{r['peak']:>8.0f}MB")
+    print("\nper create, same runs (the reads' share included): CPU of the replica trees, "
+          "database transactions and rows written (store + backend), backend state kept")
+    print(f"{'replicas':<10}{'CPU-s':>8}{'DB xacts':>10}{'DB rows':>9}{'state rows':>12}"
+          f"{'state KB':>10}")
+    for r in rows:
+        print(f"{r['replicas']:<10}{r['cpu']:>8.1f}{r['xacts']:>10.0f}{r['rows']:>9.0f}"
+              f"{r['state_rows']:>12.1f}{r['state_kb']:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     from service.secret_files import SecretUnavailable
     from service.store import open_store
     from service.terminals import Terminals
+    from stacks.automation import BackendUnavailable
 
     setup_logging()
     try:
@@ -50,7 +51,10 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
                              replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds)
-    runner.start()
+    try:
+        runner.start()
+    except BackendUnavailable as e:
+        raise click.ClickException(str(e)) from None
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
     app = create_app(cfg, store, runner, terminals)
     host, _, port = cfg.listen.rpartition(":")

@@ -48,7 +48,7 @@ from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
-from stacks.automation import PulumiSettings
+from stacks.automation import PulumiSettings, prepare_backend
 from stacks.config import StackConfig
 
 log = logging.getLogger("stackspace.runner")
@@ -103,6 +103,7 @@ class OperationRunner:
 
     # --- life of the runner ---------------------------------------------------
     def start(self) -> None:
+        prepare_backend(self.settings)
         self.recover()
         self._pool = WorkerPool(self.pool_size, self.tag_prefix, worker.serve,
                                 args=(self.settings,))

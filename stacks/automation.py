@@ -176,6 +176,32 @@ class StackFiles:
         self.close()
 
 
+class BackendUnavailable(Exception):
+    """The Pulumi backend (backend_url) cannot be opened."""
+
+
+def prepare_backend(settings: PulumiSettings, attempts: int = 5) -> None:
+    """Open a postgres:// DIY backend once, before any engine runs: the CLI
+    creates its table on first use, and two CLIs doing that at once fail
+    ("duplicate key value ... pg_type"), as concurrent first creates would.
+    A replica starting beside another one retries. Other backends need nothing."""
+    if not settings.backend_url.startswith("postgres://"):
+        return
+    error = ""
+    for attempt in range(attempts):
+        # `login` records credentials (the URL may hold a password) in its
+        # PULUMI_HOME: give it a throwaway one. The URL comes from the env, not argv.
+        with tempfile.TemporaryDirectory(prefix="stackspace-login-") as home:
+            proc = subprocess.run([settings.pulumi_binary, "login", "--non-interactive"],
+                                  env={**os.environ, **settings.env(), "PULUMI_HOME": home},
+                                  capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return
+        error = _error_lines(proc.stderr.replace(settings.backend_url, "backend_url"))
+        time.sleep(0.5 * (attempt + 1))
+    raise BackendUnavailable(f"backend_url: cannot open the Pulumi backend: {error}")
+
+
 def sweep_work_dirs(pulumi_home: Path) -> int:
     """Remove the work dirs (and their selection files) of processes that are
     gone: a worker killed mid-run (kill -9, a cancel past its grace) leaves

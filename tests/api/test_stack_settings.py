@@ -149,6 +149,25 @@ def test_workspace_lifecycle_on_the_postgres_backend(tmp_path, docker_host, dock
                                        lambda stack: backend_lists(settings, stack, tmp_path))
 
 
+def test_replicas_opening_a_new_postgres_backend_at_once_all_succeed(pulumi_settings,
+                                                                     new_database):
+    """The CLI creates the backend's table on first use, and two CLIs doing so at
+    once fail: each replica opens the backend before its engines run, retrying
+    when a sibling won the race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg
+
+    from stacks.automation import prepare_backend
+
+    url = new_database("state_open")
+    settings = dataclasses.replace(pulumi_settings, backend_url=pulumi_backend(url))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(lambda _: prepare_backend(settings), range(4))) == [None] * 4
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('pulumi_state')").fetchone()[0] is not None
+
+
 def test_every_workspace_deletes_on_a_postgres_backend_holding_many_stacks(
         tmp_path, docker_host, docker_client, pulumi_settings, docker_provider, new_database):
     """The plain CLI's `stack ls` on the postgres:// backend (3.259) never
