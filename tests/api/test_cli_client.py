@@ -65,31 +65,35 @@ def test_quota_is_enforced_per_user(tmp_path, docker_host, docker_client, pulumi
     from tests.api.conftest import custom_service
     from tests.api.test_api_lifecycle import wait_op
 
+    # Unique names: the session's backend is shared by every test's service (each
+    # its own installation), and a stack another one left would be refused as taken.
+    a, b = (f"quota-{os.urandom(3).hex()}-{x}" for x in "ab")
     with custom_service(tmp_path, docker_host, pulumi_settings, quota=1,
                         database_url=store_backend("quota1")) as svc:
         try:
-            assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "a"}
+            assert svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": a}
                             ).status_code == 202
-            over = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "b"})
+            over = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": b})
             assert over.status_code == 403 and over.json()["type"].endswith("/quota-exceeded")
             # another user has their own quota
-            assert svc.call("POST", "/api/v1/workspaces", svc.bob, json={"name": "b"}
+            assert svc.call("POST", "/api/v1/workspaces", svc.bob, json={"name": b}
                             ).status_code == 202
             # a stop queued behind the running create can be cancelled before it
             # runs: it never runs, and the workspace ends as the create left it
-            create = svc.call("GET", "/api/v1/workspaces/a", svc.alice).json()["last_operation"]
-            op = svc.call("POST", "/api/v1/workspaces/a/stop?queue=true", svc.alice).json()
+            create = svc.call("GET", f"/api/v1/workspaces/{a}", svc.alice).json()["last_operation"]
+            op = svc.call("POST", f"/api/v1/workspaces/{a}/stop?queue=true", svc.alice).json()
             assert op["status"] == "queued"
             cancel = svc.call("POST", f"/api/v1/operations/{op['id']}/cancel", svc.alice)
             assert cancel.status_code == 202
-            assert wait_op(svc, svc.alice, create["id"])["status"] == "succeeded"
+            created = wait_op(svc, svc.alice, create["id"])
+            assert created["status"] == "succeeded", created
             stop = wait_op(svc, svc.alice, op["id"])
             assert stop["status"] == "cancelled" and stop["started"] is None, stop
-            ws = svc.call("GET", "/api/v1/workspaces/a", svc.alice).json()
+            ws = svc.call("GET", f"/api/v1/workspaces/{a}", svc.alice).json()
             assert (ws["state"], ws["desired"]) == ("running", "running"), ws
             assert docker_client.containers.get(ws["outputs"]["container"]).status == "running"
         finally:
-            for user, ws in ((svc.alice, "a"), (svc.bob, "b")):
+            for user, ws in ((svc.alice, a), (svc.bob, b)):
                 svc.call("DELETE", f"/api/v1/workspaces/{ws}?queue=true", user)
             deadline = time.monotonic() + 300
             while svc.store.workspaces() and time.monotonic() < deadline:
