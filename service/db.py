@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,6 +153,20 @@ class SqliteDatabase:
         conn.execute("COMMIT")
 
     def ensure_schema(self, script: str, added_columns: list[tuple[str, str, str]]) -> None:
+        # Replicas (or threads) opening a new file at once: a transaction that
+        # reads the schema and then writes it can be refused at once ("database
+        # is locked"; SQLite skips the busy timeout where waiting could deadlock).
+        # Nothing was written then: try again.
+        for attempt in itertools.count():
+            try:
+                return self._ensure_schema(script, added_columns)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt >= 200:
+                    raise
+                self.close()
+                time.sleep(0.05)
+
+    def _ensure_schema(self, script: str, added_columns: list[tuple[str, str, str]]) -> None:
         self.conn.executescript(script)  # executescript manages its own transaction
         for table, column, decl in added_columns:
             have = {r["name"] for r in self.conn.execute(f"PRAGMA table_info({table})")}
