@@ -18,17 +18,13 @@ import os
 import re
 import socket
 
+from stacks.automation import process_alive
+
 
 def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # the id names an earlier process that had our pid (a container's pid 1)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)
 
 
 def dead_here(owner: str | None, me: str) -> bool:

@@ -209,13 +209,14 @@ def sweep_work_dirs(pulumi_home: Path) -> int:
     swept = 0
     for path in Path(tempfile.gettempdir()).glob(f"{WORK_DIR_PREFIX}*-*"):
         pid = path.name.removeprefix(WORK_DIR_PREFIX).split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             _remove_work_dir(path, pulumi_home)
             swept += 1
     return swept
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
