@@ -49,7 +49,8 @@ from components.kubernetes import (  # noqa: E402
 from components.runtime import KubernetesRuntime, parse_runtime  # noqa: E402
 from components.spec import WORKSPACE_ROOT, WorkspaceSpec  # noqa: E402
 from service.store import Store  # noqa: E402
-from stacks.automation import PulumiSettings, StackFiles, StackRunner  # noqa: E402
+from stacks.automation import StackRunner  # noqa: E402
+from stacks.settings import PulumiSettings, StackFiles  # noqa: E402
 
 # Small enough to fit next to other engineers' pods on the shared 2-CPU node.
 RESOURCES = {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"}

@@ -39,7 +39,8 @@ from components.docker import INIT_INPUT_PREFIX  # noqa: E402
 from components.init_script import INIT_SCRIPT, init_inputs  # noqa: E402
 from components.spec import DEFAULT_IMAGE, WorkspaceSpec  # noqa: E402
 from service.store import Store  # noqa: E402
-from stacks.automation import PulumiSettings, StackFiles, StackRunner  # noqa: E402
+from stacks.automation import StackRunner  # noqa: E402
+from stacks.settings import PulumiSettings, StackFiles  # noqa: E402
 
 
 def free_port() -> int:

@@ -38,7 +38,7 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     from service.secret_files import SecretUnavailable
     from service.store import open_store
     from service.terminals import Terminals
-    from stacks.automation import BackendUnavailable
+    from stacks.settings import BackendUnavailable
 
     setup_logging()
     try:

@@ -37,7 +37,7 @@ import yaml
 from components.runtime import Runtime, parse_runtime
 from service.db import is_postgres_url
 from service.secret_files import read_or_create
-from stacks.automation import PulumiSettings
+from stacks.settings import PulumiSettings
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "stackspace"
 PULUMI_VERSION = "3.259.0"  # scripts/toolchain/lib.sh builds this CLI

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from stacks.automation import PulumiSettings, StackFiles
+from stacks.settings import PulumiSettings, StackFiles
 
 
 class WorkspaceNotFound(LookupError):

@@ -21,6 +21,7 @@ over once it expires (service.runner).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
@@ -56,9 +57,11 @@ class _Running:
 
 
 class WorkerPool:
-    def __init__(self, size: int, tag_prefix: str, target: Callable[..., None],
+    def __init__(self, size: int, tag_prefix: str, target: str,
                  args: tuple[Any, ...] = ()):
-        """`target(conn, tag, *args)` is a worker's main loop."""
+        """`target` ("module:function") is a worker's main loop, called as
+        function(conn, tag, *args). Named, not passed: the module (with the
+        Pulumi SDK it imports) then loads only in the workers."""
         self.size = size
         self._args = args
         self.tag_prefix = tag_prefix
@@ -146,7 +149,8 @@ class WorkerPool:
         while True:
             tag = f"{self.tag_prefix}:{index}:{generation}"
             parent, child = self._ctx.Pipe()
-            proc = self._ctx.Process(target=self._target, args=(child, tag, *self._args),
+            proc = self._ctx.Process(target=_worker_main, args=(self._target, child, tag,
+                                                                *self._args),
                                      daemon=True, name=f"stackspace-worker-{index}")
             proc.start()
             child.close()
@@ -171,6 +175,11 @@ class WorkerPool:
                 if conn.poll(0):  # answered just before exiting
                     return conn.recv()
                 raise WorkerDied(f"worker exited with code {proc.exitcode}")
+
+
+def _worker_main(target: str, *args: Any) -> None:
+    module, function = target.split(":")
+    getattr(importlib.import_module(module), function)(*args)
 
 
 def _start_guardian(tag_prefix: str) -> tuple[subprocess.Popen, int]:

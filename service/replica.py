@@ -18,7 +18,7 @@ import os
 import re
 import socket
 
-from stacks.automation import process_alive
+from stacks.settings import process_alive
 
 
 def pid_alive(pid: int) -> bool:

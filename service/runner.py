@@ -41,15 +41,15 @@ from typing import Any
 
 from components.runtime import Runtime, parse_runtime
 from components.spec import WorkspaceSpec
-from service import lifecycle, worker
+from service import jobs, lifecycle
 from service.config import default_replica_id
 from service.metrics import metrics_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
-from stacks.automation import PulumiSettings, prepare_backend
 from stacks.config import StackConfig
+from stacks.settings import PulumiSettings, prepare_backend
 
 log = logging.getLogger("stackspace.runner")
 
@@ -105,7 +105,7 @@ class OperationRunner:
     def start(self) -> None:
         prepare_backend(self.settings)
         self.recover()
-        self._pool = WorkerPool(self.pool_size, self.tag_prefix, worker.serve,
+        self._pool = WorkerPool(self.pool_size, self.tag_prefix, "service.worker:serve",
                                 args=(self.settings,))
         self._thread.start()
         self._beat.start()
@@ -194,14 +194,14 @@ class OperationRunner:
             except Exception as e:  # noqa: BLE001 - a run that cannot start changes nothing
                 with self._lock:
                     self._active.pop(op["id"], None)
-                self._end(op, ws, worker.Outcome(op["id"], False, f"cannot start: {e}",
+                self._end(op, ws, jobs.Outcome(op["id"], False, f"cannot start: {e}",
                                                  "not-started", {}, {}))
                 continue
             busy = lifecycle.busy_state(op["kind"], ws["desired"], ws["state"])
             self.store.update_workspace(owner, name, state=busy)
             self._pool.submit(job, lambda answer, op=op, ws=ws: self._done(op, ws, answer))
 
-    def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> worker.Job:
+    def _job(self, op: dict[str, Any], ws: dict[str, Any]) -> jobs.Job:
         """The run's whole config, rebuilt from the store every time."""
         runtime = self._runtime(ws)
         if runtime is None:
@@ -216,7 +216,7 @@ class OperationRunner:
         flags = lifecycle.run_flags(op["kind"], ws["desired"])
         cfg = StackConfig(owner=ws["owner"], spec=spec, runtime=runtime,
                           running=flags.running, deleting=flags.deleting)
-        return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
+        return jobs.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
                           secrets_digest=ws.get("secrets_digest"),
@@ -228,12 +228,12 @@ class OperationRunner:
         with self._lock:
             active = self._active.get(op["id"])
         if isinstance(answer, WorkerDied):
-            answer = worker.Outcome(op["id"], False,
+            answer = jobs.Outcome(op["id"], False,
                                     "interrupted: the worker running it stopped; retry it",
                                     lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
         elif active and active.interrupted is not None and not answer.ok:
             why = f"timed out after {self.timeout:.0f}s" if active.timed_out else "cancelled"
-            answer = worker.Outcome(op["id"], False,
+            answer = jobs.Outcome(op["id"], False,
                                     f"{why}; the engine stopped at its next safe point",
                                     lifecycle.CANCELLED,
                                     {}, answer.timings, answer.observed_running,
@@ -248,7 +248,7 @@ class OperationRunner:
                 self._active.pop(op["id"], None)
         self._wake.set()
 
-    def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: worker.Outcome) -> None:
+    def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: jobs.Outcome) -> None:
         current = self.store.workspace(op["owner"], op["workspace"]) or ws
         settled = lifecycle.settle(
             op["kind"], ok=outcome.ok, error_type=outcome.error_type,
@@ -330,7 +330,7 @@ class OperationRunner:
                                              if timed_out else "info", "message": message})
                 run.interrupted, run.timed_out = now, timed_out
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, worker.CANCEL_SIGNAL)
+                    os.kill(pid, jobs.CANCEL_SIGNAL)
             elif now - run.interrupted > self.cancel_grace:
                 log.warning("engine did not stop in time: killing it", extra={"op": op_id})
                 self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
@@ -429,7 +429,7 @@ class OperationRunner:
             if ws is None:
                 self.store.update_operation(op_id, status="failed", ended=time.time())
                 continue
-            self._end(op, ws, worker.Outcome(
+            self._end(op, ws, jobs.Outcome(
                 op_id, False, "interrupted: the service stopped during the run; retry it",
                 lifecycle.INTERRUPTED, {}, {}, self._observe(ws)))
 

@@ -17,68 +17,24 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pulumi.automation import events
 
+from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
 from service.store import Store
-from stacks.automation import (
-    PulumiSettings,
-    StackFiles,
-    StackRunner,
-    StackTaken,
-    StorageAtRisk,
-    sweep_work_dirs,
-)
-from stacks.config import StackConfig
+from stacks.automation import StackRunner, StackTaken, StorageAtRisk
+from stacks.settings import PulumiSettings, StackFiles, sweep_work_dirs
 
 log = logging.getLogger("stackspace.worker")
 PR_SET_PDEATHSIG = 1
 
 _runner: StackRunner | None = None
 _store: Store | None = None
-
-
-@dataclass(frozen=True)
-class Job:
-    op_id: str
-    kind: str  # create | start | stop | update | delete | refresh
-    stack: str
-    store_path: str
-    settings: PulumiSettings
-    # The whole config the run applies (from the store: spec, secrets, runtime,
-    # and the running/deleting flags the lifecycle rules give this kind).
-    config: StackConfig
-    # An earlier run on this stack was cut off: clear its lock and pending
-    # operations, adopt what it created, before anything else.
-    recover: bool = False
-    # Keyed digest of the secret config the stack holds (skip rewriting it).
-    secrets_digest: str | None = None
-    # The stack's settings file (config + encryption salt) as the store keeps
-    # it; None before the first run. Never logged.
-    stack_settings: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    op_id: str
-    ok: bool
-    error: str | None
-    error_type: str | None
-    outputs: dict[str, Any]
-    timings: dict[str, float]
-    # Whether the workspace's workload runs after the run (None: not observed).
-    observed_running: bool | None = None
-    # The run's config reached the stack (an update's spec is then the workspace's).
-    config_written: bool = False
-    recovered: bool = False
-    secrets_digest: str | None = None
-    # The stack's settings text after the run (None: no stack, or not known).
-    stack_settings: str | None = field(default=None, repr=False)
 
 
 def serve(conn: Any, tag: str, settings: PulumiSettings | None = None) -> None:
@@ -117,11 +73,6 @@ def init_process() -> None:
     import stacks.program  # noqa: F401 - pulumi, pulumi_docker, pulumi_kubernetes, once
 
 
-# The runner asks a worker to stop its job with this signal: the job stops at
-# its next step, and the Pulumi CLI running now gets one SIGINT (its graceful
-# cancel). A flag, not just a signal to the CLI: the request must not be lost
-# between two CLI processes.
-CANCEL_SIGNAL = signal.SIGUSR1
 _cancelled = threading.Event()
 
 

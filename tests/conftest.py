@@ -119,7 +119,7 @@ def docker_client(docker_host: str):
 @pytest.fixture(scope="session")
 def pulumi_settings(tmp_path_factory: pytest.TempPathFactory, pulumi_bin: Path,
                     pulumi_home: Path):
-    from stacks.automation import PulumiSettings
+    from stacks.settings import PulumiSettings
 
     state = tmp_path_factory.mktemp("pulumi-state")
     return PulumiSettings(

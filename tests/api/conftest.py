@@ -116,7 +116,7 @@ def custom_service(tmp: Path, docker_host: str, pulumi_settings, **options) -> I
 @pytest.fixture
 def offline_service(tmp_path, store_backend: StoreBackend) -> Iterator[Service]:
     """The API without an engine behind it: for auth, validation and schema tests."""
-    from stacks.automation import PulumiSettings
+    from stacks.settings import PulumiSettings
 
     settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                               pulumi_home=tmp_path)
@@ -127,7 +127,7 @@ def offline_service(tmp_path, store_backend: StoreBackend) -> Iterator[Service]:
 @pytest.fixture
 def idle_service(tmp_path, store_backend: StoreBackend) -> Iterator[Service]:
     """The API with its dispatcher stopped: operations stay queued."""
-    from stacks.automation import PulumiSettings
+    from stacks.settings import PulumiSettings
 
     settings = PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                               pulumi_home=tmp_path)

@@ -22,7 +22,7 @@ from service.config import ServiceConfig
 from service.openapi import document
 from service.runner import OperationRunner
 from service.store import open_store
-from stacks.automation import PulumiSettings
+from stacks.settings import PulumiSettings
 
 
 @pytest.fixture(scope="module")

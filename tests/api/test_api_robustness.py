@@ -15,7 +15,7 @@ from tests.api.conftest import Service, start_service
 
 
 def _settings(tmp_path):
-    from stacks.automation import PulumiSettings
+    from stacks.settings import PulumiSettings
 
     return PulumiSettings(backend_url=f"file://{tmp_path}", passphrase=secrets.token_hex(8),
                           pulumi_home=tmp_path)

@@ -20,7 +20,7 @@ import pytest
 
 from components.base import LABEL_OWNER, LABEL_WORKSPACE
 from service.store import DatabaseURL
-from stacks.automation import PROJECT_DIR
+from stacks.settings import PROJECT_DIR
 from tests.api.conftest import Service, custom_service
 from tests.api.test_api_lifecycle import wait_op
 
@@ -158,7 +158,7 @@ def test_replicas_opening_a_new_postgres_backend_at_once_all_succeed(pulumi_sett
 
     import psycopg
 
-    from stacks.automation import prepare_backend
+    from stacks.settings import prepare_backend
 
     url = new_database("state_open")
     settings = dataclasses.replace(pulumi_settings, backend_url=pulumi_backend(url))

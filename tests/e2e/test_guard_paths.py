@@ -13,8 +13,8 @@ import pytest
 
 from components.runtime import DockerRuntime
 from components.spec import WorkspaceSpec
-from stacks.automation import PROJECT_DIR
 from stacks.naming import resource_base, stack_name
+from stacks.settings import PROJECT_DIR
 from tests.e2e.stack_helpers import converger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]

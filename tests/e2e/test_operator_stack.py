@@ -13,8 +13,8 @@ import pytest
 from service import lifecycle
 from service.operator import WorkspaceNotFound, run_pulumi
 from service.store import Store
-from stacks.automation import StackFiles
 from stacks.naming import stack_name
+from stacks.settings import StackFiles
 
 pytestmark = pytest.mark.e2e
 

@@ -20,9 +20,10 @@ import pytest
 
 from components.runtime import DockerRuntime
 from components.spec import WorkspaceSpec
-from stacks.automation import PROJECT_DIR, PulumiSettings, StackFiles, StackRunner
+from stacks.automation import StackRunner
 from stacks.config import StackConfig
 from stacks.naming import resource_base, stack_name
+from stacks.settings import PROJECT_DIR, PulumiSettings, StackFiles
 from tests.e2e.repo_image import BASE_IMAGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]

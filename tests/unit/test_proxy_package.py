@@ -21,17 +21,33 @@ from service.exec_client import _pollable
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_proxy_imports_neither_service_nor_pulumi():
-    """Only the store's database adapter (shared consumed tickets, proxy.replay)."""
-    code = ("import json, sys, proxy.server, proxy.__main__, proxy.backends; "
-            "print(json.dumps(sorted(sys.modules)))")
+def _modules_after(imports: str) -> set[str]:
+    """The modules a fresh interpreter holds after `import <imports>`."""
+    code = f"import json, sys, {imports}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    modules = set(json.loads(out.stdout)) - {"service", "service.db"}
+    return set(json.loads(out.stdout))
+
+
+PULUMI_SDK = ("pulumi", "pulumi_docker", "pulumi_kubernetes", "grpc")
+
+
+def test_proxy_imports_neither_service_nor_pulumi():
+    """Only the store's database adapter (shared consumed tickets, proxy.replay)."""
+    modules = _modules_after("proxy.server, proxy.__main__, proxy.backends") - {
+        "service", "service.db"}
     assert "proxy.backends" in modules
-    leaked = [m for m in modules if m.split(".")[0] in ("service", "pulumi", "stacks",
-                                                         "pulumi_docker", "pulumi_kubernetes")]
+    leaked = [m for m in modules if m.split(".")[0] in ("service", "stacks", *PULUMI_SDK)]
     assert leaked == []
+
+
+def test_service_process_leaves_the_pulumi_sdk_to_its_workers():
+    """The SDK (~30 MB per process) loads only in the worker processes that drive
+    the engine (service.worker), not in the API process that queues their jobs."""
+    modules = _modules_after("service.cli, service.api, service.runner, service.operator")
+    assert "service.runner" in modules and "service.jobs" in modules
+    assert [m for m in modules if m.split(".")[0] in PULUMI_SDK] == []
+    assert "service.worker" not in modules and "stacks.automation" not in modules
 
 
 def test_python_dash_m_proxy_refuses_a_missing_or_short_key():

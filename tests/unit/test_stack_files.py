@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import tempfile
 
-import stacks.automation as automation
-from stacks.automation import StackFiles
+import stacks.settings as settings
+from stacks.settings import StackFiles
 
 SETTINGS = "encryptionsalt: v1:abc\nconfig:\n  stackspace:owner: alice\n"
 
@@ -19,9 +19,9 @@ def test_settings_are_materialised_in_a_private_copy_and_taken_back(tmp_path):
     assert files.read() == SETTINGS == files.initial
     project = path / "Pulumi.yaml"
     assert project.is_file() and not project.is_symlink()
-    assert project.read_text() == (automation.PROJECT_DIR / "Pulumi.yaml").read_text()
-    assert (path / "__main__.py").resolve() == automation.PROJECT_DIR / "__main__.py"
-    assert (path / "stacks").resolve() == automation.PROJECT_DIR / "stacks"
+    assert project.read_text() == (settings.PROJECT_DIR / "Pulumi.yaml").read_text()
+    assert (path / "__main__.py").resolve() == settings.PROJECT_DIR / "__main__.py"
+    assert (path / "stacks").resolve() == settings.PROJECT_DIR / "stacks"
     # What the CLI changed comes back; the directory and its selection go.
     files.settings_path("ws-a").write_text(SETTINGS + "  stackspace:running: 'true'\n")
     digest = hashlib.sha1(str(project).encode()).hexdigest()  # noqa: S324
@@ -49,7 +49,7 @@ def test_stack_files_of_the_checkout_are_not_carried_and_legacy_ones_are_importe
     (checkout / "__main__.py").write_text("")
     (checkout / "Pulumi.ws-old.yaml").write_text(SETTINGS)
     (checkout / "Pulumi.ws-other.yaml").write_text("config: {}\n")
-    monkeypatch.setattr(automation, "PROJECT_DIR", checkout)
+    monkeypatch.setattr(settings, "PROJECT_DIR", checkout)
     with StackFiles(tmp_path / "home", "ws-old", None) as files:
         names = sorted(p.name for p in files.path.iterdir())
         assert names == ["Pulumi.ws-old.yaml", "Pulumi.yaml", "__main__.py"]
@@ -78,14 +78,14 @@ def test_work_dirs_of_dead_processes_are_swept(tmp_path, monkeypatch):
     mine = StackFiles(home, "ws-d", SETTINGS)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    left = tmp_path / "tmp" / f"{automation.WORK_DIR_PREFIX}{dead.pid}-x1"
+    left = tmp_path / "tmp" / f"{settings.WORK_DIR_PREFIX}{dead.pid}-x1"
     left.mkdir()
     digest = hashlib.sha1(str(left / "Pulumi.yaml").encode()).hexdigest()  # noqa: S324
     selection = home / "workspaces" / f"stackspace-{digest}-workspace.json"
     selection.parent.mkdir(parents=True)
     selection.write_text("{}")
-    assert automation.sweep_work_dirs(home) == 1
+    assert settings.sweep_work_dirs(home) == 1
     assert not left.exists() and not selection.exists()
     assert mine.path.exists() and mine.path.name.startswith(
-        f"{automation.WORK_DIR_PREFIX}{os.getpid()}-")
+        f"{settings.WORK_DIR_PREFIX}{os.getpid()}-")
     mine.close()
