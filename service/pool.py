@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,6 @@ class WorkerPool:
         self._args = args
         self.tag_prefix = tag_prefix
         self._target = target
-        self._ctx = multiprocessing.get_context("spawn")
         self._jobs: queue.Queue[tuple[Any, Callable[[Any], None]] | None] = queue.Queue()
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
@@ -148,12 +148,7 @@ class WorkerPool:
         that dies on the way)."""
         while True:
             tag = f"{self.tag_prefix}:{index}:{generation}"
-            parent, child = self._ctx.Pipe()
-            proc = self._ctx.Process(target=_worker_main, args=(self._target, child, tag,
-                                                                *self._args),
-                                     daemon=True, name=f"stackspace-worker-{index}")
-            proc.start()
-            child.close()
+            proc, parent = _start_worker(self._target, tag, self._args)
             try:
                 if parent.poll(READY_TIMEOUT) and parent.recv() == READY:
                     return proc, parent, tag
@@ -177,9 +172,50 @@ class WorkerPool:
                 raise WorkerDied(f"worker exited with code {proc.exitcode}")
 
 
-def _worker_main(target: str, *args: Any) -> None:
+class _Worker:
+    """A worker process as the slot sees it (the part of multiprocessing.Process it uses)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    def is_alive(self) -> bool:
+        return self._proc.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.poll()
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=timeout)
+
+
+def _start_worker(target: str, tag: str, args: tuple[Any, ...]) -> tuple[_Worker, Connection]:
+    """`python -m service.pool --worker TARGET FD`, fed over a socket pair with
+    multiprocessing's message framing. A plain subprocess, not a spawned
+    multiprocessing.Process: that would also start a resource-tracker process
+    (~12 MB) that this pool has no use for. Started from the slot's thread, so
+    the worker's PR_SET_PDEATHSIG follows that thread."""
+    parent, child = multiprocessing.Pipe()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "service.pool", "--worker", target, str(child.fileno())],
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+    finally:
+        child.close()
+    parent.send((tag, args))
+    return _Worker(proc), parent
+
+
+def _worker_process(target: str, fd: int) -> None:
+    conn = Connection(fd)
+    tag, args = conn.recv()
     module, function = target.split(":")
-    getattr(importlib.import_module(module), function)(*args)
+    getattr(importlib.import_module(module), function)(conn, tag, *args)
 
 
 def _start_guardian(tag_prefix: str) -> tuple[subprocess.Popen, int]:
@@ -239,5 +275,8 @@ def kill_tagged(match: Callable[[str], bool], wait: float = 10.0) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    guard(sys.argv[1])
+    if sys.argv[1] == "--worker":
+        _worker_process(sys.argv[2], int(sys.argv[3]))
+    else:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        guard(sys.argv[1])
