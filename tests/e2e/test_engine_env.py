@@ -36,4 +36,4 @@ def test_the_clis_own_log_directory_stays_small(pulumi_settings, tmp_path: Path)
     # Rotation runs before the CLI opens its own log, which comes on top.
     assert 0 < total <= bound + 2**20
     # The newest logs are what is kept (the CLI's own run among them).
-    assert any("stack_ls" in p.name for p in logs.iterdir())
+    assert any(p.name.endswith("-stack_list.log") for p in logs.iterdir())
