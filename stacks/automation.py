@@ -135,9 +135,9 @@ class EngineCommand(auto.PulumiCommand):
 
 
 class WorkspaceStack(auto.Stack):
-    """A stack whose `up` skips the three CLI calls the SDK makes afterwards
-    (`stack output` twice, `stack history`): the inline program hands over the
-    outputs, the engine's summary event the summary."""
+    """A stack whose `up` (or destroy, refresh) skips the CLI calls the SDK
+    makes afterwards (`stack output` twice, `stack history`): the inline
+    program hands over the outputs, the engine's summary event the summary."""
 
     def __init__(self, name: str, workspace: auto.LocalWorkspace,
                  mode: StackInitMode | None = None) -> None:
@@ -155,7 +155,7 @@ class WorkspaceStack(auto.Stack):
     def info(self, show_secrets: bool = True) -> auto.UpdateSummary | None:
         if self.program_outputs is None:
             return super().info(show_secrets)
-        # Our own up just succeeded (it raises otherwise); callers read the
+        # Our own run just succeeded (it raises otherwise); callers read the
         # engine's summary from its events, not from here.
         now = datetime.datetime.now(datetime.UTC)
         return auto.UpdateSummary(kind="update", start_time=now, end_time=now, message="",
@@ -230,6 +230,13 @@ class StackRunner:
             return WorkspaceStack(name, self.workspace, StackInitMode.SELECT), True
         self._created(name)
         return stack, False
+
+    def _attach(self, name: str) -> WorkspaceStack:
+        """A stack `exists` just found, for a run that reads its outcome from
+        engine events: no second `stack select`, no `stack history` after it."""
+        stack = WorkspaceStack(name, self.workspace)
+        stack.program_outputs = {}
+        return stack
 
     def init_stack(self, name: str) -> None:
         """`stack init` a stack that must be new: StackTaken if the backend has it.
@@ -419,7 +426,7 @@ class StackRunner:
         if not self.exists(stack_name):
             return result
         t = time.monotonic()
-        stack = self.stack(stack_name, create=False)
+        stack = self._attach(stack_name)
         self.write_config(stack, {KEY_RUNNING: ("false", False),
                                   KEY_DELETING: ("true", False)})
         proc = self.cli("state", "unprotect", "--all", "--yes", "--stack", stack_name)
@@ -445,7 +452,7 @@ class StackRunner:
         exists server-side."""
         if not self.exists(stack_name):
             return set()
-        stack = self.stack(stack_name, create=False)
+        stack = self._attach(stack_name)
         stack.cancel()
         stack.refresh(on_event=on_event, color="never", suppress_progress=True,
                       clear_pending_creates=True)
