@@ -215,7 +215,8 @@ class OperationRunner:
         spec = WorkspaceSpec.from_public(public, secrets)
         flags = lifecycle.run_flags(op["kind"], ws["desired"])
         cfg = StackConfig(owner=ws["owner"], spec=spec, runtime=runtime,
-                          running=flags.running, deleting=flags.deleting)
+                          running=flags.running, deleting=flags.deleting,
+                          installation=ws.get("installation") or "")
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
@@ -295,7 +296,8 @@ class OperationRunner:
         """Whether the workspace's workload runs, asked of its runtime directly
         (so the API tells the truth even before the recovery run)."""
         runtime = self._runtime(ws)
-        return workload_running(runtime, ws["owner"], ws["name"]) if runtime else None
+        return workload_running(runtime, ws["owner"], ws["name"],
+                                installation=ws.get("installation") or "") if runtime else None
 
     def _request_recovery(self, owner: str, name: str) -> None:
         """Queue a recovery run (refresh; or the pending delete) unless another
