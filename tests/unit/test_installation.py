@@ -123,3 +123,30 @@ def test_the_signed_ticket_target_carries_the_id_to_the_kubernetes_exec():
     assert KubernetesExec(kube, legacy, ExecRequest(["true"], tty=False)).installation == ""
     old_ticket = {k: v for k, v in target.items() if k != "installation"}
     assert KubernetesExec(kube, old_ticket, ExecRequest(["true"], tty=False)).installation == ""
+
+
+def test_the_runner_builds_each_workspace_with_the_id_it_was_created_under(tmp_path):
+    """A new workspace's run carries the store's id; one made before ids
+    existed (NULL) runs with "" and so with exactly its old stack config."""
+    from service.runner import OperationRunner
+    from service.store import Store
+    from stacks.automation import PulumiSettings
+
+    runtime = {"name": "local", "type": "docker", "host": "unix:///run/test-docker.sock"}
+    store = Store(tmp_path / "stackspace.db")
+    created, _ = store.create_workspace("alice", "new", "ws-alice-new", runtime,
+                                        {"name": "new"}, {}, quota=5)
+    store.db.execute(
+        "INSERT INTO workspaces(owner, name, stack, runtime, spec, runtime_config, desired,"
+        " state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("alice", "old", "ws-alice-old", "local", '{"name": "old"}',
+         '{"name": "local", "type": "docker", "host": "unix:///run/test-docker.sock"}',
+         "stopped", "stopped", 1.0, 1.0))
+    started, _ = store.request_operation("alice", "old", "start", queue=True)
+    runner = OperationRunner(store, PulumiSettings(backend_url=f"file://{tmp_path}",
+                                                   passphrase="x", pulumi_home=tmp_path))
+    new = runner._job(created, store.workspace("alice", "new")).config
+    assert new.installation == store.installation_id != ""
+    old = runner._job(started, store.workspace("alice", "old")).config
+    assert old.installation == "" and set(old.to_config()) == LEGACY_KEYS
+    store.close()
