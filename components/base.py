@@ -4,8 +4,10 @@ A workspace's objects are identified by owner + workspace name, and, when the
 installation has an id (service.store), by that id too: two installations
 sharing a Docker Engine or a namespace then never see each other's objects.
 The empty id is a store made before ids existed: its objects keep exactly the
-labels they were made with (no installation label), and lookups by them still
-match an object of the same owner/name made by another legacy installation.
+labels they were made with (no installation label). Its lookups ask for the
+label's absence, so they never reach an installation that has an id, but they
+still match an object of the same owner/name made by another legacy
+installation (the old hazard, which only a fresh store escapes).
 """
 
 from __future__ import annotations
@@ -29,13 +31,24 @@ def workspace_labels(owner: str, name: str, installation: str) -> dict[str, str]
 
 
 def label_selector(labels: dict[str, str]) -> str:
-    """A Kubernetes equality selector (`k=v,...`) matching every label given."""
-    return ",".join(f"{k}={v}" for k, v in labels.items())
+    """A Kubernetes selector matching every label given; without an
+    installation label, only objects that have none (legacy ones)."""
+    terms = [f"{k}={v}" for k, v in labels.items()]
+    if LABEL_INSTALLATION not in labels:
+        terms.append(f"!{LABEL_INSTALLATION}")
+    return ",".join(terms)
 
 
 def label_filters(labels: dict[str, str]) -> list[str]:
-    """Docker's `label` filter values (`k=v` each; an object must match all)."""
+    """Docker's `label` filter values (`k=v` each; an object must match all).
+    Docker cannot filter on a label's absence: pair with `same_installation`."""
     return [f"{k}={v}" for k, v in labels.items()]
+
+
+def same_installation(selected: dict[str, str], found: dict[str, str] | None) -> bool:
+    """Whether an object `label_filters(selected)` found is really selected: a
+    legacy lookup (no installation label) skips objects of installations with an id."""
+    return LABEL_INSTALLATION in selected or LABEL_INSTALLATION not in (found or {})
 
 
 @dataclass(frozen=True)

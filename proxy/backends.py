@@ -309,7 +309,8 @@ POD_WAIT = 30.0  # seconds to wait for a Running workspace pod (one may be comin
 def workspace_selector(owner: str, workspace: str, installation: str) -> str:
     """The workspace pod's labels; the installation id (from the signed ticket)
     keeps another installation's pod of the same owner/name out. "" (a legacy
-    store) selects as before, so it still matches a legacy twin's pod."""
+    store) selects pods without the label: never an id'd installation's, but
+    still a legacy twin's (components/base.py)."""
     return label_selector({**workspace_labels(owner, workspace, installation),
                            LABEL_ROLE: "workspace"})
 

@@ -8,8 +8,9 @@ Every object a workspace owns carries `stackspace.dev/workspace` and
 an installation id (components/base.py): together unique across installations
 sharing a Docker Engine or a namespace, so one never observes or removes
 another's objects. With the empty id (a store made before ids existed) the
-selectors are the old ones: such a store still shares the old hazard with any
-other legacy installation on the same runtime.
+lookups select objects without an installation label: such a store never
+touches an installation that has an id, but still shares the old hazard with
+any other legacy installation on the same runtime.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import logging
 import time
 from typing import Any
 
-from components.base import LABEL_ROLE, label_filters, label_selector, workspace_labels
+from components.base import (
+    LABEL_ROLE,
+    label_filters,
+    label_selector,
+    same_installation,
+    workspace_labels,
+)
 from components.clients import docker_client, kube_api_client
 from components.runtime import DockerRuntime, Runtime
 
@@ -34,7 +41,8 @@ def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -
             client = docker_client(rt, timeout=10)
             try:
                 found = client.containers.list(filters={"label": label_filters(labels)})
-                return any(c.status == "running" for c in found)
+                return any(c.status == "running" for c in found
+                           if same_installation(labels, c.labels))
             finally:
                 client.close()
         from kubernetes import client as k8s
@@ -60,10 +68,10 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
         return 0
     client = docker_client(rt)
     try:
-        labels = label_filters(workspace_labels(owner, name, installation))
+        selected = workspace_labels(owner, name, installation)
         gone = 0
-        for c in client.containers.list(all=True, filters={"label": labels}):
-            if c.id not in recorded:
+        for c in client.containers.list(all=True, filters={"label": label_filters(selected)}):
+            if c.id not in recorded and same_installation(selected, c.labels):
                 c.remove(force=True)
                 gone += 1
         return gone
@@ -87,11 +95,13 @@ def _remove_docker(rt: DockerRuntime, selected: dict[str, str]) -> int:
         labels = label_filters(selected)
         n = 0
         for c in client.containers.list(all=True, filters={"label": labels}):
-            c.remove(force=True, v=False)
-            n += 1
+            if same_installation(selected, c.labels):
+                c.remove(force=True, v=False)
+                n += 1
         for v in client.volumes.list(filters={"label": labels}):
-            v.remove(force=True)
-            n += 1
+            if same_installation(selected, v.attrs.get("Labels")):
+                v.remove(force=True)
+                n += 1
         return n
     finally:
         client.close()

@@ -14,6 +14,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from components.runtime import parse_runtime
+from service.runtime_objects import remove_unrecorded, workload_running
 from tests.api.conftest import custom_service
 from tests.api.test_api_lifecycle import wait_op
 from tests.api.test_cli_client import cli
@@ -63,6 +65,14 @@ def test_two_installations_on_one_engine_never_touch_each_others_objects(
             assert cont_b.labels[LABEL_INSTALLATION] == ids[1]
             vol_a = docker_client.volumes.get(ws_a["outputs"]["storage"])
             assert vol_a.attrs["Labels"][LABEL_INSTALLATION] == ids[0]
+
+            # The label lookups the service makes (status, recovery sweep) see
+            # only their own installation's objects; a legacy store's sees neither.
+            runtime = parse_runtime(a.store.workspace("alice", name)["runtime_config"])
+            for inst in ids:
+                assert workload_running(runtime, "alice", name, installation=inst) is True
+            assert workload_running(runtime, "alice", name, installation="") is False
+            assert remove_unrecorded(runtime, "alice", name, set(), installation="") == 0
 
             # Each terminal (service -> ticket -> proxy) lands in its own container.
             r = cli(b, "exec", name, "--", "sh", "-c",

@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from proxy.backends import workspace_selector
 from service.exec_client import run_exec
 from tests.api.conftest import custom_service
 from tests.api.test_api_lifecycle import wait_op
@@ -65,6 +66,13 @@ def test_two_installations_in_one_namespace_never_touch_each_others_objects(
             for out, inst in zip(outputs, ids, strict=True):
                 pvc = core.read_namespaced_persistent_volume_claim(out["storage"], NAMESPACE)
                 assert pvc.metadata.labels[LABEL_INSTALLATION] == inst
+
+            # The proxy's selector: one pod per id; a legacy ticket's finds neither.
+            for inst in ids:
+                assert len(core.list_namespaced_pod(NAMESPACE, label_selector=(
+                    workspace_selector("alice", name, inst))).items) == 1
+            assert not core.list_namespaced_pod(NAMESPACE, label_selector=(
+                workspace_selector("alice", name, ""))).items
 
             assert _exec(a, name, "echo from-a > /workspace/mark") == (0, b"")
             # B's terminal opens B's pod: A's file is not on its storage.

@@ -9,7 +9,13 @@ import re
 
 import pytest
 
-from components.base import WorkspaceInputs, label_filters, label_selector, workspace_labels
+from components.base import (
+    WorkspaceInputs,
+    label_filters,
+    label_selector,
+    same_installation,
+    workspace_labels,
+)
 from components.runtime import DockerRuntime
 from components.spec import WorkspaceSpec
 from proxy.backends import KubernetesExec, workspace_selector
@@ -88,10 +94,20 @@ def test_labels_and_selectors_include_the_id_only_when_there_is_one():
                                       "stackspace.dev/installation=0a1b2c3d")
     assert "stackspace.dev/installation=0a1b2c3d" in label_filters(labels)
     assert workspace_labels("alice", "app", "") == legacy.labels
+    # Docker cannot filter on a label's absence: a legacy lookup drops what
+    # an installation with an id made, after the filter.
+    old = workspace_labels("alice", "app", "")
+    assert same_installation(old, legacy.labels)
+    assert not same_installation(old, labels)
+    assert same_installation(labels, labels)
 
 
 def _matches(selector: str, labels: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in (t.split("=", 1) for t in selector.split(",")))
+    """Kubernetes' meaning of the `k=v` and `!k` terms the selectors use."""
+    terms = selector.split(",")
+    absent = [t[1:] for t in terms if t.startswith("!")]
+    equal = [t.split("=", 1) for t in terms if not t.startswith("!")]
+    return all(labels.get(k) == v for k, v in equal) and not any(k in labels for k in absent)
 
 
 def test_proxy_selects_only_its_own_installations_pod():
@@ -101,9 +117,9 @@ def test_proxy_selects_only_its_own_installations_pod():
     selector = workspace_selector("alice", "dev", "0a1b2c3d")
     assert _matches(selector, ours)
     assert not _matches(selector, theirs) and not _matches(selector, legacy)
-    # A legacy ticket selects as before (the documented legacy hazard).
-    assert workspace_selector("alice", "dev", "") == (
-        "stackspace.dev/workspace=dev,stackspace.dev/owner=alice,stackspace.dev/role=workspace")
+    # A legacy ticket finds the legacy pod, never one of an installation with an id.
+    old = workspace_selector("alice", "dev", "")
+    assert _matches(old, legacy) and not _matches(old, ours)
 
 
 def test_the_signed_ticket_target_carries_the_id_to_the_kubernetes_exec():
