@@ -113,3 +113,53 @@ def test_two_installations_on_one_engine_never_touch_each_others_objects(
             for svc in (a, b):
                 if svc.store.workspace("alice", name):
                     _delete(svc, name)
+
+
+def test_a_legacy_store_keeps_old_names_and_never_touches_an_installation_with_an_id(
+        tmp_path, docker_host, docker_client, pulumi_settings, docker_provider):
+    """Upgrade: a store that held workspaces before ids existed keeps the empty
+    id: its workspaces get exactly the old names and labels, and its lookups
+    (delete's sweep included) pass over an installation with an id."""
+    from service.store import Store
+    from stacks.naming import resource_base
+
+    name = f"inst-legacy-{secrets.token_hex(3)}"
+    dir_old, dir_new = tmp_path / "old", tmp_path / "new"
+    made = Store(dir_old / "stackspace.db")  # what the upgrade decided for it
+    made.db.execute("UPDATE meta SET value='' WHERE key='installation'")
+    made.close()
+    with custom_service(dir_old, docker_host, _settings(pulumi_settings, dir_old)) as old, \
+            custom_service(dir_new, docker_host, _settings(pulumi_settings, dir_new)) as new:
+        assert old.store.installation_id == "" and new.store.installation_id
+        try:
+            ws_old = _create(old, name)
+            base = resource_base("alice", name)  # the name every version before ids gave
+            assert ws_old["outputs"]["container"] == base
+            assert ws_old["outputs"]["storage"] == f"{base}-home"
+            legacy = docker_client.containers.get(base)
+            assert LABEL_INSTALLATION not in legacy.labels
+            volume_id = docker_client.volumes.get(f"{base}-home").id
+            assert cli(old, "exec", name, "--", "sh", "-c",
+                       "echo kept > /workspace/kept").returncode == 0
+
+            ws_new = _create(new, name)
+            assert ws_new["outputs"]["container"] != base
+
+            for kind in ("stop", "start"):
+                done = cli(old, kind, name, "--wait", "--json")
+                assert json.loads(done.stdout)["status"] == "succeeded", done.stderr
+            assert docker_client.volumes.get(f"{base}-home").id == volume_id
+            r = cli(old, "exec", name, "--", "cat", "/workspace/kept")
+            assert (r.returncode, r.stdout) == (0, "kept\n"), r.stderr
+
+            assert _delete(old, name)["status"] == "succeeded"
+            with pytest.raises(docker.errors.NotFound):
+                docker_client.volumes.get(f"{base}-home")
+            assert docker_client.containers.get(ws_new["outputs"]["container"]).status == \
+                "running"
+            assert docker_client.volumes.get(ws_new["outputs"]["storage"])
+            assert _delete(new, name)["status"] == "succeeded"
+        finally:
+            for svc in (old, new):
+                if svc.store.workspace("alice", name):
+                    _delete(svc, name)
