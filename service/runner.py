@@ -215,8 +215,8 @@ class OperationRunner:
         spec = WorkspaceSpec.from_public(public, secrets)
         flags = lifecycle.run_flags(op["kind"], ws["desired"])
         cfg = StackConfig(owner=ws["owner"], spec=spec, runtime=runtime,
-                          running=flags.running, deleting=flags.deleting,
-                          installation=ws.get("installation") or "")
+                          installation=ws.get("installation") or "",
+                          running=flags.running, deleting=flags.deleting)
         return worker.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
