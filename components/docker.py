@@ -3,7 +3,7 @@ the workspace container, on the runtime's Docker Engine (local socket, TLS
 tcp:// or ssh://).
 
 The volume is protected unless the delete path asked otherwise; its inputs are
-fixed at create (labels from owner and name only), so no update can replace it.
+fixed at create (labels from owner, name and installation only), so no update can replace it.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 
 import docker
 
-from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
+from components.base import LABEL_ROLE, label_selector, workspace_labels
 from components.clients import HostKeyError, docker_client
 from components.runtime import DockerRuntime, KubernetesRuntime, parse_runtime
 from components.spec import SpecError
@@ -306,8 +306,13 @@ class DockerExec(ExecProcess):
 POD_WAIT = 30.0  # seconds to wait for a Running workspace pod (one may be coming up)
 
 
-def workspace_selector(owner: str, workspace: str) -> str:
-    return f"{LABEL_WORKSPACE}={workspace},{LABEL_OWNER}={owner},{LABEL_ROLE}=workspace"
+def workspace_selector(owner: str, workspace: str, installation: str) -> str:
+    """The workspace pod's labels; the installation id (from the signed ticket)
+    keeps another installation's pod of the same owner/name out. "" (a legacy
+    store) selects pods without the label: never an id'd installation's, but
+    still a legacy twin's (components/base.py)."""
+    return label_selector({**workspace_labels(owner, workspace, installation),
+                           LABEL_ROLE: "workspace"})
 
 
 def pick_pod(pods: list[Any]) -> str | None:
@@ -338,6 +343,7 @@ class KubernetesExec(ExecProcess):
         self.workspace = str(target.get("workspace") or "")
         if not (self.owner and self.workspace):
             raise ExecError("kubernetes target names no workspace")
+        self.installation = str(target.get("installation") or "")
         self.container = str(target.get("container") or "workspace")
         self.req = request
         self.pod = ""
@@ -356,7 +362,7 @@ class KubernetesExec(ExecProcess):
         return self._core_api
 
     def _find_pod(self) -> str:
-        selector = workspace_selector(self.owner, self.workspace)
+        selector = workspace_selector(self.owner, self.workspace, self.installation)
         deadline = time.monotonic() + POD_WAIT
         while True:
             pods = self._core().list_namespaced_pod(self.rt.namespace,

@@ -215,6 +215,7 @@ class OperationRunner:
         spec = WorkspaceSpec.from_public(public, secrets)
         flags = lifecycle.run_flags(op["kind"], ws["desired"])
         cfg = StackConfig(owner=ws["owner"], spec=spec, runtime=runtime,
+                          installation=ws.get("installation") or "",
                           running=flags.running, deleting=flags.deleting)
         return jobs.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
@@ -295,7 +296,8 @@ class OperationRunner:
         """Whether the workspace's workload runs, asked of its runtime directly
         (so the API tells the truth even before the recovery run)."""
         runtime = self._runtime(ws)
-        return workload_running(runtime, ws["owner"], ws["name"]) if runtime else None
+        return workload_running(runtime, ws["owner"], ws["name"],
+                                installation=ws.get("installation") or "") if runtime else None
 
     def _request_recovery(self, owner: str, name: str) -> None:
         """Queue a recovery run (refresh; or the pending delete) unless another

@@ -4,7 +4,13 @@ interrupted run), and removing everything it owns at delete, including
 objects an interrupted run created but never recorded.
 
 Every object a workspace owns carries `stackspace.dev/workspace` and
-`stackspace.dev/owner` (components/base.py), which together are unique.
+`stackspace.dev/owner`, plus `stackspace.dev/installation` when the store has
+an installation id (components/base.py): together unique across installations
+sharing a Docker Engine or a namespace, so one never observes or removes
+another's objects. With the empty id (a store made before ids existed) the
+lookups select objects without an installation label: such a store never
+touches an installation that has an id, but still shares the old hazard with
+any other legacy installation on the same runtime.
 """
 
 from __future__ import annotations
@@ -13,39 +19,36 @@ import logging
 import time
 from typing import Any
 
-from components.base import LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
+from components.base import (
+    LABEL_ROLE,
+    label_filters,
+    label_selector,
+    same_installation,
+    workspace_labels,
+)
 from components.clients import docker_client, kube_api_client
 from components.runtime import DockerRuntime, Runtime
 
 log = logging.getLogger("stackspace.runtime_objects")
 
 
-def _labels(owner: str, name: str) -> dict[str, str]:
-    return {LABEL_WORKSPACE: name, LABEL_OWNER: owner}
-
-
-def _selector(owner: str, name: str, **extra: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in {**_labels(owner, name), **extra}.items())
-
-
-def workload_running(rt: Runtime, owner: str, name: str) -> bool | None:
+def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -> bool | None:
     """Whether the workspace's container/pod runs now; None if the runtime
     cannot be asked (unreachable host, no cluster)."""
+    labels = {**workspace_labels(owner, name, installation), LABEL_ROLE: "workspace"}
     try:
         if isinstance(rt, DockerRuntime):
             client = docker_client(rt, timeout=10)
             try:
-                found = client.containers.list(filters={"label": [
-                    f"{k}={v}" for k, v in {**_labels(owner, name),
-                                            LABEL_ROLE: "workspace"}.items()]})
-                return any(c.status == "running" for c in found)
+                found = client.containers.list(filters={"label": label_filters(labels)})
+                return any(c.status == "running" for c in found
+                           if same_installation(labels, c.labels))
             finally:
                 client.close()
         from kubernetes import client as k8s
 
         core = k8s.CoreV1Api(kube_api_client(rt))
-        pods = core.list_namespaced_pod(
-            rt.namespace, label_selector=_selector(owner, name, **{LABEL_ROLE: "workspace"}))
+        pods = core.list_namespaced_pod(rt.namespace, label_selector=label_selector(labels))
         return any(p.status.phase == "Running" and p.metadata.deletion_timestamp is None
                    for p in pods.items)
     except Exception as e:  # noqa: BLE001 - "cannot tell" is an answer here
@@ -54,7 +57,8 @@ def workload_running(rt: Runtime, owner: str, name: str) -> bool | None:
         return None
 
 
-def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str]) -> int:
+def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
+                      installation: str) -> int:
     """Remove the workspace's containers that Pulumi's state does not record:
     what a cut-off run made but never recorded (they hold no user data; a
     leftover would block the next run with "name already in use"). Kubernetes
@@ -64,10 +68,10 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str]) ->
         return 0
     client = docker_client(rt)
     try:
-        labels = [f"{k}={v}" for k, v in _labels(owner, name).items()]
+        selected = workspace_labels(owner, name, installation)
         gone = 0
-        for c in client.containers.list(all=True, filters={"label": labels}):
-            if c.id not in recorded:
+        for c in client.containers.list(all=True, filters={"label": label_filters(selected)}):
+            if c.id not in recorded and same_installation(selected, c.labels):
                 c.remove(force=True)
                 gone += 1
         return gone
@@ -75,32 +79,35 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str]) ->
         client.close()
 
 
-def remove_labelled(rt: Runtime, owner: str, name: str) -> int:
+def remove_labelled(rt: Runtime, owner: str, name: str, *, installation: str) -> int:
     """Remove every object labelled for the workspace (delete only: this takes
     its storage too). Returns how many were found; raises if the runtime
     cannot be reached, so the delete is retried."""
+    labels = workspace_labels(owner, name, installation)
     if isinstance(rt, DockerRuntime):
-        return _remove_docker(rt, owner, name)
-    return _remove_kubernetes(rt, owner, name)
+        return _remove_docker(rt, labels)
+    return _remove_kubernetes(rt, labels)
 
 
-def _remove_docker(rt: DockerRuntime, owner: str, name: str) -> int:
+def _remove_docker(rt: DockerRuntime, selected: dict[str, str]) -> int:
     client = docker_client(rt)
     try:
-        labels = [f"{k}={v}" for k, v in _labels(owner, name).items()]
+        labels = label_filters(selected)
         n = 0
         for c in client.containers.list(all=True, filters={"label": labels}):
-            c.remove(force=True, v=False)
-            n += 1
+            if same_installation(selected, c.labels):
+                c.remove(force=True, v=False)
+                n += 1
         for v in client.volumes.list(filters={"label": labels}):
-            v.remove(force=True)
-            n += 1
+            if same_installation(selected, v.attrs.get("Labels")):
+                v.remove(force=True)
+                n += 1
         return n
     finally:
         client.close()
 
 
-def _remove_kubernetes(rt: Any, owner: str, name: str, wait: float = 180.0) -> int:
+def _remove_kubernetes(rt: Any, labels: dict[str, str], wait: float = 180.0) -> int:
     """Delete every labelled object and wait until none is left (terminating
     pods and the PVC behind its protection finalizer included): a delete that
     succeeds leaves nothing behind."""
@@ -109,7 +116,7 @@ def _remove_kubernetes(rt: Any, owner: str, name: str, wait: float = 180.0) -> i
     api = kube_api_client(rt)
     core, batch, apps = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.AppsV1Api(api)
     net = k8s.NetworkingV1Api(api)
-    selector = _selector(owner, name)
+    selector = label_selector(labels)
     ns = rt.namespace
     kinds = [
         (apps.list_namespaced_deployment, apps.delete_namespaced_deployment),

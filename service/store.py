@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   delete_attempts INTEGER NOT NULL DEFAULT 0,
   secrets_digest TEXT,           -- keyed digest of the secret config in the stack
   stack_settings TEXT,           -- Pulumi.<stack>.yaml: config (secrets encrypted) + salt
+  installation TEXT,             -- the installation id it was created under ('' / NULL: legacy)
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -100,6 +101,10 @@ CREATE TABLE IF NOT EXISTS events (
   body TEXT NOT NULL,
   PRIMARY KEY (op, seq)
 );
+CREATE TABLE IF NOT EXISTS meta (  -- facts about the store itself (its installation id)
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
 """
 
 ACTIVE = ("queued", "running")
@@ -127,7 +132,12 @@ ADDED_COLUMNS = [
     # N replicas: who runs a running operation, and until when (leases).
     ("operations", "lease_owner", "TEXT"),
     ("operations", "lease_until", "REAL"),
+    # The installation id the workspace was created under, for good: its runtime
+    # objects' names and labels derive from it. NULL (made before ids existed,
+    # or by an older replica during a rolling upgrade) reads as "".
+    ("workspaces", "installation", "TEXT"),
 ]
+META_INSTALLATION = "installation"
 
 # Workspaces with a queued operation and none running, oldest request first
 # (service.store.Store.claim_next). PostgreSQL locks the rows it returns and
@@ -186,11 +196,32 @@ class Store:
                                      else self.path.parent / "store.key")
         self.db: Database = connect(self.path)
         self.db.ensure_schema(SCHEMA, ADDED_COLUMNS)
+        self.installation_id: str = self._installation_id()
         if key_file is not None:
             self._box  # noqa: B018 - the service: a missing, unmakeable key fails at start
 
     def tx(self) -> contextlib.AbstractContextManager[Tx]:
         return self.db.tx()
+
+    def _installation_id(self) -> str:
+        """This installation's id, generated once and kept in the store, so every
+        replica sharing it agrees (the first to arrive writes it, under a lock).
+        A store that already holds workspaces when the id is first asked for
+        was made by an older version: it gets "" (today's names and labels), so
+        its workspaces see no change at all; see components/base.py."""
+        get = "SELECT value FROM meta WHERE key=?"
+        row = self.db.execute(get, (META_INSTALLATION,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        with self.tx() as db:
+            db.lock("meta", META_INSTALLATION)
+            row = db.execute(get, (META_INSTALLATION,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            legacy = db.execute("SELECT 1 FROM workspaces LIMIT 1").fetchone() is not None
+            value = "" if legacy else secrets.token_hex(4)
+            db.execute("INSERT INTO meta(key, value) VALUES (?,?)", (META_INSTALLATION, value))
+        return value
 
     def close(self) -> None:
         self.db.close()
@@ -242,9 +273,11 @@ class Store:
                 raise QuotaExceeded(f"at most {quota} workspaces per user")
             db.execute(
                 "INSERT INTO workspaces(owner, name, stack, runtime, spec, secrets, runtime_config,"
-                " desired, state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " installation, desired, state, created, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (owner, name, stack, runtime["name"], json.dumps(spec), self._seal(secrets),
-                 json.dumps(runtime), "running", "provisioning", now, now))
+                 json.dumps(runtime), self.installation_id, "running", "provisioning",
+                 now, now))
             op = _insert_op(db, owner, name, "create", idempotency_key,
                             prev_state="provisioning", prev_desired="running",
                             spec=json.dumps(spec), secrets=self._seal(secrets))
@@ -585,6 +618,7 @@ def _ws(row: Any) -> dict[str, Any]:
     out["spec"] = json.loads(out["spec"])
     out["runtime_config"] = json.loads(out["runtime_config"] or "null")
     out["outputs"] = json.loads(out["outputs"])
+    out["installation"] = out.get("installation") or ""
     return out
 
 

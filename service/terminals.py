@@ -34,9 +34,11 @@ class Terminals:
             if not container:
                 raise Problem("conflict", "the workspace has no running container")
             return {"type": "docker", "runtime": runtime_dict(rt), "container": container}
-        # The pod is found by its labels (a Deployment's pods have generated names).
+        # The pod is found by its labels (a Deployment's pods have generated names),
+        # the installation's among them: the proxy never opens another's pod.
         return {"type": "kubernetes", "runtime": runtime_dict(rt), "owner": ws["owner"],
-                "workspace": ws["name"], "container": "workspace"}
+                "workspace": ws["name"], "installation": ws.get("installation") or "",
+                "container": "workspace"}
 
     def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         unknown = set(body) - {"command", "tty"}

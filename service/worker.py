@@ -153,7 +153,8 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             store.add_event(job.op_id, digest)
 
     def observe() -> bool | None:
-        return workload_running(cfg.runtime, cfg.owner, cfg.spec.name)
+        return workload_running(cfg.runtime, cfg.owner, cfg.spec.name,
+                                installation=cfg.installation)
 
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -195,7 +196,8 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         if job.recover or job.kind == "refresh":
             t = time.monotonic()
             recorded = runner.recover(job.stack, on_event)
-            orphans = remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name, recorded)
+            orphans = remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name, recorded,
+                                        installation=cfg.installation)
             timings["recover"] = time.monotonic() - t
             recovered = True
             if orphans:
@@ -206,10 +208,11 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         if job.kind == "delete":
             if not recovered:  # a container in use would keep destroy from the volume
                 remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name,
-                                  runner.recorded_ids(job.stack))
+                                  runner.recorded_ids(job.stack), installation=cfg.installation)
             result = runner.delete(job.stack, on_event)
             t = time.monotonic()
-            left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name)
+            left = remove_labelled(cfg.runtime, cfg.owner, cfg.spec.name,
+                                   installation=cfg.installation)
             timings["sweep"] = time.monotonic() - t
             if left:
                 store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",

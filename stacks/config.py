@@ -12,6 +12,7 @@ from typing import Any
 
 from components.runtime import Runtime, parse_runtime, runtime_dict
 from components.spec import WorkspaceSpec
+from stacks.naming import validate_installation
 
 NAMESPACE = "stackspace"
 KEY_OWNER = "owner"
@@ -20,6 +21,8 @@ KEY_SECRETS = "secrets"
 KEY_RUNNING = "running"
 KEY_DELETING = "deleting"
 KEY_RUNTIME = "runtime"
+# Written only when non-empty: a legacy stack's config stays byte-identical.
+KEY_INSTALLATION = "installation"
 
 # key (without namespace) -> (text, is_secret)
 ConfigValues = dict[str, tuple[str, bool]]
@@ -36,10 +39,18 @@ class StackConfig:
     runtime: Runtime
     running: bool
     deleting: bool = False
+    # The installation's id (service.store); "" for a store made before ids existed.
+    installation: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            validate_installation(self.installation)
+        except ValueError as e:
+            raise ValueError(f"{NAMESPACE}:{KEY_INSTALLATION}: {e}") from None
 
     def to_config(self) -> ConfigValues:
         """Config values as key -> (text, is_secret), keys without the namespace."""
-        return {
+        values: ConfigValues = {
             KEY_OWNER: (self.owner, False),
             KEY_SPEC: (json.dumps(self.spec.public_dict(), sort_keys=True), False),
             KEY_SECRETS: (json.dumps(self.spec.secret_values(), sort_keys=True), True),
@@ -47,6 +58,9 @@ class StackConfig:
             KEY_DELETING: ("true" if self.deleting else "false", False),
             KEY_RUNTIME: (json.dumps(runtime_dict(self.runtime), sort_keys=True), False),
         }
+        if self.installation:
+            values[KEY_INSTALLATION] = (self.installation, False)
+        return values
 
     @classmethod
     def from_values(cls, get: Any) -> StackConfig:
@@ -63,4 +77,5 @@ class StackConfig:
             runtime=parse_runtime(json.loads(get(KEY_RUNTIME))),
             running=(get(KEY_RUNNING) or "true") == "true",
             deleting=(get(KEY_DELETING) or "false") == "true",
+            installation=get(KEY_INSTALLATION) or "",
         )

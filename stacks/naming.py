@@ -4,6 +4,10 @@ A stack is named from owner and workspace name plus a hash of the pair, so two
 pairs that read alike once joined ('a-b'/'c' vs 'a'/'b-c') still differ, and
 the result is valid as a Pulumi stack name, a Kubernetes object name, a Docker
 object name and a file name.
+
+Runtime object names also mix in the installation id (service.store), so two
+installations sharing a Docker Engine or a namespace never pick the same name;
+the empty id (a store made before ids existed) gives exactly the old names.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from components.spec import validate_name
 
 STACK_PREFIX = "ws"
 _OWNER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
+# An installation id: what service.store generates (8 hex), or "" for legacy.
+_INSTALLATION = re.compile(r"^[a-z0-9]{0,16}$")
 
 
 def validate_owner(owner: str) -> str:
@@ -23,8 +29,17 @@ def validate_owner(owner: str) -> str:
     return owner
 
 
-def pair_hash(owner: str, name: str) -> str:
-    return hashlib.sha256(f"{owner}/{name}".encode()).hexdigest()[:8]
+def validate_installation(installation: str) -> str:
+    if not isinstance(installation, str) or not _INSTALLATION.match(installation):
+        raise ValueError("installation must be empty or up to 16 lowercase letters/digits")
+    return installation
+
+
+def pair_hash(owner: str, name: str, installation: str = "") -> str:
+    # Owners and names hold no ':' or '/', so '<id>:<owner>/<name>' never reads
+    # as another installation's or a legacy pair.
+    key = f"{installation}:{owner}/{name}" if installation else f"{owner}/{name}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def stack_name(owner: str, name: str) -> str:
@@ -34,11 +49,13 @@ def stack_name(owner: str, name: str) -> str:
     return f"{STACK_PREFIX}-{owner}-{name}-{pair_hash(owner, name)}"
 
 
-def resource_base(owner: str, name: str) -> str:
+def resource_base(owner: str, name: str, installation: str = "") -> str:
     """Base for runtime object names: '<name>-<hash8>' (<= 49 chars, DNS-1123).
 
     The owner is left out of the readable part so that the longest derived
     name ('<base>-init-<fingerprint8>') stays within Kubernetes' 63-char label
-    limit; the hash keeps names unique across owners.
+    limit; the hash keeps names unique across owners and installations (the
+    id goes into the hash only, so the length is the same with or without it).
     """
-    return f"{name}-{pair_hash(owner, name)}"
+    validate_installation(installation)
+    return f"{name}-{pair_hash(owner, name, installation)}"

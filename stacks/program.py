@@ -29,7 +29,8 @@ def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResour
         spec=cfg.spec,
         running=cfg.running and not cfg.deleting,
         deleting=cfg.deleting,
-        base_name=resource_base(cfg.owner, cfg.spec.name),
+        base_name=resource_base(cfg.owner, cfg.spec.name, cfg.installation),
+        installation=cfg.installation,
     )
     if isinstance(cfg.runtime, DockerRuntime):
         ws: pulumi.ComponentResource = DockerWorkspace(cfg.spec.name, inputs, cfg.runtime)
@@ -40,7 +41,8 @@ def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResour
         pulumi.export("storage", ws.pvc_name)
         pulumi.export("namespace", cfg.runtime.namespace)
         # The pod's name changes whenever the Deployment replaces it: clients
-        # find it by the labels stackspace.dev/{workspace,owner,role=workspace}.
+        # find it by the labels stackspace.dev/{workspace,owner,role=workspace}
+        # (and stackspace.dev/installation when the installation has an id).
         pulumi.export("deployment", ws.deployment_name)
     pulumi.export("runtime", cfg.runtime.name)
     pulumi.export("running", inputs.running)

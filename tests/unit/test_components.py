@@ -294,3 +294,51 @@ def test_tls_runtime_reads_key_material_as_secret(tmp_path):
     provider = run.one("providers:docker")
     assert provider.plain()["keyMaterial"] == "key-pem-secret"
     assert "key-pem-secret" not in plain_strings(provider.inputs)
+
+
+# --- Installations sharing a runtime --------------------------------------------
+
+INSTALLATION = "0a1b2c3d"
+
+
+def _labelled(run) -> dict[str, dict[str, str]]:
+    """Every workspace object's labels, by resource name (Docker label lists and
+    Kubernetes metadata alike); providers, images and components carry none."""
+    found = {}
+    for reg in run.registrations:
+        p = reg.plain()
+        if isinstance(p.get("labels"), list):
+            found[reg.name] = {x["label"]: x["value"] for x in p["labels"]}
+        elif isinstance(p.get("metadata"), dict):
+            found[reg.name] = p["metadata"].get("labels") or {}
+    return found
+
+
+@pytest.mark.parametrize("runtime", [DOCKER, KUBE], ids=["docker", "kubernetes"])
+def test_every_object_carries_the_installation_and_is_named_apart(runtime):
+    extra = {"secret_env": {"T": ENV_SECRET}} if runtime is KUBE else {}
+    ours = run_program(build, StackConfig(owner="alice", spec=spec(**extra), runtime=runtime,
+                                          running=True, installation=INSTALLATION))
+    legacy = run_program(build, cfg(runtime, **extra))
+    labelled = _labelled(ours)
+    expected = {"storage", "init", "workspace"} | (
+        {"init-input", "env", "deny-ingress"} if runtime is KUBE else set())
+    assert expected <= set(labelled)
+    for name, labels in labelled.items():
+        assert labels.get("stackspace.dev/installation") == INSTALLATION, name
+    assert all("stackspace.dev/installation" not in labels
+               for labels in _labelled(legacy).values())
+
+    def names(run) -> set[str]:
+        return {r.plain().get("name") or r.plain()["metadata"]["name"]
+                for r in run.registrations if r.name in _labelled(run)}
+
+    # No object name of one installation is another's (nor a legacy one's).
+    assert not names(ours) & names(legacy)
+    if runtime is KUBE:
+        d = ours.one("apps/v1:Deployment").plain()["spec"]
+        assert d["selector"]["matchLabels"]["stackspace.dev/installation"] == INSTALLATION
+        np = ours.one("NetworkPolicy").plain()["spec"]["podSelector"]["matchLabels"]
+        assert np["stackspace.dev/installation"] == INSTALLATION
+        job = ours.one("batch/v1:Job").plain()["spec"]["template"]["metadata"]["labels"]
+        assert job["stackspace.dev/installation"] == INSTALLATION

@@ -91,8 +91,9 @@ def pod(name: str, phase: str, created: int, deleting: bool = False) -> SimpleNa
 
 
 def test_kubernetes_exec_picks_a_running_pod_that_is_not_terminating():
-    assert workspace_selector("alice", "dev") == (
-        "stackspace.dev/workspace=dev,stackspace.dev/owner=alice,stackspace.dev/role=workspace")
+    assert workspace_selector("alice", "dev", "") == (
+        "stackspace.dev/workspace=dev,stackspace.dev/owner=alice,stackspace.dev/role=workspace,"
+        "!stackspace.dev/installation")
     assert pick_pod([pod("old", "Running", 1, deleting=True), pod("new", "Pending", 3),
                      pod("mid", "Running", 2)]) == "mid"
     assert pick_pod([pod("old", "Running", 1, deleting=True)]) is None

@@ -5,6 +5,8 @@ threads."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -345,3 +347,75 @@ def test_a_replica_keeps_reading_while_a_newer_one_adds_a_column(open_store):
         assert old.operation(op["id"])["id"] == op["id"]
     new.db.execute("ALTER TABLE operations ADD COLUMN upgrade_note TEXT")
     assert old.operation(op["id"])["upgrade_note"] is None
+
+
+# --- the installation id (names and labels of runtime objects derive from it) --
+
+def test_installation_id_is_made_once_and_kept_across_reopens(open_store):
+    first = open_store()
+    assert re.fullmatch(r"[0-9a-f]{8}", first.installation_id), first.installation_id
+    create(first, "alice", "one")
+    # Another client of the same store (a restart, another replica) reads the same
+    # id, even now that the store holds workspaces.
+    assert open_store().installation_id == first.installation_id
+    assert first.workspace("alice", "one")["installation"] == first.installation_id
+
+
+def test_replicas_opening_a_new_store_at_once_agree_on_one_id(store_target, tmp_path: Path):
+    stores = _race(6, lambda i: Store(store_target, key_file=tmp_path / "store.key"))
+    assert all(isinstance(s, Store) for s in stores), stores
+    assert len({s.installation_id for s in stores}) == 1
+    assert stores[0].installation_id
+    for store in stores:
+        store.close()
+
+
+def test_two_stores_have_different_ids(tmp_path: Path):
+    a = Store(tmp_path / "a" / "stackspace.db")
+    b = Store(tmp_path / "b" / "stackspace.db")
+    assert a.installation_id != b.installation_id
+    a.close()
+    b.close()
+
+
+def test_a_store_made_before_ids_existed_keeps_the_legacy_empty_id(store_target,
+                                                                    tmp_path: Path):
+    """Upgrade: a store with main's schema (no meta table, no installation
+    column) holding a workspace gets "", so that workspace's names, labels and
+    stack config stay exactly what they were."""
+    made = Store(store_target, key_file=tmp_path / "store.key")
+    made.db.execute("DROP TABLE meta")
+    made.db.execute("ALTER TABLE workspaces DROP COLUMN installation")
+    # The older version's own insert (no installation column).
+    made.db.execute(
+        "INSERT INTO workspaces(owner, name, stack, runtime, spec, runtime_config, desired,"
+        " state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("alice", "old", "ws-alice-old", "local", '{"name": "old"}', json.dumps(RUNTIME),
+         "running", "running", 1.0, 1.0))
+    made.close()
+
+    upgraded = Store(store_target, key_file=tmp_path / "store.key")
+    assert upgraded.installation_id == ""
+    assert upgraded.workspace("alice", "old")["installation"] == ""
+    create(upgraded, "alice", "new")
+    assert upgraded.workspace("alice", "new")["installation"] == ""
+    # Kept: deleting every workspace later does not hand out a new id.
+    upgraded.delete_workspace("alice", "old")
+    upgraded.delete_workspace("alice", "new")
+    again = Store(store_target, key_file=tmp_path / "store.key")
+    assert again.installation_id == ""
+    upgraded.close()
+    again.close()
+
+
+def test_a_workspace_keeps_the_id_it_was_created_under(open_store):
+    """An older replica inserting during a rolling upgrade leaves NULL: that
+    workspace stays legacy even though the store has an id."""
+    store = open_store()
+    store.db.execute(
+        "INSERT INTO workspaces(owner, name, stack, runtime, spec, runtime_config, desired,"
+        " state, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("alice", "rolling", "ws-alice-rolling", "local", '{"name": "rolling"}',
+         json.dumps(RUNTIME), "running", "running", 1.0, 1.0))
+    assert store.installation_id
+    assert store.workspace("alice", "rolling")["installation"] == ""
