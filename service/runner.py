@@ -221,7 +221,8 @@ class OperationRunner:
                           store_path=str(self.store.path), settings=self.settings, config=cfg,
                           recover=bool(ws.get("needs_recovery")),
                           secrets_digest=ws.get("secrets_digest"),
-                          stack_settings=ws.get("stack_settings"))
+                          stack_settings=ws.get("stack_settings"),
+                          workload_recorded=bool((ws.get("outputs") or {}).get("container")))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         # A run killed for its lease (`_fence`) is recorded only if the lease

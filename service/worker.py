@@ -23,6 +23,7 @@ from typing import Any
 
 from pulumi.automation import events
 
+from components.runtime import DockerRuntime
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
@@ -224,8 +225,9 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         # object to adopt): the same guarded apply as any run.
         converge = job.kind == "refresh" and cfg.running and observed
         if job.kind not in ("delete", "refresh") or converge:
+            refresh = _workload_lost(job, store)
             result = runner.apply(cfg, job.stack, on_event, guard=True,
-                                  secrets_digest=known_digest)
+                                  secrets_digest=known_digest, refresh=refresh)
             written = result.config_written
             digest = result.secrets_digest
             if result.guard:
@@ -260,6 +262,25 @@ def _run(job: Job, files: StackFiles) -> Outcome:
 
 
 # Exceptions our program raises on purpose; their messages are written for users.
+def _workload_lost(job: Job, store: Store) -> bool:
+    """A start or update of a workspace whose recorded container is not running
+    (it exited while its Docker Engine was down, or someone stopped or removed
+    it by hand). An up alone would find nothing to do, since the engine trusts
+    its state: the run refreshes first, which drops the dead container, and the
+    same up makes it again. Asked only when the stack records a container."""
+    cfg = job.config
+    if not (job.workload_recorded and cfg.running and job.kind in ("start", "update")
+            and isinstance(cfg.runtime, DockerRuntime)):
+        return False
+    if workload_running(cfg.runtime, cfg.owner, cfg.spec.name,
+                        installation=cfg.installation) is not False:
+        return False
+    store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
+                                "message": "the workspace's container is not running: "
+                                           "refreshing the stack to make it again"})
+    return True
+
+
 USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ", "IncompleteConfig: ")
 
 

@@ -341,13 +341,16 @@ class StackRunner:
         return preview_needed(deployment, stack.name, runtime_kind(cfg.runtime), attest)
 
     def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
-              guard: bool = True, secrets_digest: str | None = None) -> RunResult:
+              guard: bool = True, secrets_digest: str | None = None,
+              refresh: bool = False) -> RunResult:
         """Converge a stack to `cfg` (create/start/stop/update): check the plan
         (the storage guard), then write the whole config, then up.
         The guard previews the plan unless the stack's state proves it cannot
         touch storage (stacks.guard); either way the up itself is watched and
         the engine's protect refusal reads as the same StorageAtRisk.
-        `secrets_digest`: what the stack's secret config was last set to, if known."""
+        `secrets_digest`: what the stack's secret config was last set to, if known.
+        `refresh`: the up reads every resource back first (the state lost track
+        of the runtime: a dead container is then made again)."""
         result = RunResult()
         t = time.monotonic()
         stack, existed = self.select_or_create(stack_name, known=secrets_digest is not None)
@@ -399,7 +402,8 @@ class StackRunner:
             # Written even if the update then fails: the CLI saves config first.
             result.config_written = True
             up = stack.up(program=inline_program(cfg, stack.program_outputs, attest),
-                          on_event=watch, color="never", suppress_progress=True)
+                          on_event=watch, color="never", suppress_progress=True,
+                          refresh=refresh or None)
         except Exception as e:
             e.config_written = True  # type: ignore[attr-defined]
             protected = protected_storage(str(e))
