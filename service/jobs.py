@@ -37,8 +37,8 @@ class Job:
     # The stack's settings file (config + encryption salt) as the store keeps
     # it; None before the first run. Never logged.
     stack_settings: str | None = field(default=None, repr=False)
-    # The stack's last outputs name a workload container (Docker): should the
-    # runtime show it is not running (exited, removed by hand), the run
+    # The stack's last outputs name a workload (container or Deployment): should
+    # the runtime show it is not running (exited, removed by hand), the run
     # refreshes the stack first so that the engine makes it again.
     workload_recorded: bool = False
 

@@ -222,7 +222,7 @@ class OperationRunner:
                           recover=bool(ws.get("needs_recovery")),
                           secrets_digest=ws.get("secrets_digest"),
                           stack_settings=ws.get("stack_settings"),
-                          workload_recorded=bool((ws.get("outputs") or {}).get("container")))
+                          workload_recorded=_names_workload(ws.get("outputs") or {}))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         # A run killed for its lease (`_fence`) is recorded only if the lease
@@ -450,3 +450,9 @@ class OperationRunner:
         if killed:
             log.warning("killed engine processes of an earlier run", extra={"count": killed})
         self._take_over_expired(startup=True)
+
+
+def _names_workload(outputs: dict[str, Any]) -> bool:
+    """The stack's last outputs name a workload: a container (Docker) or a
+    Deployment (Kubernetes)."""
+    return bool(outputs.get("container") or outputs.get("deployment"))

@@ -23,7 +23,6 @@ from typing import Any
 
 from pulumi.automation import events
 
-from components.runtime import DockerRuntime
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
@@ -263,20 +262,20 @@ def _run(job: Job, files: StackFiles) -> Outcome:
 
 # Exceptions our program raises on purpose; their messages are written for users.
 def _workload_lost(job: Job, store: Store) -> bool:
-    """A start or update of a workspace whose recorded container is not running
-    (it exited while its Docker Engine was down, or someone stopped or removed
-    it by hand). An up alone would find nothing to do, since the engine trusts
-    its state: the run refreshes first, which drops the dead container, and the
-    same up makes it again. Asked only when the stack records a container."""
+    """A start or update of a workspace whose recorded workload is not running:
+    a Docker container that exited while its engine was down, or that someone
+    stopped or removed by hand; a Deployment deleted by hand. An up alone would
+    find nothing to do, since the engine trusts its state: the run refreshes
+    first, which drops what is gone, and the same up makes it again. Asked
+    only when the stack records a workload (not on a start from stopped)."""
     cfg = job.config
-    if not (job.workload_recorded and cfg.running and job.kind in ("start", "update")
-            and isinstance(cfg.runtime, DockerRuntime)):
+    if not (job.workload_recorded and cfg.running and job.kind in ("start", "update")):
         return False
     if workload_running(cfg.runtime, cfg.owner, cfg.spec.name,
                         installation=cfg.installation) is not False:
         return False
     store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
-                                "message": "the workspace's container is not running: "
+                                "message": "the workspace's container or pod is not running: "
                                            "refreshing the stack to make it again"})
     return True
 

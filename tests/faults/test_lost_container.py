@@ -1,18 +1,21 @@
-"""A running workspace whose container dies outside stackspace: it exited
-while its Docker Engine was down, or someone stopped or removed it by hand.
-The engine's state still records it, so an up alone would change nothing;
-`start` must bring it back on the same storage, and the API must say so."""
+"""A running workspace whose workload dies outside stackspace: its container
+exited while its Docker Engine was down, or someone stopped or removed it, or
+deleted its Deployment, by hand. The engine's state still records it, so an up
+alone would change nothing; `start` must bring it back on the same storage,
+and the API must say so."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from tests.faults.checks import assert_truthful, converge, delete_clean
 from tests.faults.conftest import unique
-from tests.faults.engine import DockerView
+from tests.faults.engine import DockerView, KubernetesView
 from tests.faults.harness import LiveService
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
+pytestmark = pytest.mark.e2e
 
 
 def events(svc: LiveService, op_id: str) -> list[dict]:
@@ -20,6 +23,13 @@ def events(svc: LiveService, op_id: str) -> list[dict]:
     return svc.follow(op_id, until=lambda event: False)[1]
 
 
+def assert_said_why(svc: LiveService, ws: dict, damage: str) -> None:
+    said = [e for e in events(svc, ws["last_operation"]["id"])
+            if e.get("type") == "diagnostic" and "not running" in e.get("message", "")]
+    assert said, f"start after a {damage} did not say why it refreshed"
+
+
+@pytest.mark.usefixtures("docker_provider")
 def test_start_brings_back_a_container_stopped_or_removed_by_hand(
         docker_faults: LiveService, docker_view: DockerView, docker_client):
     svc, engine = docker_faults, docker_view
@@ -42,13 +52,40 @@ def test_start_brings_back_a_container_stopped_or_removed_by_hand(
         (workload,) = engine.workloads(name)
         assert workload.running and engine.storage(name) == storage, (damage, ws)
         assert engine.read_file(workload.name, "mine.txt") == "kept"
-        said = [e for e in events(svc, ws["last_operation"]["id"])
-                if e.get("type") == "diagnostic" and "not running" in e.get("message", "")]
-        assert said, f"start after a {damage} did not say why it refreshed"
+        assert_said_why(svc, ws, damage)
 
     # A start of a workspace that runs changes nothing and says nothing of the kind.
     ws = converge(svc, engine, name, "running")
     assert not [e for e in events(svc, ws["last_operation"]["id"])
                 if "not running" in e.get("message", "")]
     assert_truthful(svc, engine, name)
+    delete_clean(svc, engine, name, stack)
+
+
+def test_start_brings_back_a_deployment_deleted_by_hand(kube_faults: LiveService,
+                                                       kube_view: KubernetesView):
+    """A lost pod comes back by itself (its Deployment); a lost Deployment with start."""
+    from kubernetes import client
+
+    svc, engine = kube_faults, kube_view
+    name = unique("lostk")
+    op = svc.run_op("POST", "/workspaces", json={"name": name})
+    assert op["status"] == "succeeded", op
+    ws = svc.workspace(name).json()
+    stack, deployment = ws["stack"], ws["outputs"]["deployment"]
+    storage = engine.storage(name)
+    (workload,) = engine.workloads(name)
+    engine.write_file(workload.name, "mine.txt", "kept")
+
+    client.AppsV1Api(engine.api).delete_namespaced_deployment(
+        deployment, engine.ns, propagation_policy="Foreground")
+    deadline = time.monotonic() + 120
+    while engine.workloads(name):
+        assert time.monotonic() < deadline, "the deleted Deployment's pod never went"
+        time.sleep(0.5)
+    ws = converge(svc, engine, name, "running")
+    (workload,) = engine.workloads(name)
+    assert engine.storage(name) == storage
+    assert engine.read_file(workload.name, "mine.txt") == "kept"
+    assert_said_why(svc, ws, "deleted Deployment")
     delete_clean(svc, engine, name, stack)
