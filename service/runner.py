@@ -195,7 +195,7 @@ class OperationRunner:
                 with self._lock:
                     self._active.pop(op["id"], None)
                 self._end(op, ws, jobs.Outcome(op["id"], False, f"cannot start: {e}",
-                                                 "not-started", {}, {}))
+                                               "not-started", {}, {}))
                 continue
             busy = lifecycle.busy_state(op["kind"], ws["desired"], ws["state"])
             self.store.update_workspace(owner, name, state=busy)
@@ -218,11 +218,11 @@ class OperationRunner:
                           installation=ws.get("installation") or "",
                           running=flags.running, deleting=flags.deleting)
         return jobs.Job(op_id=op["id"], kind=op["kind"], stack=ws["stack"],
-                          store_path=str(self.store.path), settings=self.settings, config=cfg,
-                          recover=bool(ws.get("needs_recovery")),
-                          secrets_digest=ws.get("secrets_digest"),
-                          stack_settings=ws.get("stack_settings"),
-                          workload_recorded=_names_workload(ws.get("outputs") or {}))
+                        store_path=str(self.store.path), settings=self.settings, config=cfg,
+                        recover=bool(ws.get("needs_recovery")),
+                        secrets_digest=ws.get("secrets_digest"),
+                        stack_settings=ws.get("stack_settings"),
+                        workload_recorded=_names_workload(ws.get("outputs") or {}))
 
     def _done(self, op: dict[str, Any], ws: dict[str, Any], answer: Any) -> None:
         # A run killed for its lease (`_fence`) is recorded only if the lease
@@ -231,16 +231,16 @@ class OperationRunner:
             active = self._active.get(op["id"])
         if isinstance(answer, WorkerDied):
             answer = jobs.Outcome(op["id"], False,
-                                    "interrupted: the worker running it stopped; retry it",
-                                    lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
+                                  "interrupted: the worker running it stopped; retry it",
+                                  lifecycle.INTERRUPTED, {}, {}, self._observe(ws))
         elif active and active.interrupted is not None and not answer.ok:
             why = f"timed out after {self.timeout:.0f}s" if active.timed_out else "cancelled"
             answer = jobs.Outcome(op["id"], False,
-                                    f"{why}; the engine stopped at its next safe point",
-                                    lifecycle.CANCELLED,
-                                    {}, answer.timings, answer.observed_running,
-                                    answer.config_written, answer.recovered,
-                                    stack_settings=answer.stack_settings)
+                                  f"{why}; the engine stopped at its next safe point",
+                                  lifecycle.CANCELLED,
+                                  {}, answer.timings, answer.observed_running,
+                                  answer.config_written, answer.recovered,
+                                  stack_settings=answer.stack_settings)
         try:
             self._end(op, ws, answer)
         finally:
