@@ -262,7 +262,7 @@ def main() -> None:
                 runner.use(StackFiles(settings.pulumi_home, stack, ws["stack_settings"]))
                 t = time.monotonic()
                 # The operator's `pulumi up` of the same stack (no changes), as service_bench.
-                runner.stack(stack, create=False).up(color="never", suppress_progress=True)
+                runner.stack(stack).up(color="never", suppress_progress=True)
                 empty_up = time.monotonic() - t
                 timing["delete"] = svc.run("DELETE", f"/workspaces/{name}")
                 ops["delete"] = svc.last_op

@@ -200,9 +200,8 @@ class StackRunner:
         if self.should_stop():
             raise Cancelled(f"cancelled before {step}")
 
-    def stack(self, name: str, create: bool = True) -> auto.Stack:
-        if create:
-            return auto.Stack.create_or_select(name, self.workspace)
+    def stack(self, name: str) -> auto.Stack:
+        """An existing stack, as the SDK gives it (`stack select`)."""
         return auto.Stack.select(name, self.workspace)
 
     def exists(self, name: str) -> bool:
@@ -460,14 +459,19 @@ class StackRunner:
         stack.cancel()
         stack.refresh(on_event=on_event, color="never", suppress_progress=True,
                       clear_pending_creates=True)
-        return self.recorded_ids(stack_name)
+        return _recorded(stack)
 
     def recorded_ids(self, stack_name: str) -> set[str]:
         """Provider IDs of every resource in the stack's state."""
         if not self.exists(stack_name):
             return set()
-        deployment = self.stack(stack_name, create=False).export_stack().deployment or {}
-        return {r["id"] for r in deployment.get("resources", []) if r.get("id")}
+        return _recorded(self._attach(stack_name))
+
+
+def _recorded(stack: auto.Stack) -> set[str]:
+    """Provider IDs of every resource in the stack's state (one `stack export`)."""
+    deployment = stack.export_stack().deployment or {}
+    return {r["id"] for r in deployment.get("resources", []) if r.get("id")}
 
 
 def _storage_watch(on_event: EventSink | None
