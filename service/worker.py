@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,12 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         # object to adopt): the same guarded apply as any run.
         converge = job.kind == "refresh" and cfg.running and observed
         if job.kind not in ("delete", "refresh") or converge:
-            refresh = _workload_lost(job, store)
+            refresh = _workload_lost(job, observe)
+            if refresh:
+                store.add_event(job.op_id, {
+                    "type": "diagnostic", "severity": "warning",
+                    "message": "the workspace's container or pod is not running: "
+                               "refreshing the stack to make it again"})
             result = runner.apply(cfg, job.stack, on_event, guard=True,
                                   secrets_digest=known_digest, refresh=refresh)
             written = result.config_written
@@ -260,26 +266,18 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                        observe(), written, False)
 
 
-# Exceptions our program raises on purpose; their messages are written for users.
-def _workload_lost(job: Job, store: Store) -> bool:
+def _workload_lost(job: Job, observe: Callable[[], bool | None]) -> bool:
     """A start or update of a workspace whose recorded workload is not running:
     a Docker container that exited while its engine was down, or that someone
     stopped or removed by hand; a Deployment deleted by hand. An up alone would
     find nothing to do, since the engine trusts its state: the run refreshes
     first, which drops what is gone, and the same up makes it again. Asked
     only when the stack records a workload (not on a start from stopped)."""
-    cfg = job.config
-    if not (job.workload_recorded and cfg.running and job.kind in ("start", "update")):
-        return False
-    if workload_running(cfg.runtime, cfg.owner, cfg.spec.name,
-                        installation=cfg.installation) is not False:
-        return False
-    store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
-                                "message": "the workspace's container or pod is not running: "
-                                           "refreshing the stack to make it again"})
-    return True
+    return (job.workload_recorded and job.config.running
+            and job.kind in ("start", "update") and observe() is False)
 
 
+# Exceptions our program raises on purpose; their messages are written for users.
 USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ", "IncompleteConfig: ")
 
 
