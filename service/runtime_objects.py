@@ -40,9 +40,8 @@ def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -
         if isinstance(rt, DockerRuntime):
             client = docker_client(rt, timeout=10)
             try:
-                found = client.containers.list(filters={"label": label_filters(labels)})
-                return any(c.status == "running" for c in found
-                           if same_installation(labels, c.labels))
+                return any(c.status == "running"
+                           for c in _containers(client, labels, include_stopped=False))
             finally:
                 client.close()
         from kubernetes import client as k8s
@@ -57,6 +56,14 @@ def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -
         return None
 
 
+def _containers(client: Any, selected: dict[str, str], include_stopped: bool = True
+                ) -> list[Any]:
+    """The Docker containers `selected` (workspace_labels, maybe with a role) picks."""
+    found = client.containers.list(all=include_stopped,
+                                   filters={"label": label_filters(selected)})
+    return [c for c in found if same_installation(selected, c.labels)]
+
+
 def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
                       installation: str) -> int:
     """Remove the workspace's containers that Pulumi's state does not record:
@@ -68,10 +75,9 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
         return 0
     client = docker_client(rt)
     try:
-        selected = workspace_labels(owner, name, installation)
         gone = 0
-        for c in client.containers.list(all=True, filters={"label": label_filters(selected)}):
-            if c.id not in recorded and same_installation(selected, c.labels):
+        for c in _containers(client, workspace_labels(owner, name, installation)):
+            if c.id not in recorded:
                 c.remove(force=True)
                 gone += 1
         return gone
@@ -92,13 +98,11 @@ def remove_labelled(rt: Runtime, owner: str, name: str, *, installation: str) ->
 def _remove_docker(rt: DockerRuntime, selected: dict[str, str]) -> int:
     client = docker_client(rt)
     try:
-        labels = label_filters(selected)
         n = 0
-        for c in client.containers.list(all=True, filters={"label": labels}):
-            if same_installation(selected, c.labels):
-                c.remove(force=True, v=False)
-                n += 1
-        for v in client.volumes.list(filters={"label": labels}):
+        for c in _containers(client, selected):
+            c.remove(force=True, v=False)
+            n += 1
+        for v in client.volumes.list(filters={"label": label_filters(selected)}):
             if same_installation(selected, v.attrs.get("Labels")):
                 v.remove(force=True)
                 n += 1
