@@ -77,11 +77,14 @@ def test_start_brings_back_a_deployment_deleted_by_hand(kube_faults: LiveService
     (workload,) = engine.workloads(name)
     engine.write_file(workload.name, "mine.txt", "kept")
 
-    client.AppsV1Api(engine.api).delete_namespaced_deployment(
-        deployment, engine.ns, propagation_policy="Foreground")
+    apps = client.AppsV1Api(engine.api)
+    apps.delete_namespaced_deployment(deployment, engine.ns, propagation_policy="Foreground")
+    # Until the deletion has finished, the Deployment still exists (a refresh
+    # keeps it) and its pod may still be terminating: wait for both to be gone.
     deadline = time.monotonic() + 120
-    while engine.workloads(name):
-        assert time.monotonic() < deadline, "the deleted Deployment's pod never went"
+    while engine.workloads(name) or _exists(lambda: apps.read_namespaced_deployment(
+            deployment, engine.ns)):
+        assert time.monotonic() < deadline, "the deleted Deployment never went"
         time.sleep(0.5)
     ws = converge(svc, engine, name, "running")
     (workload,) = engine.workloads(name)
@@ -89,3 +92,15 @@ def test_start_brings_back_a_deployment_deleted_by_hand(kube_faults: LiveService
     assert engine.read_file(workload.name, "mine.txt") == "kept"
     assert_said_why(svc, ws, "deleted Deployment")
     delete_clean(svc, engine, name, stack)
+
+
+def _exists(read) -> bool:  # noqa: ANN001 - a kubernetes client read
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        read()
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
