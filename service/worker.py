@@ -30,6 +30,7 @@ from service.runtime_objects import remove_labelled, remove_unrecorded, workload
 from service.store import Store
 from stacks.automation import StackRunner, StackTaken, StorageAtRisk
 from stacks.settings import PulumiSettings, StackFiles, sweep_work_dirs
+from stacks.state_repair import StackKeys, repair_stack_state
 
 log = logging.getLogger("stackspace.worker")
 PR_SET_PDEATHSIG = 1
@@ -171,6 +172,11 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             cfg.owner, cfg.spec.name, stack_settings=text)
         # The digest speaks of the secrets in the settings: without them, write them.
         known_digest = job.secrets_digest if files.initial else None
+        rewound = False
+        if files.initial is not None:  # a stack of ours: nothing may keep it stuck
+            t = time.monotonic()
+            rewound = _repair_state(job, store, runner.project)
+            timings["repair"] = time.monotonic() - t
         if files.initial is None:
             # This store never made the stack: it is new, or it is another
             # installation's (same backend, owner and name). Never take that
@@ -194,7 +200,7 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                 return Outcome(job.op_id, True, None, None, {}, {"total": time.monotonic()
                                                                   - started})
             timings["init"] = time.monotonic() - t
-        if job.recover or job.kind == "refresh":
+        if job.recover or job.kind == "refresh" or rewound:
             t = time.monotonic()
             recorded = runner.recover(job.stack, on_event)
             orphans = remove_unrecorded(cfg.runtime, cfg.owner, cfg.spec.name, recorded,
@@ -264,6 +270,24 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         written = written or getattr(e, "config_written", False)
         return Outcome(job.op_id, False, describe_error(e), type(e).__name__, {}, timings,
                        observe(), written, False)
+
+
+def _repair_state(job: Job, store: Store, project: str) -> bool:
+    """Repair what a cut-off write left in the stack's backend files before the
+    CLI reads them (stacks.state_repair); each repair is an event of the
+    operation. A checkpoint with no readable copy is reset to empty: the run
+    then recovers from the runtime's labelled objects (delete removes them,
+    any other run adopts the storage). True if the state was rewound, so
+    the run must recover."""
+    steps = repair_stack_state(job.settings.backend_url, StackKeys(project, job.stack),
+                               reset_if_lost=True)
+    for step in steps:
+        store.add_event(job.op_id, {"type": "diagnostic", "severity": "warning",
+                                    "message": f"state repaired: {step.describe()}"})
+    if steps:
+        log.warning("stack state repaired", extra={"op": job.op_id, "stack": job.stack,
+                                                   "repairs": len(steps)})
+    return any(step.rewinds_state for step in steps)
 
 
 def _workload_lost(job: Job, observe: Callable[[], bool | None]) -> bool:

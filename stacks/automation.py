@@ -184,6 +184,14 @@ class StackRunner:
         # (its new encryption salt): a run cut off later must not lose it.
         self.on_stack_created: Callable[[str], None] | None = None
         self._created_here: set[str] = set()
+        self._project: str | None = None
+
+    @property
+    def project(self) -> str:
+        """The Pulumi project's name (Pulumi.yaml)."""
+        if self._project is None:
+            self._project = self.workspace.project_settings().name
+        return self._project
 
     @property
     def work_dir(self) -> Path:
@@ -315,8 +323,7 @@ class StackRunner:
         backend through `stack export`."""
         url = self.settings.backend_url
         if url.startswith("file:///") and "?" not in url:
-            project = self.workspace.project_settings().name
-            base = Path(url.removeprefix("file://")) / ".pulumi" / "stacks" / project
+            base = Path(url.removeprefix("file://")) / ".pulumi" / "stacks" / self.project
             for path, opener in ((base / f"{stack.name}.json", open),
                                  (base / f"{stack.name}.json.gz", gzip.open)):
                 if path.exists():
