@@ -43,6 +43,7 @@ from stacks.config import (
 )
 from stacks.guard import ATTEST_OUTPUT, attestation, preview_needed, runtime_kind
 from stacks.settings import PulumiSettings, StackFiles
+from stacks.state_repair import StackKeys, forget_stack
 
 STORAGE_TYPES = frozenset({
     "kubernetes:core/v1:PersistentVolumeClaim",
@@ -433,7 +434,8 @@ class StackRunner:
         (no program run: nothing new gets created on the way out), destroy,
         remove the stack. Only the flags are written: destroy runs no program."""
         result = RunResult()
-        if not self.exists(stack_name):
+        if not self.exists(stack_name):  # removed by a run cut off after `stack rm`
+            forget_stack(self.settings.backend_url, StackKeys(self.project, stack_name))
             return result
         t = time.monotonic()
         stack = self._attach(stack_name)
@@ -449,6 +451,7 @@ class StackRunner:
         result.timings["destroy"] = time.monotonic() - t
         t = time.monotonic()
         self.workspace.remove_stack(stack_name)
+        forget_stack(self.settings.backend_url, StackKeys(self.project, stack_name))
         result.timings["remove"] = time.monotonic() - t
         return result
 

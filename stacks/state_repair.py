@@ -70,6 +70,10 @@ class StackKeys:
         return (f"{self.checkpoint_base}.json", self.backups_dir,
                 f".pulumi/locks/organization/{self.project}/{self.stack}/")
 
+    @property
+    def history_dir(self) -> str:
+        return f".pulumi/history/{self.project}/{self.stack}/"
+
     def empty_checkpoint(self) -> bytes:
         """What `stack init` writes: a stack with no deployment yet."""
         return json.dumps({"version": 3, "checkpoint": {
@@ -323,3 +327,17 @@ def repair_stack_state(backend_url: str, keys: StackKeys, reset_if_lost: bool = 
         else:
             blobs.delete(step.key)
     return steps
+
+
+def forget_stack(backend_url: str, keys: StackKeys) -> int:
+    """Remove what `pulumi stack rm` leaves of a removed stack (its `.bak`,
+    backups, history, sidecars): a workspace made again under the same name
+    must never be "repaired" from a deleted one's copies, and nothing of a
+    deleted workspace's (encrypted) config stays behind. Returns the count."""
+    blobs = blobs_for(backend_url)
+    if blobs is None:
+        return 0
+    found = blobs.keys((*keys.prefixes, keys.history_dir))
+    for key in found:
+        blobs.delete(key)
+    return len(found)

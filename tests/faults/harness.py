@@ -405,6 +405,11 @@ class Trial:
     seconds: float = 0.0
     error: str = ""
 
+    @property
+    def stuck(self) -> bool:
+        """The workspace or its operation never settled (the "never stuck" promise)."""
+        return "stuck" in self.error or "did not end" in self.error
+
 
 RESULTS: list[Trial] = []
 
@@ -426,18 +431,20 @@ def trial(runtime: str, operation: str, point: str) -> Iterator[Trial]:
 
 
 def matrix_table(results: list[Trial]) -> str:
-    """The kill matrix: operation x kill point -> trials, recovered, orphans."""
+    """The kill matrix: operation x kill point -> trials, recovered, stuck, orphans."""
     rows: dict[tuple[str, str, str], list[Trial]] = {}
     for t in results:
         rows.setdefault((t.runtime, t.operation, t.point), []).append(t)
     head = f"{'runtime':<11}{'operation':<10}{'kill point':<26}{'trials':>7}{'recovered':>10}" \
-           f"{'orphans':>8}  reached at kill / error"
+           f"{'stuck':>6}{'orphans':>8}  reached at kill / error"
     lines = [head, "-" * len(head)]
+
+    def counts(ts: list[Trial]) -> str:
+        return (f"{len(ts):>7}{sum(t.recovered for t in ts):>10}{sum(t.stuck for t in ts):>6}"
+                f"{sum(t.orphans for t in ts):>8}")
+
     for (runtime, operation, point), ts in rows.items():
-        note = "; ".join(t.error or t.reached for t in ts)[:90]
-        lines.append(f"{runtime:<11}{operation:<10}{point:<26}{len(ts):>7}"
-                     f"{sum(t.recovered for t in ts):>10}{sum(t.orphans for t in ts):>8}  {note}")
-    total = len(results)
-    lines.append(f"{'total':<47}{total:>7}{sum(t.recovered for t in results):>10}"
-                 f"{sum(t.orphans for t in results):>8}")
+        note = "; ".join(dict.fromkeys(t.error or t.reached for t in ts))[:90]
+        lines.append(f"{runtime:<11}{operation:<10}{point:<26}{counts(ts)}  {note}")
+    lines.append(f"{'total':<47}{counts(results)}")
     return "\n".join(lines)

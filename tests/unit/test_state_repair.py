@@ -15,6 +15,7 @@ from stacks.state_repair import (
     StackKeys,
     StateLost,
     checkpoint_readable,
+    forget_stack,
     plan_repairs,
     repair_stack_state,
 )
@@ -148,3 +149,15 @@ def test_file_backend_repair_end_to_end_on_disk(tmp_path: Path):
 
 def test_other_backends_are_left_alone():
     assert repair_stack_state("s3://bucket/state", KEYS, reset_if_lost=True) == []
+
+
+def test_a_removed_stack_leaves_no_copy_to_be_restored_from(tmp_path: Path):
+    """What `stack rm` leaves (.bak, backups, history) goes with the stack: a
+    workspace made again under the same name starts from nothing."""
+    files = FileBlobs(tmp_path)
+    for key in (BAK, BAK + ".attrs", backup(7, 2)[0], f"{KEYS.history_dir}h.history.json",
+                f"{KEYS.checkpoint_base}x.json"):
+        files.write(key, checkpoint(1))
+    assert forget_stack(f"file://{tmp_path}", KEYS) == 4
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{KEYS.stack}x.json"]
+    assert plan_repairs(LazyBlobs(files, files.keys(KEYS.prefixes)), KEYS) == []
