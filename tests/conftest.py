@@ -107,6 +107,40 @@ def docker_host() -> Iterator[str]:
         subprocess.run([str(REPO / "scripts" / "docker-engine"), "down"], check=False)
 
 
+def default_network_works(host: str) -> str | None:
+    """Whether the Docker Engine at `host` still starts a container on its
+    default network (what every new workspace needs): None if so, else why."""
+    import docker
+
+    from components.spec import DEFAULT_IMAGE
+
+    client = docker.DockerClient(base_url=host, timeout=60)
+    try:
+        out = client.containers.run(DEFAULT_IMAGE, ["true"], network_mode="bridge",
+                                    remove=True, labels={"stackspace.test": "engine-intact"})
+        return None if out == b"" else f"unexpected output {out!r}"
+    except docker.errors.DockerException as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        client.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite leaves the machine as it found it: after every test and
+    teardown, the local engine (the one scripts/test started or found) still
+    starts a container on its default network. A developer's `scripts/run`
+    after the tests depends on it."""
+    host = os.environ.get("DOCKER_HOST")
+    if os.environ.get("STACKSPACE_REQUIRE_E2E") != "1" or not host:
+        return
+    why = default_network_works(host)
+    if why is not None:
+        session.config.get_terminal_writer().line(
+            f"the local Docker Engine ({host}) no longer starts a container on its default "
+            f"network after the suite: {why}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def docker_client(docker_host: str):
     import docker

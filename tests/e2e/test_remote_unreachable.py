@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.api.conftest import custom_service
-from tests.conftest import REPO, remote_runtime
+from tests.conftest import REPO, default_network_works, remote_runtime
 from tests.e2e.remote_helpers import labelled, operate, remote_client, stackspace_exec, wait_op
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -22,13 +22,16 @@ SCRIPT = REPO / "scripts" / "test-docker-host"
 
 
 @contextmanager
-def host_down() -> Iterator[None]:
-    """The remote engine stopped (sshd stays, like a host whose daemon died)."""
+def host_down(local_host: str) -> Iterator[None]:
+    """The remote engine stopped (sshd stays, like a host whose daemon died).
+    Its restart must leave the local engine alone: both dockerds share this
+    machine's network namespace, and a restart once deleted docker0."""
     subprocess.run([str(SCRIPT), "stop-engine"], check=True, capture_output=True, timeout=120)
     try:
         yield
     finally:
         host_up()
+        assert default_network_works(local_host) is None
 
 
 def host_up() -> None:
@@ -47,18 +50,18 @@ def remote_service(tmp_path, docker_host, pulumi_settings, docker_provider, remo
     runtime = remote_runtime(remote_docker_host, "tls", name="remote-flaky")
     with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=[runtime],
                         timeout=600) as svc:
-        yield svc, runtime
+        yield svc, runtime, docker_host
 
 
 def test_create_start_stop_fail_clearly_and_succeed_when_retried(remote_service):
-    svc, runtime = remote_service
+    svc, runtime, local_host = remote_service
     remote = remote_client(runtime)
     first, second = (f"unreach-{secrets.token_hex(3)}" for _ in range(2))
     try:
         assert operate(svc, "POST", "", json={"name": first})["status"] == "succeeded"
         assert stackspace_exec(svc, first, "sh", "-c", "echo kept > note").returncode == 0
 
-        with host_down():
+        with host_down(local_host):
             assert_unreachable_reason(operate(svc, "POST", f"/{first}/stop"), runtime)
             assert_unreachable_reason(operate(svc, "POST", "", json={"name": second}), runtime)
         op = operate(svc, "POST", f"/{first}/stop")  # retried once the host is back
@@ -68,7 +71,7 @@ def test_create_start_stop_fail_clearly_and_succeed_when_retried(remote_service)
         op = operate(svc, "POST", f"/{second}/start")  # the failed create, retried
         assert op["status"] == "succeeded", op
 
-        with host_down():
+        with host_down(local_host):
             assert_unreachable_reason(operate(svc, "POST", f"/{first}/start"), runtime)
         op = operate(svc, "POST", f"/{first}/start")
         assert op["status"] == "succeeded", op
@@ -86,12 +89,12 @@ def test_create_start_stop_fail_clearly_and_succeed_when_retried(remote_service)
 
 
 def test_delete_while_the_host_is_down_stays_pending_until_it_answers(remote_service):
-    svc, runtime = remote_service
+    svc, runtime, local_host = remote_service
     remote = remote_client(runtime)
     name = f"unreach-del-{secrets.token_hex(3)}"
     assert operate(svc, "POST", "", json={"name": name})["status"] == "succeeded"
     try:
-        with host_down():
+        with host_down(local_host):
             r = svc.call("DELETE", f"/api/v1/workspaces/{name}", svc.alice)
             assert r.status_code == 202
             wait_op(svc, svc.alice, r.json()["id"])  # an attempt while the host is down
