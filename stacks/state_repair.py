@@ -249,15 +249,16 @@ class FileBlobs:
 
 class PostgresBlobs:
     """A postgres:// backend (Pulumi's DIY driver): one row per blob in its table,
-    `data` = {"data": base64}. Keys carry the URL's path as a prefix when it
-    has one; this finds them by their `.pulumi/...` tail."""
+    `data` = {"data": base64}. Like every non-file DIY backend, the CLI keeps
+    its keys under the URL's path (the database name): `<db>/.pulumi/...`."""
 
     def __init__(self, url: str):
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self.table = query.pop("table", "pulumi_state")
         self.dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-        self._rows: dict[str, str] = {}  # relative key -> the row's key
+        folder = parts.path.strip("/")
+        self.prefix = f"{folder}/" if folder else ""
 
     def _execute(self, statement: str, params: tuple) -> list[tuple]:
         import psycopg
@@ -271,28 +272,25 @@ class PostgresBlobs:
     def keys(self, prefixes: Iterable[str]) -> list[str]:
         found = []
         for prefix in prefixes:
-            like = prefix.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
-            for (key,) in self._execute("SELECT key FROM {table} WHERE key LIKE %s",
-                                        ("%" + like + "%",)):
-                rel = key[key.index(".pulumi/"):]
-                if rel.startswith(prefix):
-                    self._rows[rel] = key
-                    found.append(rel)
+            like = (self.prefix + prefix).replace("\\", "\\\\").replace("%", r"\%")
+            like = like.replace("_", r"\_") + "%"  # left-anchored: the key index serves it
+            found += [key[len(self.prefix):] for (key,) in self._execute(
+                "SELECT key FROM {table} WHERE key LIKE %s", (like,))]
         return found
 
     def read(self, key: str) -> bytes:
         rows = self._execute("SELECT data::text FROM {table} WHERE key = %s",
-                             (self._rows.get(key, key),))
+                             (self.prefix + key,))
         return _row_bytes(rows[0][0]) if rows else b""
 
     def write(self, key: str, data: bytes) -> None:
         row = json.dumps({"data": base64.b64encode(data).decode()})
         self._execute("INSERT INTO {table} (key, data) VALUES (%s, %s::json) ON CONFLICT (key) "
                       "DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
-                      (self._rows.get(key, key), row))
+                      (self.prefix + key, row))
 
     def delete(self, key: str) -> None:
-        self._execute("DELETE FROM {table} WHERE key = %s", (self._rows.get(key, key),))
+        self._execute("DELETE FROM {table} WHERE key = %s", (self.prefix + key,))
 
 
 def _row_bytes(data: str | None) -> bytes:

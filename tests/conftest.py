@@ -34,6 +34,22 @@ def unavailable(reason: str, require: str = "STACKSPACE_REQUIRE_E2E") -> None:
     pytest.skip(reason)
 
 
+# Tests that share one real part whose state they change keep to one
+# pytest-xdist worker (scripts/test runs `--dist loadgroup`): the remote test
+# host is stopped and started by its tests; the test cluster is one small
+# node whose installs use fixed host ports.
+SHARED_PARTS = {"remote_docker_host": "remote-docker-host", "kube_cluster": "test-cluster"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        for fixture, group in SHARED_PARTS.items():
+            if fixture in used:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Strict runs: a skipped test is a failed one (whatever skipped it)."""
@@ -131,7 +147,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     starts a container on its default network. A developer's `scripts/run`
     after the tests depends on it."""
     host = os.environ.get("DOCKER_HOST")
-    if os.environ.get("STACKSPACE_REQUIRE_E2E") != "1" or not host:
+    if (os.environ.get("STACKSPACE_REQUIRE_E2E") != "1" or not host
+            or hasattr(session.config, "workerinput")):  # once, in the controller
         return
     why = default_network_works(host)
     if why is not None:

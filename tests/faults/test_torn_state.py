@@ -104,7 +104,8 @@ def lifecycle_through_torn_state(svc: Service, engine: DockerView, state, shape:
     """create, then tear the state before each of stop, start, update and delete."""
     name = f"torn-{shape}-{secrets.token_hex(2)}"
     op = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": name}).json()
-    assert wait_op(svc, svc.alice, op["id"])["status"] == "succeeded"
+    op = wait_op(svc, svc.alice, op["id"])
+    assert op["status"] == "succeeded", op.get("error")
     ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
     stack = ws["stack"]
     (load,) = engine.workloads(name)
@@ -155,6 +156,7 @@ def docker_view(docker_client) -> DockerView:
 def test_file_backend_torn_state_never_sticks(tmp_path: Path, docker_host, docker_view,
                                               pulumi_settings, docker_provider,
                                               new_database: Callable[[str], str]):
+    (tmp_path / "state").mkdir()
     settings = dataclasses.replace(pulumi_settings,
                                    backend_url=f"file://{tmp_path / 'state'}")
     with custom_service(tmp_path / "svc", docker_host, settings) as svc:
