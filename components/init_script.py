@@ -59,9 +59,22 @@ if [ ! -e "$marker" ] && [ -n "${STACKSPACE_REPO_URL:-}" ]; then
   tmp="$state/clone.tmp"
   rm -rf "$tmp"
   echo "stackspace-init: cloning repository (ref ${STACKSPACE_REPO_REF})"
-  if ! git clone --quiet --no-checkout -- "$STACKSPACE_REPO_URL" "$tmp" 2>/dev/null; then
+  if ! err=$(git clone --quiet --no-checkout -- "$STACKSPACE_REPO_URL" "$tmp" 2>&1); then
     rm -f "$askpass"
-    echo "stackspace-init: clone failed (check repository url, username and credential)" >&2
+    # The cause, in our words: git's own text is not echoed (it quotes URLs).
+    status=$(printf '%s\n' "$err" | sed -n 's/.*returned error: \([0-9][0-9]*\).*/\1/p' | head -n 1)
+    case "$err" in
+      *"Authentication failed"*|*"could not read Username"*|*"could not read Password"*)
+        cause="authentication refused";;
+      *"returned error: 401"*|*"returned error: 403"*)
+        cause="authentication refused (HTTP $status)";;
+      *"returned error: "*) cause="HTTP status $status";;
+      *"not found"*|*"does not appear to be a git repository"*) cause="repository not found";;
+      *"resolve host"*|*"onnect"*|*"timed out"*|*"unreachable"*|*"unable to access"*)
+        cause="server unreachable";;
+      *) cause="git exited with an error";;
+    esac
+    echo "stackspace-init: clone failed: $cause (check repository url, username and credential)" >&2
     exit 12
   fi
   rm -f "$askpass"

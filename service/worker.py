@@ -241,6 +241,9 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                                   secrets_digest=known_digest, refresh=refresh)
             written = result.config_written
             digest = result.secrets_digest
+            if result.retried_init:
+                store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
+                                            "message": "the last init failed: ran it again"})
             if result.guard:
                 store.add_event(job.op_id, {"type": "diagnostic", "severity": "info",
                                             "message": f"storage guard: checked by {result.guard}"})

@@ -42,6 +42,7 @@ from stacks.config import (
     StackConfig,
 )
 from stacks.guard import ATTEST_OUTPUT, attestation, preview_needed, runtime_kind
+from stacks.init_retry import failed_inits
 from stacks.settings import PulumiSettings, StackFiles
 from stacks.state_repair import StackKeys, forget_stack
 
@@ -95,6 +96,8 @@ class RunResult:
     secrets_digest: str | None = None
     # What the storage guard decided from (stacks.guard), None if it did not run.
     guard: str | None = None
+    # Init steps that had failed, made again by this run (stacks.init_retry).
+    retried_init: list[str] = field(default_factory=list)
 
 
 def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None,
@@ -301,13 +304,15 @@ class StackRunner:
 
     def check_storage_safe(self, stack: auto.Stack, cfg: StackConfig,
                            on_event: EventSink | None = None,
-                           attest: str | None = None) -> None:
+                           attest: str | None = None, replace: list[str] | None = None
+                           ) -> None:
         """Preview `cfg` (from memory: nothing is written to the stack) and raise
-        StorageAtRisk if the plan would delete or replace storage."""
+        StorageAtRisk if the plan would delete or replace storage. `replace`:
+        what the up will replace too (the plan previewed is the plan run)."""
         watch, risky = _storage_watch(on_event)
         try:
             stack.preview(program=inline_program(cfg, attest=attest), on_event=watch,
-                          color="never", suppress_progress=True)
+                          color="never", suppress_progress=True, replace=replace or None)
         except auto.errors.CommandError as e:
             # Storage is also protected in the program: the engine itself then
             # refuses the plan. That is the same verdict, said by us.
@@ -334,17 +339,16 @@ class StackRunner:
         return stack.export_stack().deployment or {}
 
     def _plan_check(self, stack: auto.Stack, existed: bool, cfg: StackConfig,
-                    attest: str) -> str | None:
+                    attest: str, deployment: dict[str, Any] | str) -> str | None:
         """Why this run must preview (stacks.guard), None if its state proves
-        the plan cannot touch storage."""
+        the plan cannot touch storage. `deployment`: the state, or why it
+        could not be read."""
         if cfg.deleting:
             return "a delete-path config"
         if not existed:
             return None  # just created here: empty state, the plan only creates
-        try:
-            deployment = self.read_state(stack)
-        except Exception as e:  # noqa: BLE001 - unreadable state: the preview decides
-            return f"state unreadable ({type(e).__name__})"
+        if isinstance(deployment, str):  # unreadable state: the preview decides
+            return f"state unreadable ({deployment})"
         return preview_needed(deployment, stack.name, runtime_kind(cfg.runtime), attest)
 
     def apply(self, cfg: StackConfig, stack_name: str, on_event: EventSink | None = None,
@@ -363,16 +367,27 @@ class StackRunner:
         stack, existed = self.select_or_create(stack_name, known=secrets_digest is not None)
         result.timings["select"] = time.monotonic() - t
         attest = attestation(cfg, self.settings.passphrase.encode())
+        deployment: dict[str, Any] | str = {}
+        if existed and not cfg.deleting:
+            try:
+                deployment = self.read_state(stack)
+            except Exception as e:  # noqa: BLE001 - the guard previews instead
+                deployment = type(e).__name__
+        # A failed init is run again by a run that should leave the workspace
+        # running (stacks.init_retry); stop and delete never need it.
+        if cfg.running and isinstance(deployment, dict):
+            result.retried_init = failed_inits(deployment)
         if guard:
             # "preview": the storage guard's phase, however it decided.
             t = time.monotonic()
             self._checkpoint("the plan check")
-            reason = self._plan_check(stack, existed, cfg, attest)
+            reason = self._plan_check(stack, existed, cfg, attest, deployment)
             result.guard = "the stack's state" if reason is None else f"a preview ({reason})"
             if reason is not None:
                 try:
                     try:
-                        self.check_storage_safe(stack, cfg, on_event, attest)
+                        self.check_storage_safe(stack, cfg, on_event, attest,
+                                                result.retried_init)
                     except auto.errors.StackNotFoundError:
                         # The store thought it existed (someone removed it): start over.
                         stack, existed = self.select_or_create(stack_name)
@@ -410,7 +425,7 @@ class StackRunner:
             result.config_written = True
             up = stack.up(program=inline_program(cfg, stack.program_outputs, attest),
                           on_event=watch, color="never", suppress_progress=True,
-                          refresh=refresh or None)
+                          refresh=refresh or None, replace=result.retried_init or None)
         except Exception as e:
             e.config_written = True  # type: ignore[attr-defined]
             protected = protected_storage(str(e))

@@ -108,7 +108,11 @@ def private_registry(tmp: Path, username: str, password: str) -> Iterator[Regist
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """The server's key and certificate in `tmp`: made once, then kept (a
+    server restarted from the same dir is trusted as before)."""
     key, cert = tmp / "server.key", tmp / "server.pem"
+    if key.exists() and cert.exists():
+        return key, cert
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
@@ -117,18 +121,18 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def git_https_server(tmp: Path, repos: Path, username: str,
-                     password: str) -> Iterator[GitServer]:
+                     password: str, port: int | None = None) -> Iterator[GitServer]:
     """Serve the bare repositories under `repos` at https://127.0.0.1:PORT/git/<name>.git,
-    to `username` only."""
+    to `username` only. The same `tmp` and `port` again: the same server back."""
     _need("lighttpd", "htpasswd", "openssl", "git")
     backend = Path(subprocess.run(["git", "--exec-path"], check=True, capture_output=True,
                                   text=True).stdout.strip()) / "git-http-backend"
-    port = _free_port()
+    port = port or _free_port()
     key, cert = _self_signed(tmp)
     pem = tmp / "server-bundle.pem"
     pem.write_text(cert.read_text() + key.read_text())
     _htpasswd(tmp / "htpasswd", username, password)
-    (tmp / "docroot").mkdir()
+    (tmp / "docroot").mkdir(exist_ok=True)
     conf = tmp / "lighttpd.conf"
     conf.write_text(f"""
 server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv",

@@ -23,6 +23,7 @@ from stacks.naming import resource_base, stack_name
 from tests.e2e.private_servers import GitServer, Registry, git_https_server, private_registry
 from tests.e2e.repo_image import BASE_IMAGE, make_repo
 from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
+from tests.faults.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
 
@@ -179,5 +180,52 @@ def test_private_image_on_kubernetes_is_pulled_with_an_image_pull_secret(
         secret = core.read_namespaced_secret(pull.name, namespace)
         assert secret.type == "kubernetes.io/dockerconfigjson"
         assert registry.password not in json.dumps(kube.sanitize_for_serialization(pod))
+    finally:
+        runner.delete(stack)
+
+
+def test_a_clone_that_failed_while_the_git_server_was_down_runs_again_on_retry(
+        runner, docker_host, docker_client, git_server, private_image, registry, tmp_path):
+    """SPEC §3: a failed init never makes a workspace stuck. The git server is
+    down during the create: it fails, naming the cause without the credential.
+    The server comes back (same address and certificate): the retry clones."""
+    served = tmp_path / "git"
+    served.mkdir()
+    for name in ("server.key", "server.pem"):  # the certificate the image trusts
+        shutil.copy(git_server.ca_pem.parent / name, served / name)
+    repos = tmp_path / "repos"
+    repos.mkdir()
+    make_repo(repos, {"README.md": "cloned on the second try\n"})
+    port = free_port()
+    owner, name = "alice", f"content-retry-{secrets.token_hex(3)}"
+    runtime = DockerRuntime(name="local", host=docker_host, network_mode="host")
+    spec = WorkspaceSpec.parse({
+        "name": name, "image": private_image,
+        "image_credentials": {"username": registry.username, "password": registry.password},
+        "repository": {"url": f"https://127.0.0.1:{port}/git/app.git", "ref": "main",
+                       "username": git_server.username, "credential": git_server.password},
+    })
+    stack = stack_name(owner, name)
+    converge = converger(runner, owner, runtime, stack)
+    try:
+        with pytest.raises(Exception, match="clone failed: server unreachable") as failed:
+            converge(spec, True)
+        assert git_server.password not in str(failed.value)
+        with git_https_server(served, repos, git_server.username, git_server.password,
+                              port=port):
+            converge(spec, True)  # what `start` runs: the failed init runs again
+        ws = docker_client.containers.get(resource_base(owner, name))
+        code, out = ws.exec_run(["cat", "/workspace/README.md"], user="1000")
+        assert (code, out) == (0, b"cloned on the second try\n")
+        (init,) = [c for c in docker_client.containers.list(
+            all=True, filters={"label": f"stackspace.dev/workspace={name}"})
+            if c.labels.get("stackspace.dev/role") == "init"]
+        assert init.attrs["State"]["ExitCode"] == 0
+        converge(spec, False)  # stop and start: the good init is not run again
+        converge(spec, True)
+        (again,) = [c for c in docker_client.containers.list(
+            all=True, filters={"label": f"stackspace.dev/workspace={name}"})
+            if c.labels.get("stackspace.dev/role") == "init"]
+        assert again.id == init.id
     finally:
         runner.delete(stack)
