@@ -170,6 +170,8 @@ class DockerWorkspace(pulumi.ComponentResource):
             .apply(lambda a: _check_init_exit(*a))
             if inputs.running else self.init.exit_code)
 
+        self.initialized = self.init.exit_code.apply(lambda code: code == 0)
+
         envs: list = [f"{k}={v}" for k, v in spec.env.items()]
         envs += [pulumi.Output.secret(f"{k}={v}") for k, v in sorted(spec.secret_env.items())]
         self.container = None

@@ -184,6 +184,9 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             )),
         )
 
+        self.initialized = self.init_job.status.apply(
+            lambda status: bool(status and (status.succeeded or 0) > 0))
+
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             "deny-ingress",
             metadata=meta(f"{base}-deny-ingress", "network-policy"),

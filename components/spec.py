@@ -306,19 +306,26 @@ class WorkspaceSpec:
                                          "password": secrets["image_password"]}
         return cls.parse(data)
 
-    def merged(self, patch: Any) -> WorkspaceSpec:
+    def merged(self, patch: Any, repository_editable: bool = False) -> WorkspaceSpec:
         """Apply a PATCH body (top-level keys replace) and validate the result.
 
-        The name, runtime and repository are fixed at create: changing them
-        would mean different storage, which only delete may remove.
+        The name and runtime are fixed at create: changing them would mean
+        different storage, which only delete may remove. The repository can be
+        corrected until its first successful clone (`repository_editable`):
+        init clones it once. Secrets (`secret_env`, `image_credentials`) can be
+        rotated at any time.
         """
         if not isinstance(patch, dict):
             raise SpecError({"body": "must be an object"})
         errors: dict[str, str] = {}
-        _check_keys(patch, {"image", "env", "files", "resources", "command"}, "", errors)
-        for key in ("name", "runtime", "repository", "secret_env", "image_credentials"):
+        _check_keys(patch, {"image", "env", "files", "resources", "command", "repository",
+                            "secret_env", "image_credentials"}, "", errors)
+        for key in ("name", "runtime"):
             if key in patch:
                 errors[key] = "cannot be changed after create"
+        if "repository" in patch and not repository_editable:
+            errors["repository"] = ("cannot be changed after the repository was cloned "
+                                    "(init clones it once; the files are the user's now)")
         if errors:
             raise SpecError(errors)
         current = self.to_dict()

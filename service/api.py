@@ -203,7 +203,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         current = WorkspaceSpec.from_public(ws["spec"],
                                             store.workspace_secrets(ws["owner"], name))
         try:
-            new = current.merged(data)
+            # Until init has cloned once, a wrong URL or credential can be fixed.
+            new = current.merged(data, repository_editable=not ws["outputs"].get("initialized"))
         except SpecError as e:
             raise Problem("validation", "the update is not valid", e.errors) from e
         return accepted(enqueue(ws, "update", new))

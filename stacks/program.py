@@ -44,6 +44,9 @@ def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResour
         # find it by the labels stackspace.dev/{workspace,owner,role=workspace}
         # (and stackspace.dev/installation when the installation has an id).
         pulumi.export("deployment", ws.deployment_name)
+    # Whether init has run to its end (the repository cloned): until then the
+    # API lets the user correct `repository`.
+    pulumi.export("initialized", ws.initialized)
     pulumi.export("runtime", cfg.runtime.name)
     pulumi.export("running", inputs.running)
     if attest is not None:

@@ -20,7 +20,9 @@ import pytest
 from components.runtime import DockerRuntime
 from components.spec import WorkspaceSpec
 from stacks.naming import resource_base, stack_name
+from tests.api.conftest import custom_service
 from tests.e2e.private_servers import GitServer, Registry, git_https_server, private_registry
+from tests.e2e.remote_helpers import labelled, operate, stackspace_exec
 from tests.e2e.repo_image import BASE_IMAGE, make_repo
 from tests.e2e.stack_helpers import assert_operator_preview_is_clean, converger
 from tests.faults.harness import free_port
@@ -229,3 +231,51 @@ def test_a_clone_that_failed_while_the_git_server_was_down_runs_again_on_retry(
         assert again.id == init.id
     finally:
         runner.delete(stack)
+
+
+def test_a_wrong_credential_is_corrected_by_patch_and_secrets_rotate(
+        tmp_path, docker_host, docker_client, pulumi_settings, git_server, private_image,
+        registry):
+    """Through the API, as a user: a create with an expired credential fails,
+    naming the cause and not the credential; until the first clone `repository`
+    can be PATCHed, and the update clones; after it, `repository` is fixed.
+    `secret_env` rotates by PATCH, and the user's files stay."""
+    name = f"content-fix-{secrets.token_hex(3)}"
+    url = f"{git_server.base_url}/app.git"
+    wrong = f"glpat-expired-{secrets.token_hex(6)}"
+    runtime = {"name": "local", "type": "docker", "host": docker_host, "network_mode": "host"}
+    with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=[runtime]) as svc:
+        try:
+            op = operate(svc, "POST", "", json={
+                "name": name, "image": private_image,
+                "image_credentials": {"username": registry.username,
+                                      "password": registry.password},
+                "repository": {"url": url, "ref": "main", "username": git_server.username,
+                               "credential": wrong},
+                "secret_env": {"API_TOKEN": "first"}})
+            assert op["status"] == "failed", op
+            assert "clone failed: authentication refused" in op["error"], op["error"]
+            assert wrong not in op["error"]
+            fixed = {"url": url, "ref": "main", "username": git_server.username,
+                     "credential": git_server.password}
+            op = operate(svc, "PATCH", f"/{name}", json={"repository": fixed})
+            assert op["status"] == "succeeded", op.get("error")
+            ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
+            assert ws["state"] == "running" and ws["outputs"]["initialized"] is True
+            assert git_server.password not in json.dumps(ws)
+            assert stackspace_exec(svc, name, "cat", "README.md").stdout == \
+                b"hello from a private server\n"
+            assert stackspace_exec(svc, name, "sh", "-c", "echo mine > notes").returncode == 0
+
+            r = svc.call("PATCH", f"/api/v1/workspaces/{name}", svc.alice,
+                         json={"repository": {"url": f"{git_server.base_url}/other.git"}})
+            assert r.status_code == 422, r.text
+            assert [e["field"] for e in r.json()["errors"]] == ["repository"]
+
+            op = operate(svc, "PATCH", f"/{name}", json={"secret_env": {"API_TOKEN": "second"}})
+            assert op["status"] == "succeeded", op.get("error")
+            r = stackspace_exec(svc, name, "sh", "-c", 'echo "$API_TOKEN"; cat notes')
+            assert r.stdout == b"second\nmine\n"
+        finally:
+            operate(svc, "DELETE", f"/{name}?queue=true")
+    assert labelled(docker_client, "alice", name) == ([], [])

@@ -179,11 +179,26 @@ def test_new_fields_reject_bad_values_naming_the_field(fields, field):
     assert field in errs
 
 
-def test_secret_env_and_image_credentials_are_fixed_by_patch():
+def test_secrets_rotate_by_patch_and_a_repository_is_fixed_once_cloned():
     spec = WorkspaceSpec.parse(FULL)
+    rotated = spec.merged({"secret_env": {"A": "new"},
+                           "image_credentials": {"username": "u", "password": "p2"}})
+    assert rotated.secret_env == {"A": "new"}
+    assert rotated.image_credentials.password == "p2"
+    assert rotated.repository == spec.repository and rotated.name == spec.name
+    fixed = {"repository": {"url": "https://git.test/right.git", "credential": "t2"}}
     with pytest.raises(SpecError) as exc:
-        spec.merged({"secret_env": {"A": "b"}, "image_credentials": {"username": "u"}})
-    assert set(exc.value.errors) == {"secret_env", "image_credentials"}
+        spec.merged(fixed)
+    assert set(exc.value.errors) == {"repository"} and "cloned" in exc.value.errors["repository"]
+    corrected = spec.merged(fixed, repository_editable=True)
+    assert corrected.repository.url == "https://git.test/right.git"
+    assert corrected.repository.credential == "t2"
+    with pytest.raises(SpecError) as exc:
+        spec.merged({"name": "other", "runtime": "x"}, repository_editable=True)
+    assert set(exc.value.errors) == {"name", "runtime"}
+    with pytest.raises(SpecError) as exc:  # a bad value names the field, as at create
+        spec.merged({"secret_env": {"bad-name": "x"}})
+    assert "secret_env.bad-name" in exc.value.errors
 
 
 def test_a_file_at_the_limit_is_accepted_and_an_oversized_spec_names_its_largest_value():
