@@ -112,7 +112,22 @@ _MUTABLE = {
     "resources": _RESOURCES,
     "command": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
                 "maxItems": 64},
+    # Secrets can be rotated by PATCH; write-only (answers show "***").
+    "secret_env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                   "additionalProperties": {"type": "string"}, "writeOnly": True},
+    "image_credentials": {"type": "object", "additionalProperties": False,
+                          "required": ["username", "password"], "properties": {
+                              "username": {"type": "string", "minLength": 1},
+                              "password": {"type": "string", "minLength": 1,
+                                           "writeOnly": True}}},
 }
+# Fixed once init has cloned it (PATCH until then: a wrong URL or credential).
+_REPOSITORY = {"type": "object", "additionalProperties": False, "required": ["url"],
+               "properties": {
+                   "url": {"type": "string", "minLength": 1},
+                   "ref": {"type": "string", "minLength": 1},
+                   "username": {"type": "string", "minLength": 1},
+                   "credential": {"type": "string", "minLength": 1, "writeOnly": True}}}
 _OPERATION = {"type": "object", "required": ["id", "kind", "status"], "properties": {
     "id": {"type": "string"}, "workspace": {"type": "string"}, "owner": {"type": "string"},
     "kind": {"enum": ["create", "start", "stop", "update", "delete", "refresh"]},
@@ -132,15 +147,10 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
 SCHEMAS: dict[str, Any] = {
     "WorkspaceSpec": {"type": "object", "additionalProperties": False, "required": ["name"],
                       "properties": {
-                          "name": _NAME, "runtime": _NAME,
-                          "repository": {"type": "object", "additionalProperties": False,
-                                         "required": ["url"], "properties": {
-                                             "url": {"type": "string", "minLength": 1},
-                                             "ref": {"type": "string", "minLength": 1},
-                                             "credential": {"type": "string", "minLength": 1,
-                                                            "writeOnly": True}}},
+                          "name": _NAME, "runtime": _NAME, "repository": _REPOSITORY,
                           **_MUTABLE}},
-    "WorkspacePatch": {"type": "object", "additionalProperties": False, "properties": _MUTABLE},
+    "WorkspacePatch": {"type": "object", "additionalProperties": False,
+                       "properties": {**_MUTABLE, "repository": _REPOSITORY}},
     "Operation": _OPERATION,
     "Workspace": _WORKSPACE,
     "WorkspaceList": {"type": "object", "required": ["items"], "properties": {

@@ -212,3 +212,19 @@ def test_a_file_at_the_limit_is_accepted_and_an_oversized_spec_names_its_largest
     # Quotes take four bytes each once in stack config.
     errs = errors_of(name="dev", files=[{"path": "q", "content": '"' * 40_000}])
     assert list(errs) == ["files[0].content"]
+
+
+def test_the_openapi_schema_accepts_every_field_the_validator_does():
+    """A client generated from /openapi.json must accept every valid spec and
+    PATCH (the document once forbade secret_env, image_credentials and
+    repository.username while the validator took them)."""
+    import jsonschema_rs  # schemathesis's validator
+
+    from service.openapi import SCHEMAS
+
+    assert set(SCHEMAS["WorkspaceSpec"]["properties"]) == WorkspaceSpec.FIELDS
+    spec = WorkspaceSpec.parse(FULL).to_dict()
+    jsonschema_rs.validate(SCHEMAS["WorkspaceSpec"], spec)
+    patch = {k: v for k, v in spec.items() if k not in ("name", "runtime")}
+    jsonschema_rs.validate(SCHEMAS["WorkspacePatch"], patch)
+    assert WorkspaceSpec.parse(FULL).merged(patch, repository_editable=True) is not None
