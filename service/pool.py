@@ -37,6 +37,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from stacks.settings import engine_environment
+
 log = logging.getLogger("stackspace.pool")
 
 ENGINE_TAG = "STACKSPACE_ENGINE_TAG"
@@ -202,9 +204,12 @@ def _start_worker(target: str, tag: str, args: tuple[Any, ...]) -> tuple[_Worker
     the worker's PR_SET_PDEATHSIG follows that thread."""
     parent, child = multiprocessing.Pipe()
     try:
+        # The worker and every engine process under it see only the
+        # allowlisted environment: no admin token, database URL or key.
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "service.pool", "--worker", target, str(child.fileno())],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL,
+            env=engine_environment(os.environ))
     finally:
         child.close()
     parent.send((tag, args))

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,28 @@ WORK_DIR_PREFIX = "stackspace-stack-"  # StackFiles: <prefix><pid>-<random> unde
 # The CLI's own log rotation (see PulumiSettings.env); scripts/setup exports the same.
 ENGINE_LOG_ROTATION = {"PULUMI_LOG_ROTATION_MAX_AGE_DAYS": "1",
                        "PULUMI_LOG_ROTATION_MAX_TOTAL_MB": "16"}
+
+
+# What the engine (the Pulumi CLI, the language host, the third-party provider
+# plugins) may see of the service's environment: the basics of a process,
+# proxies and CA bundles, and the credentials a Pulumi backend or cloud reads
+# from the environment. Never the admin token, the store's database URL or
+# any other stackspace setting (SPEC §8).
+ENGINE_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+    "SSH_AUTH_SOCK", "VIRTUAL_ENV", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+    "STACKSPACE_CACHE", "STACKSPACE_PULUMI_BIN", "STACKSPACE_ENGINE_TAG", "STACKSPACE_LOG_LEVEL",
+})
+ENGINE_ENV_PREFIXES = ("LC_", "PYTHON", "PULUMI_", "AWS_", "AZURE_", "ARM_", "GOOGLE_",
+                       "CLOUDSDK_")
+
+
+def engine_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The allowlisted part of `env` that engine processes inherit."""
+    return {k: v for k, v in env.items()
+            if k in ENGINE_ENV_NAMES or k.startswith(ENGINE_ENV_PREFIXES)}
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ class LiveService:
     proc: subprocess.Popen | None = None
     pulumi_bin: Path | None = None
     pulumi_home: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # the service's own
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ class LiveService:
             env["STACKSPACE_PULUMI_BIN"] = str(self.pulumi_bin)
         if self.pulumi_home:
             env["PULUMI_HOME"] = str(self.pulumi_home)
-        return env
+        return {**env, **self.extra_env}
 
     @property
     def url(self) -> str:
