@@ -45,6 +45,15 @@ MARKER = "STACKSPACE_EXEC_ID"
 # The exec's own session is led by a process the runtime started (ppid 0 inside the
 # container), or has lost its leader; sessions that descendants created on purpose
 # (tmux, setsid daemons) are left alone, like an SSH logout leaves them.
+# pods/exec has no workdir or env fields: a POSIX sh sets both, so any image
+# with /bin/sh works (BusyBox's env(1) has no --chdir). Argv: WORKDIR, then
+# NAME=VALUE assignments up to "--", then the command; values are exported
+# from positional parameters, never parsed as shell text.
+POSIX_EXEC = ["/bin/sh", "-c",
+              'cd "$1" || exit 127; shift; '
+              'while [ "$#" -gt 0 ] && [ "$1" != -- ]; do export "$1"; shift; done; '
+              'shift; exec "$@"', "sh"]
+
 KILL_SCRIPT = r"""
 m="STACKSPACE_EXEC_ID=$1"; nl='
 '
@@ -330,8 +339,8 @@ class KubernetesExec(ExecProcess):
     may be a bare Pod or a Deployment's pod with a generated name).
     A reader thread moves output into a bounded queue; it blocks when the queue
     is full, so a slow proxy client slows the pod's output instead of buffering.
-    The pod's securityContext sets the user; ``env --chdir`` sets cwd and the exec
-    marker (pods/exec has no fields for them). Workspace env values are not put
+    The pod's securityContext sets the user; a POSIX sh sets cwd and the exec
+    marker (POSIX_EXEC: pods/exec has no fields for them). Workspace env values are not put
     in the exec argv (API-server audit logs record it): the container's own env
     already reaches exec'd processes.
     """
@@ -385,11 +394,7 @@ class KubernetesExec(ExecProcess):
 
     async def start(self) -> None:
         env = [f"{k}={v}" for k, v in self.req.environment().items()]
-        # pods/exec has no workdir or env: env(1) sets both. The command goes
-        # through `sh -c 'exec "$@"'` so a first argument holding '=' is never
-        # taken for another assignment.
-        command = ["env", f"--chdir={self.req.workdir}", "--", *env,
-                   "/bin/sh", "-c", 'exec "$@"', "sh", *self.req.command]
+        command = [*POSIX_EXEC, self.req.workdir, *env, "--", *self.req.command]
         try:
             self.pod = await asyncio.to_thread(self._find_pod)
             self._ws = await asyncio.to_thread(self._stream, command, stdin=True,

@@ -18,6 +18,7 @@ from kubernetes import client, config
 from proxy.server import ProxyConfig
 from proxy.tickets import mint_ticket
 from service.exec_client import run_exec
+from tests.e2e.busybox_image import import_into_cluster
 from tests.e2e.exec_fixtures import ProxyProcess
 from tests.e2e.stack_helpers import ensure_namespace
 
@@ -26,8 +27,14 @@ KEY = os.urandom(32)
 NAMESPACE = "stackspace-exec-e2e"
 
 
-@pytest.fixture(scope="module")
-def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
+@pytest.fixture(scope="module", params=["workspace-image", "busybox-only"])
+def pod(request, kube_cluster: Path, docker_client, tmp_path_factory
+        ) -> Iterator[tuple[Path, str]]:
+    """A running workspace pod: on the default image, and on one with nothing
+    but BusyBox's /bin/sh (no GNU env, no bash): terminals work on any image
+    that has /bin/sh."""
+    image = ("docker.io/stackspace/workspace:bookworm" if request.param == "workspace-image"
+             else import_into_cluster(docker_client, tmp_path_factory.mktemp("busybox")))
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_cluster)))
     ensure_namespace(core, NAMESPACE)
     name = f"exec-{secrets.token_hex(3)}"
@@ -37,7 +44,7 @@ def pod(kube_cluster: Path) -> Iterator[tuple[Path, str]]:
             "stackspace.dev/role": "workspace"}},
         "spec": {"automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
                  "containers": [{
-                     "name": "workspace", "image": "docker.io/stackspace/workspace:bookworm",
+                     "name": "workspace", "image": image,
                      "imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"],
                      "workingDir": "/workspace",
                      "securityContext": {"runAsUser": 1000, "runAsNonRoot": True,
