@@ -16,7 +16,7 @@ import pulumi_docker as docker
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
 from components.clients import check_ssh_host_key
 from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
-from components.runtime import DockerRuntime
+from components.runtime import DockerRuntime, docker_network
 from components.spec import (
     WORKSPACE_GID,
     WORKSPACE_ROOT,
@@ -155,7 +155,7 @@ class DockerWorkspace(pulumi.ComponentResource):
             attach=True,
             logs=True,
             must_run=False,
-            network_mode=runtime.network_mode,
+            network_mode=docker_network(runtime),
             labels=labels("init"),
             **HARDENING,
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
@@ -199,7 +199,7 @@ class DockerWorkspace(pulumi.ComponentResource):
                 cpu_quota=int(cpu_cores(spec) * CPU_PERIOD),
                 restart="unless-stopped",
                 destroy_grace_seconds=10,
-                network_mode=runtime.network_mode,
+                network_mode=docker_network(runtime),
                 # Waiting on the init exit code keeps a failed init from starting
                 # the workspace (the check raises, the update fails).
                 labels=labels("workspace") + [{"label": "stackspace.dev/init-exit",

@@ -15,6 +15,13 @@ from components.spec import SpecError, validate_name
 
 _DOCKER_HOST = re.compile(r"^(unix:///\S+|tcp://[A-Za-z0-9.-]+:[0-9]+|ssh://[\w.-]+@[\w.-]+(:[0-9]+)?)$")
 _NETWORK_MODE = re.compile(r"^(bridge|none|host|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
+# Docker network modes of stackspace's own: a bridge network shared by the
+# host's workspaces with inter-container traffic off (enable_icc=false), so no
+# workspace reaches another's ports, whoever owns them; "internal" also has no
+# route out (no outbound network at all). Made by stackspace on first use
+# (service.runtime_objects.ensure_network); the engine needs its iptables on.
+ISOLATED, INTERNAL = "isolated", "internal"
+SHARED_NETWORKS = {ISOLATED: "stackspace-isolated", INTERNAL: "stackspace-internal"}
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -23,7 +30,7 @@ class DockerRuntime:
     name: str
     host: str = "unix:///var/run/docker.sock"
     type: Literal["docker"] = "docker"
-    network_mode: str = "bridge"
+    network_mode: str = ISOLATED
     # For tcp:// hosts: paths to the client TLS material on the service host.
     ca_file: str | None = None
     cert_file: str | None = None
@@ -63,7 +70,8 @@ def parse_runtime(data: Any) -> Runtime:
             raise SpecError({"runtime.host": "must be unix:///path, tcp://host:port or "
                              "ssh://user@host"})
         if not _NETWORK_MODE.match(rt.network_mode):
-            raise SpecError({"runtime.network_mode": "must be bridge, none, host or a network"})
+            raise SpecError({"runtime.network_mode": "must be isolated, internal, bridge, none, "
+                                                     "host or a network's name"})
         if rt.host.startswith("tcp://") and not (rt.ca_file and rt.cert_file and rt.key_file):
             raise SpecError({"runtime.host": "tcp:// hosts need ca_file, cert_file and key_file "
                              "(the daemon must require TLS)"})
@@ -86,6 +94,11 @@ def parse_runtime(data: Any) -> Runtime:
                 raise SpecError({"runtime.node_selector": f"bad label {k}={v}"})
         return rt
     raise SpecError({"runtime.type": f"unknown runtime type {kind!r} (docker|kubernetes)"})
+
+
+def docker_network(rt: DockerRuntime) -> str:
+    """What a Docker container's network_mode is for the runtime's setting."""
+    return SHARED_NETWORKS.get(rt.network_mode, rt.network_mode)
 
 
 def runtime_dict(rt: Runtime) -> dict[str, Any]:

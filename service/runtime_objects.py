@@ -27,7 +27,7 @@ from components.base import (
     workspace_labels,
 )
 from components.clients import docker_client, kube_api_client
-from components.runtime import DockerRuntime, Runtime
+from components.runtime import INTERNAL, SHARED_NETWORKS, DockerRuntime, Runtime
 
 log = logging.getLogger("stackspace.runtime_objects")
 
@@ -81,6 +81,32 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
                 c.remove(force=True)
                 gone += 1
         return gone
+    finally:
+        client.close()
+
+
+def ensure_network(rt: Runtime) -> None:
+    """Make the shared network a Docker runtime's `isolated` or `internal`
+    mode names (components.runtime), once per engine: a bridge with
+    inter-container traffic off, internal (no route out) for `internal`. It
+    belongs to no workspace: no workspace label, never removed by a delete."""
+    if not isinstance(rt, DockerRuntime) or rt.network_mode not in SHARED_NETWORKS:
+        return
+    import docker.errors
+
+    name = SHARED_NETWORKS[rt.network_mode]
+    client = docker_client(rt)
+    try:
+        if client.networks.list(names=[name]):
+            return
+        try:
+            client.networks.create(
+                name, driver="bridge", internal=rt.network_mode == INTERNAL,
+                options={"com.docker.network.bridge.enable_icc": "false"},
+                labels={LABEL_ROLE: "network"}, check_duplicate=True)
+        except docker.errors.APIError:
+            if not client.networks.list(names=[name]):  # not a sibling's win: a failure
+                raise
     finally:
         client.close()
 

@@ -26,7 +26,12 @@ from pulumi.automation import events
 
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.pool import ENGINE_TAG, READY
-from service.runtime_objects import remove_labelled, remove_unrecorded, workload_running
+from service.runtime_objects import (
+    ensure_network,
+    remove_labelled,
+    remove_unrecorded,
+    workload_running,
+)
 from service.store import Store
 from stacks.automation import StackRunner, StackTaken, StorageAtRisk
 from stacks.settings import PulumiSettings, StackFiles, sweep_work_dirs
@@ -237,6 +242,7 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                     "type": "diagnostic", "severity": "warning",
                     "message": "the workspace's container or pod is not running: "
                                "refreshing the stack to make it again"})
+            ensure_network(cfg.runtime)
             result = runner.apply(cfg, job.stack, on_event, guard=True,
                                   secrets_digest=known_digest, refresh=refresh)
             written = result.config_written
