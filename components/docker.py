@@ -17,6 +17,7 @@ from components.base import WorkspaceInputs, cpu_cores, memory_bytes
 from components.clients import check_ssh_host_key
 from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
 from components.runtime import DockerRuntime, docker_network
+from components.secret_env import SECRET_ENV_FILE, render_secret_env, with_secret_env
 from components.spec import (
     WORKSPACE_GID,
     WORKSPACE_ROOT,
@@ -172,8 +173,15 @@ class DockerWorkspace(pulumi.ComponentResource):
 
         self.initialized = self.init.exit_code.apply(lambda code: code == 0)
 
-        envs: list = [f"{k}={v}" for k, v in spec.env.items()]
-        envs += [pulumi.Output.secret(f"{k}={v}") for k, v in sorted(spec.secret_env.items())]
+        envs = [f"{k}={v}" for k, v in spec.env.items()]
+        # Secret env: a file in the container and a wrapper that exports it
+        # (components.secret_env), never the container's Env.
+        entrypoints = list(spec.command)
+        secret_files = []
+        if spec.secret_env:
+            entrypoints = with_secret_env(entrypoints)
+            secret_files = [{"file": SECRET_ENV_FILE, "permissions": "0444",
+                             "content": pulumi.Output.secret(render_secret_env(spec.secret_env))}]
         self.container = None
         if inputs.running:
             self.container = docker.Container(
@@ -183,8 +191,9 @@ class DockerWorkspace(pulumi.ComponentResource):
                 image=spec.image,
                 # `command` is the full argv on every backend: it replaces the
                 # image's ENTRYPOINT (and so its CMD) as on Kubernetes.
-                entrypoints=list(spec.command),
+                entrypoints=entrypoints,
                 envs=envs,
+                uploads=secret_files,
                 mounts=mounts,
                 user=user,
                 working_dir=WORKSPACE_ROOT,

@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
@@ -34,6 +34,7 @@ import docker
 from components.base import LABEL_ROLE, label_selector, workspace_labels
 from components.clients import HostKeyError, docker_client
 from components.runtime import DockerRuntime, KubernetesRuntime, parse_runtime
+from components.secret_env import with_secret_env
 from components.spec import SpecError
 from proxy.engine_stream import EngineStream, open_upgraded
 from proxy.protocol import STDERR, STDOUT
@@ -213,6 +214,8 @@ class DockerExec(ExecProcess):
             raise ExecError("docker target has no container")
         self.rt = runtime
         self.req = request
+        if target.get("secret_env"):  # exported by a wrapper (components.secret_env)
+            self.req = replace(request, command=with_secret_env(request.command))
         self.exec_id = ""
         self._stream: EngineStream | None = None
         self._pending: list[tuple[int, bytes]] = []

@@ -33,7 +33,10 @@ class Terminals:
             container = (ws.get("outputs") or {}).get("container")
             if not container:
                 raise Problem("conflict", "the workspace has no running container")
-            return {"type": "docker", "runtime": runtime_dict(rt), "container": container}
+            # Secret env is a file in the container, not its Env: the proxy
+            # wraps the command to export it (components.secret_env).
+            return {"type": "docker", "runtime": runtime_dict(rt), "container": container,
+                    "secret_env": bool((ws.get("spec") or {}).get("secret_env"))}
         # The pod is found by its labels (a Deployment's pods have generated names),
         # the installation's among them: the proxy never opens another's pod.
         return {"type": "kubernetes", "runtime": runtime_dict(rt), "owner": ws["owner"],

@@ -9,6 +9,7 @@ import pytest
 from components.docker import INIT_INPUT_PREFIX, InitFailed, _check_init_exit
 from components.init_script import INIT_SCRIPT, init_fingerprint
 from components.runtime import DockerRuntime, KubernetesRuntime
+from components.secret_env import SECRET_ENV_FILE, with_secret_env
 from components.spec import WorkspaceSpec
 from stacks.config import StackConfig
 from stacks.program import build
@@ -250,7 +251,12 @@ def test_docker_secret_env_and_registry_auth_are_secrets():
                                  image_credentials={"username": "puller",
                                                     "password": PULL_PASSWORD}))
     ws = next(r for r in run.by_type("Container") if "-init-" not in r.plain()["name"])
-    assert f"ONEDEV_WORKSPACE_TOKEN={ENV_SECRET}" in ws.plain()["envs"]
+    # Not in the container's Env (docker inspect): a file the entrypoint exports.
+    assert not any(ENV_SECRET in e for e in ws.plain()["envs"] or [])
+    [upload] = ws.plain()["uploads"]
+    assert upload["file"] == SECRET_ENV_FILE
+    assert upload["content"] == f"ONEDEV_WORKSPACE_TOKEN={ENV_SECRET}\n"
+    assert ws.plain()["entrypoints"] == with_secret_env(["sleep", "infinity"])
     # Provider inputs travel as JSON text; the whole list is a secret.
     [auth] = json.loads(run.one("providers:docker").plain()["registryAuth"])
     assert auth == {"address": "127.0.0.1:5000", "username": "puller",
