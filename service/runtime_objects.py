@@ -95,7 +95,10 @@ def ensure_network(rt: Runtime) -> None:
     import docker.errors
 
     name = SHARED_NETWORKS[rt.network_mode]
-    client = docker_client(rt)
+    try:
+        client = docker_client(rt)
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
     try:
         if client.networks.list(names=[name]):
             return
@@ -107,6 +110,8 @@ def ensure_network(rt: Runtime) -> None:
         except docker.errors.APIError:
             if not client.networks.list(names=[name]):  # not a sibling's win: a failure
                 raise
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot prepare network {name}: {e}") from e
     finally:
         client.close()
 

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pulumi.automation import errors as auto_errors
 from pulumi.automation import events
 
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
@@ -315,8 +316,12 @@ USER_ERRORS = ("InitFailed: ", "SpecError: ", "StorageAtRisk: ", "IncompleteConf
 
 
 def describe_error(error: Exception) -> str:
-    """A short, secret-free error text: the engine's diagnostics, not raw CLI output."""
+    """A short, secret-free error text: the engine's diagnostics, not raw CLI
+    output. Our own exceptions and the runtime clients' (an unknown host key,
+    an unreachable engine) are written for users: their text as it is."""
     text = str(error)
+    if not isinstance(error, auto_errors.CommandError):
+        return (text.strip() or type(error).__name__)[:1500]
     for line in text.splitlines():
         for marker in USER_ERRORS:
             if marker in line:

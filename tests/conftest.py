@@ -41,6 +41,7 @@ def unavailable(reason: str, require: str = "STACKSPACE_REQUIRE_E2E") -> None:
 SHARED_PARTS = {"remote_docker_host": "remote-docker-host", "kube_cluster": "test-cluster"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         used = getattr(item, "fixturenames", ())

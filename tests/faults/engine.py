@@ -27,6 +27,15 @@ class EngineView(Protocol):
     def read_file(self, workload: str, path: str) -> str: ...
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A container as the engine lists it."""
+
+    name: str
+    status: str
+    labels: dict[str, str]
+
+
 class DockerView:
     runtime = "docker"
 
@@ -34,17 +43,12 @@ class DockerView:
         self.client = client
 
     def _containers(self, name: str) -> list[Any]:
-        import docker.errors
-
-        # The SDK lists, then inspects each container: one removed in between
-        # (an init container finishing, a sweep) is a NotFound. List again.
-        for _ in range(4):
-            try:
-                return self.client.containers.list(all=True,
-                                                   filters={"label": f"{LABEL}={name}"})
-            except docker.errors.NotFound:
-                continue
-        return self.client.containers.list(all=True, filters={"label": f"{LABEL}={name}"})
+        # The low-level list answers in one call: the SDK's list inspects each
+        # container after listing, and one removed in between (an init
+        # container finishing, a sweep, a replace) is a NotFound.
+        found = self.client.api.containers(all=True, filters={"label": f"{LABEL}={name}"})
+        return [Listed(c["Names"][0].lstrip("/"), c["State"], c.get("Labels") or {})
+                for c in found]
 
     def workloads(self, name: str) -> list[Workload]:
         return [Workload(c.name, c.status == "running") for c in self._containers(name)
