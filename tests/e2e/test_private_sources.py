@@ -46,6 +46,17 @@ def git_server(tmp_path_factory) -> Iterator[GitServer]:
         yield server
 
 
+def private_spec(name: str, image: str, registry: Registry, url: str,
+                 git_server: GitServer) -> WorkspaceSpec:
+    """A workspace on the private image, cloning `url` with the git server's login."""
+    return WorkspaceSpec.parse({
+        "name": name, "image": image,
+        "image_credentials": {"username": registry.username, "password": registry.password},
+        "repository": {"url": url, "ref": "main", "username": git_server.username,
+                       "credential": git_server.password},
+    })
+
+
 def _tar(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -90,12 +101,8 @@ def test_private_image_and_repository_with_username(runner, docker_host, docker_
     owner, name = "alice", f"content-private-{secrets.token_hex(3)}"
     # Host networking: the init container reaches the git server on loopback.
     runtime = DockerRuntime(name="local", host=docker_host, network_mode="host")
-    spec = WorkspaceSpec.parse({
-        "name": name, "image": private_image,
-        "image_credentials": {"username": registry.username, "password": registry.password},
-        "repository": {"url": f"{git_server.base_url}/app.git", "ref": "main",
-                       "username": git_server.username, "credential": git_server.password},
-    })
+    spec = private_spec(name, private_image, registry, f"{git_server.base_url}/app.git",
+                        git_server)
     stack = stack_name(owner, name)
     converge = converger(runner, owner, runtime, stack)
     try:
@@ -201,12 +208,8 @@ def test_a_clone_that_failed_while_the_git_server_was_down_runs_again_on_retry(
     port = free_port()
     owner, name = "alice", f"content-retry-{secrets.token_hex(3)}"
     runtime = DockerRuntime(name="local", host=docker_host, network_mode="host")
-    spec = WorkspaceSpec.parse({
-        "name": name, "image": private_image,
-        "image_credentials": {"username": registry.username, "password": registry.password},
-        "repository": {"url": f"https://127.0.0.1:{port}/git/app.git", "ref": "main",
-                       "username": git_server.username, "credential": git_server.password},
-    })
+    spec = private_spec(name, private_image, registry, f"https://127.0.0.1:{port}/git/app.git",
+                        git_server)
     stack = stack_name(owner, name)
     converge = converger(runner, owner, runtime, stack)
     try:
