@@ -19,6 +19,7 @@ import docker.errors
 import pytest
 
 from components.base import LABEL_OWNER, LABEL_WORKSPACE
+from components.secret_env import with_secret_env
 from service.store import DatabaseURL
 from stacks.settings import PROJECT_DIR
 from tests.api.conftest import Service, custom_service
@@ -108,7 +109,8 @@ def lifecycle_with_operator_checks(svc: Service, settings, docker_client, name: 
         docker_client.containers.get(api_outputs["container"])
     run_op(svc, "POST", f"/{name}/start")
     container = docker_client.containers.get(api_outputs["container"])
-    code, out = container.exec_run(["sh", "-c", 'printf %s "$STATE_TOKEN"'], user="1000")
+    code, out = container.exec_run(with_secret_env(["sh", "-c", 'printf %s "$STATE_TOKEN"']),
+                                       user="1000")
     assert (code, out.decode()) == (0, value)
     # The salt the create made is the one every later run used.
     kept = svc.store.workspace("alice", name)["stack_settings"]

@@ -19,6 +19,7 @@ import docker.errors
 import pytest
 
 from components.runtime import DockerRuntime
+from components.secret_env import with_secret_env
 from components.spec import WorkspaceSpec
 from stacks.automation import StackRunner
 from stacks.config import StackConfig
@@ -106,7 +107,8 @@ def test_another_replica_runs_the_stack_from_settings_in_shared_state(
             runner.apply(StackConfig(owner=owner, spec=spec, runtime=runtime, running=True),
                          stack, secrets_digest=created.secrets_digest)
             ws = docker_client.containers.get(resource_base(owner, name))
-            code, out = ws.exec_run(["sh", "-c", 'printf %s "$STATE_TOKEN"'], user="1000")
+            code, out = ws.exec_run(with_secret_env(["sh", "-c", 'printf %s "$STATE_TOKEN"']),
+                                       user="1000")
             assert (code, out.decode()) == (0, value)
     finally:
         with StackFiles(pulumi_settings.pulumi_home, stack, files.text or b["text"]) as files:

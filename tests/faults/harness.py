@@ -172,17 +172,17 @@ class LiveService:
         return self.settings.get("backend_url") or f"file://{self.data_dir / 'state'}"
 
     def start(self, command: str = "run") -> None:
-        def prepare() -> None:
-            if self.sigint_ignored:  # what `nohup cmd &` from a script gives
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-
+        argv = [sys.executable, "-m", "service.cli", command, "--config", str(self.config)]
+        if self.sigint_ignored:  # what `nohup cmd &` from a script gives
+            argv = ["/bin/sh", "-c", "trap '' INT; exec \"$@\"", "sh", *argv]
         with self.log.open("ab") as log:
             log.write(f"\n--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", command, "--config", str(self.config)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=prepare)
+            # No preexec_fn: Python code between fork and exec in a test process
+            # that has gRPC threads (the Pulumi SDK, loaded by other tests on the
+            # same xdist worker) can abort the child (SIGABRT, "epoll_wait error").
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
