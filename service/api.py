@@ -28,10 +28,18 @@ log = logging.getLogger("stackspace.api")
 PREFIX = "/api/v1"
 
 
+# The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
+# of the worst case stays well under this.
+MAX_BODY_BYTES = 1024 * 1024
+
+
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                terminals: Terminals | None = None) -> Flask:
     app = Flask("stackspace")
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Refused with 413 before it is read whole (the activity endpoint, unauthenticated
+    # until its signature is checked, included).
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = metrics_for(store)
 
     @app.before_request
@@ -44,8 +52,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException) -> Response:
-        kind = {404: "not-found", 405: "method-not-allowed", 415: "unsupported-media-type"}.get(
-            e.code or 400, "bad-request")
+        kind = {404: "not-found", 405: "method-not-allowed", 413: "too-large",
+                415: "unsupported-media-type"}.get(e.code or 400, "bad-request")
         # Keep the protocol headers werkzeug computed (Allow on 405).
         headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         return Problem(kind, e.description or kind, headers=headers).response()

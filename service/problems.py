@@ -19,6 +19,7 @@ TITLES = {
     "bad-request": (400, "Bad request"),
     "method-not-allowed": (405, "Method not allowed"),
     "unsupported-media-type": (415, "Send application/json"),
+    "too-large": (413, "Request body too large"),
     "internal": (500, "Internal error"),
 }
 
