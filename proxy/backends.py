@@ -42,10 +42,6 @@ from proxy.protocol import STDERR, STDOUT
 READ_CHUNK = 64 * 1024
 MARKER = "STACKSPACE_EXEC_ID"
 
-# POSIX sh + /proc only, so it works in any image with a shell. $1 is the exec id.
-# The exec's own session is led by a process the runtime started (ppid 0 inside the
-# container), or has lost its leader; sessions that descendants created on purpose
-# (tmux, setsid daemons) are left alone, like an SSH logout leaves them.
 # pods/exec has no workdir or env fields: a POSIX sh sets both, so any image
 # with /bin/sh works (BusyBox's env(1) has no --chdir). Argv: WORKDIR, then
 # NAME=VALUE assignments up to "--", then the command; values are exported
@@ -55,6 +51,10 @@ POSIX_EXEC = ["/bin/sh", "-c",
               'while [ "$#" -gt 0 ] && [ "$1" != -- ]; do export "$1"; shift; done; '
               'shift; exec "$@"', "sh"]
 
+# POSIX sh + /proc only, so it works in any image with a shell. $1 is the exec id.
+# The exec's own session is led by a process the runtime started (ppid 0 inside the
+# container), or has lost its leader; sessions that descendants created on purpose
+# (tmux, setsid daemons) are left alone, like an SSH logout leaves them.
 KILL_SCRIPT = r"""
 m="STACKSPACE_EXEC_ID=$1"; nl='
 '

@@ -112,7 +112,7 @@ _MUTABLE = {
     "resources": _RESOURCES,
     "command": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
                 "maxItems": 64},
-    # Secrets can be rotated by PATCH; write-only (answers show "***").
+    # Secrets can be rotated by PATCH; write-only (answers show "[secret]").
     "secret_env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                    "additionalProperties": {"type": "string"}, "writeOnly": True},
     "image_credentials": {"type": "object", "additionalProperties": False,

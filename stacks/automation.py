@@ -329,9 +329,10 @@ class StackRunner:
         backend through `stack export`."""
         url = self.settings.backend_url
         if url.startswith("file:///") and "?" not in url:
-            base = Path(url.removeprefix("file://")) / ".pulumi" / "stacks" / self.project
-            for path, opener in ((base / f"{stack.name}.json", open),
-                                 (base / f"{stack.name}.json.gz", gzip.open)):
+            base = (Path(url.removeprefix("file://"))
+                    / StackKeys(self.project, stack.name).checkpoint_base)
+            for path, opener in ((base.with_name(f"{base.name}.json"), open),
+                                 (base.with_name(f"{base.name}.json.gz"), gzip.open)):
                 if path.exists():
                     with opener(path, "rt") as fh:
                         checkpoint = json.load(fh)
