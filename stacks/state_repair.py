@@ -182,6 +182,7 @@ class StateBlobs(Protocol):
     """One backend's blobs, by key relative to the backend's root."""
 
     def keys(self, prefixes: Iterable[str]) -> list[str]: ...
+    def remove_folders(self, prefixes: Iterable[str]) -> None: ...
     def read(self, key: str) -> bytes: ...
     def write(self, key: str, data: bytes) -> None: ...
     def delete(self, key: str) -> None: ...
@@ -228,6 +229,13 @@ class FileBlobs:
                 found += [p.relative_to(self.root).as_posix()
                           for p in base.glob(f"{start}*" if start else "**/*") if p.is_file()]
         return found
+
+    def remove_folders(self, prefixes: Iterable[str]) -> None:
+        """Remove the folders named by `prefixes` ending in "/" once empty."""
+        for prefix in prefixes:
+            if prefix.endswith("/"):
+                with contextlib.suppress(OSError):  # gone, or not empty
+                    (self.root / prefix).rmdir()
 
     def read(self, key: str) -> bytes:
         try:
@@ -277,6 +285,9 @@ class PostgresBlobs:
             found += [key[len(self.prefix):] for (key,) in self._execute(
                 "SELECT key FROM {table} WHERE key LIKE %s", (like,))]
         return found
+
+    def remove_folders(self, prefixes: Iterable[str]) -> None:
+        """Rows have no folders."""
 
     def read(self, key: str) -> bytes:
         rows = self._execute("SELECT data::text FROM {table} WHERE key = %s",
@@ -331,11 +342,14 @@ def forget_stack(backend_url: str, keys: StackKeys) -> int:
     """Remove what `pulumi stack rm` leaves of a removed stack (its `.bak`,
     backups, history, sidecars): a workspace made again under the same name
     must never be "repaired" from a deleted one's copies, and nothing of a
-    deleted workspace's (encrypted) config stays behind. Returns the count."""
+    deleted workspace's (encrypted) config stays behind, nor its folders.
+    Returns the count of blobs removed."""
     blobs = blobs_for(backend_url)
     if blobs is None:
         return 0
-    found = blobs.keys((*keys.prefixes, keys.history_dir))
+    prefixes = (*keys.prefixes, keys.history_dir)
+    found = blobs.keys(prefixes)
     for key in found:
         blobs.delete(key)
+    blobs.remove_folders(prefixes)  # the stack's own, never a shared one
     return len(found)

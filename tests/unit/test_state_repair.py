@@ -160,4 +160,6 @@ def test_a_removed_stack_leaves_no_copy_to_be_restored_from(tmp_path: Path):
         files.write(key, checkpoint(1))
     assert forget_stack(f"file://{tmp_path}", KEYS) == 4
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{KEYS.stack}x.json"]
+    # Nor its folders (one per deleted workspace would pile up).
+    assert not [p for p in tmp_path.rglob(KEYS.stack) if p.is_dir()]
     assert plan_repairs(LazyBlobs(files, files.keys(KEYS.prefixes)), KEYS) == []
