@@ -1,8 +1,7 @@
 """A workspace image with nothing but BusyBox (Debian's busybox-static): /bin/sh
 and BusyBox's applets, no GNU coreutils (its `env` has no --chdir), no bash,
 no passwd entry for the workspace user. Built offline from the host's
-/bin/busybox (scripts/setup installs it) and imported into a Docker Engine,
-and from there into the test cluster."""
+/bin/busybox (scripts/setup installs it) and imported into a Docker Engine."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, unavailable
+from tests.conftest import unavailable
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_IMAGE = "stackspace/busybox:test"
@@ -58,15 +57,3 @@ def busybox_image(docker_client: Any) -> str:
         changes=[f"LABEL dev.stackspace.recipe={recipe}", "ENV PATH=/bin",
                  "WORKDIR /workspace", 'CMD ["/bin/sh"]'])
     return BUSYBOX_IMAGE
-
-
-def import_into_cluster(docker_client: Any, tmp: Path) -> str:
-    """The image in the test cluster's containerd (docker.io/<name>)."""
-    image = busybox_image(docker_client)
-    archive = tmp / f"busybox-{_recipe()}.tar"  # the cluster imports each name once
-    with archive.open("wb") as fh:
-        for chunk in docker_client.images.get(image).save(named=True):
-            fh.write(chunk)
-    subprocess.run([str(REPO / "scripts" / "test-cluster"), "import", str(archive)],
-                   check=True, capture_output=True, timeout=300)
-    return f"docker.io/{image}"
