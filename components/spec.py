@@ -23,6 +23,12 @@ DEFAULT_IMAGE = "stackspace/workspace:bookworm"
 # Keeps the container alive until stopped, without a shell loop to kill.
 DEFAULT_COMMAND = ["sleep", "infinity"]
 
+# The rules a stored spec was accepted under; bumped when validation tightens.
+# Stored rows are read as they were stored (WorkspaceSpec.stored), never
+# rejected by newer rules: a workspace accepted once can always be listed,
+# shown, started, stopped and deleted.
+SPEC_VERSION = 1
+
 MAX_NAME = 40
 MAX_FILES = 64
 # The whole spec lives in stack config, and the Pulumi language host hands all
@@ -304,7 +310,28 @@ class WorkspaceSpec:
         if "image_credentials" in data and "image_password" in secrets:
             data["image_credentials"] = {**data["image_credentials"],
                                          "password": secrets["image_password"]}
-        return cls.parse(data)
+        return cls.stored(data)
+
+    @classmethod
+    def stored(cls, data: dict[str, Any]) -> WorkspaceSpec:
+        """A spec as the service stored it: validated when it was accepted,
+        under the rules of its SPEC_VERSION, and never judged again by today's
+        (so a limit that tightens cannot strand a workspace). Only what a user
+        sends goes through `parse`; a PATCH validates the merged result."""
+        repository = data.get("repository")
+        credentials = data.get("image_credentials")
+        return cls(
+            name=data["name"],
+            image=data.get("image", DEFAULT_IMAGE),
+            runtime=data.get("runtime"),
+            repository=Repository(**repository) if repository else None,
+            env=dict(data.get("env", {})),
+            files=tuple(WorkspaceFile(**{"content": "", **f}) for f in data.get("files", [])),
+            resources=Resources(**data.get("resources", {})),
+            command=tuple(data.get("command", DEFAULT_COMMAND)),
+            secret_env=dict(data.get("secret_env", {})),
+            image_credentials=ImageCredentials(**credentials) if credentials else None,
+        )
 
     def merged(self, patch: Any, repository_editable: bool = False) -> WorkspaceSpec:
         """Apply a PATCH body (top-level keys replace) and validate the result.
@@ -328,8 +355,19 @@ class WorkspaceSpec:
                                     "(init clones it once; the files are the user's now)")
         if errors:
             raise SpecError(errors)
-        current = self.to_dict()
-        new = self.parse({**current, **patch})
+        merged = {**self.to_dict(), **patch}
+        try:
+            new = self.parse(merged)
+        except SpecError as e:
+            # What the PATCH leaves alone keeps the rules it was stored under
+            # (SPEC_VERSION); what it sends meets today's, and so does the
+            # stack config's hard size budget.
+            sent = {k: v for k, v in e.errors.items() if _top_field(k) in patch}
+            if not sent:
+                _check_config_budget(merged, sent)
+            if sent:
+                raise SpecError(sent) from None
+            new = self.stored(merged)
         old_size = quantity_value(self.resources.storage)
         if quantity_value(new.resources.storage) < old_size:
             raise SpecError(
@@ -337,6 +375,11 @@ class WorkspaceSpec:
                  "storage can only grow"}
             )
         return new
+
+
+def _top_field(path: str) -> str:
+    """The top-level field of an error path: 'files[0].content' -> 'files'."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def _config_len(value: Any) -> int:

@@ -124,15 +124,15 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         resp.headers["Location"] = f"{PREFIX}/operations/{op['id']}"
         return resp
 
-    def enqueue(ws: dict[str, Any], kind: str, spec: WorkspaceSpec | None = None
-                ) -> dict[str, Any]:
+    def enqueue(ws: dict[str, Any], kind: str, spec: WorkspaceSpec | None = None,
+                patch: dict[str, Any] | None = None) -> dict[str, Any]:
         """Persist the operation and the desired state it asks for (one transaction)."""
         queue = request.args.get("queue", "false") == "true"
         try:
             op, created = store.request_operation(
                 ws["owner"], ws["name"], kind, queue=queue, idempotency_key=idempotency_key(),
                 spec=spec.public_dict() if spec else None,
-                secrets=spec.secret_values() if spec else None)
+                secrets=spec.secret_values() if spec else None, patch=patch)
         except Conflict as e:
             raise Problem("conflict", f"{e}; retry later or add ?queue=true") from e
         except lifecycle.Refused as e:
@@ -208,14 +208,15 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         ws = find_workspace(name)
         if (op := replay(ws["owner"])) is not None:
             return accepted(op)
-        current = WorkspaceSpec.from_public(ws["spec"],
-                                            store.workspace_secrets(ws["owner"], name))
+        # Validated against the spec the queued updates will have produced; the
+        # run applies the PATCH itself to the spec it finds (PATCHes compose).
+        current = WorkspaceSpec.from_public(*store.projected_spec(ws["owner"], name))
         try:
             # Until init has cloned once, a wrong URL or credential can be fixed.
             new = current.merged(data, repository_editable=not ws["outputs"].get("initialized"))
         except SpecError as e:
             raise Problem("validation", "the update is not valid", e.errors) from e
-        return accepted(enqueue(ws, "update", new))
+        return accepted(enqueue(ws, "update", new, patch=data))
 
     def lifecycle_route(name: str, kind: str) -> Response:
         ws = find_workspace(name)
@@ -323,7 +324,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
 
 def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
-    spec = WorkspaceSpec.parse(ws["spec"])
+    spec = WorkspaceSpec.stored(ws["spec"])
     return {
         "name": ws["name"],
         "owner": ws["owner"],

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.runtime import Runtime, parse_runtime
-from components.spec import WorkspaceSpec
+from components.spec import SpecError, WorkspaceSpec
 from service import jobs, lifecycle
 from service.config import default_replica_id
 from service.metrics import metrics_for
@@ -134,17 +134,16 @@ class OperationRunner:
         if op is None:
             return False
         if op["status"] == "queued" and self.store.cancel_queued(op_id):
-            ws = self.store.workspace(op["owner"], op["workspace"])
-            settled = lifecycle.settle(
-                op["kind"], ok=False, error_type="not-started",
-                desired=ws["desired"] if ws else "running",
-                prev_state=ws["state"] if ws else "failed",
-                prev_desired=op.get("prev_desired") or "running", observed_running=None,
-                superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]))
+            def decide(desired: str, superseded: bool) -> lifecycle.Settled:
+                return lifecycle.settle(
+                    op["kind"], ok=False, error_type="not-started", desired=desired,
+                    prev_state=op.get("prev_state") or "failed",
+                    prev_desired=op.get("prev_desired") or "running", observed_running=None,
+                    superseded=superseded)
             # Nothing ran: the state is left exactly as it is now (another
             # operation may be changing it this very moment), except for a
             # create, the first operation: its workspace never existed (failed).
-            self.store.finish_operation(op, "cancelled", settled,
+            self.store.finish_operation(op, "cancelled", decide,
                                         error="cancelled before it started",
                                         error_type="not-started",
                                         keep_state=op["kind"] != "create")
@@ -207,7 +206,20 @@ class OperationRunner:
         if runtime is None:
             raise RuntimeError(f"runtime {ws['runtime']!r} is not configured")
         public, secrets = ws["spec"], None
-        if op["kind"] in ("create", "update") and op.get("spec"):
+        if op["kind"] == "update" and (patch := self.store.operation_patch(op)) is not None:
+            # Queued PATCHes compose: this one applies to the spec the ones
+            # before it produced (recorded on the operation: its end applies it).
+            base = WorkspaceSpec.from_public(ws["spec"], self.store.workspace_secrets(
+                ws["owner"], ws["name"]))
+            try:
+                merged = base.merged(patch, repository_editable=not ws["outputs"].get(
+                    "initialized"))
+            except SpecError as e:
+                raise RuntimeError(f"the update no longer applies to the workspace's spec: {e}"
+                                   ) from e
+            public, secrets = merged.public_dict(), merged.secret_values()
+            self.store.set_operation_spec(op["id"], public, secrets)
+        elif op["kind"] in ("create", "update") and op.get("spec"):
             public = json.loads(op["spec"])
             secrets = self.store.operation_secrets(op)
         if secrets is None:
@@ -251,33 +263,36 @@ class OperationRunner:
         self._wake.set()
 
     def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: jobs.Outcome) -> None:
-        current = self.store.workspace(op["owner"], op["workspace"]) or ws
-        settled = lifecycle.settle(
-            op["kind"], ok=outcome.ok, error_type=outcome.error_type,
-            desired=current["desired"], prev_state=ws["state"],
-            prev_desired=op.get("prev_desired") or ws["desired"],
-            observed_running=outcome.observed_running,
-            superseded=self.store.has_queued(op["owner"], op["workspace"], after=op["seq"]),
-            ran_as=ws["desired"])
-        if outcome.config_written and op["kind"] == "update":
-            self.store.apply_spec(op)
+        def decide(desired: str, superseded: bool) -> lifecycle.Settled:
+            # Read in the ending transaction: a request made while the run
+            # ended is part of what it settles against, never overwritten.
+            return lifecycle.settle(
+                op["kind"], ok=outcome.ok, error_type=outcome.error_type, desired=desired,
+                prev_state=ws["state"], prev_desired=op.get("prev_desired") or ws["desired"],
+                observed_running=outcome.observed_running, superseded=superseded,
+                ran_as=ws["desired"])
+
+        def keep_last_error(settled: lifecycle.Settled) -> bool:
+            # A recovery that did not bring the workspace where it should be
+            # keeps saying why (the interruption).
+            return op["kind"] == "refresh" and not (settled.state == "running"
+                                                    == settled.desired)
+
         cancelled = outcome.error_type in (lifecycle.CANCELLED, "not-started") and \
             bool((self.store.operation(op["id"]) or {}).get("cancel_requested"))
         status = "succeeded" if outcome.ok else ("cancelled" if cancelled else "failed")
         recorded = self.store.finish_operation(
-            op, status, settled, error=outcome.error, error_type=outcome.error_type,
+            op, status, decide, error=outcome.error, error_type=outcome.error_type,
             timings=outcome.timings,
             # A recovery that did not converge keeps the outputs.
             outputs=outcome.outputs if outcome.ok and (
                 outcome.outputs or op["kind"] != "refresh") else None,
             recovered=outcome.recovered, secrets_digest=outcome.secrets_digest,
-            stack_settings=outcome.stack_settings,
-            # A recovery that did not bring the workspace where it should be
-            # keeps saying why (the interruption).
-            keep_last_error=op["kind"] == "refresh" and not (
-                settled.state == "running" == current["desired"]),
+            stack_settings=outcome.stack_settings, keep_last_error=keep_last_error,
+            # The spec reached the stack: it is the workspace's now.
+            apply_spec=outcome.config_written and op["kind"] == "update",
             lease_owner=self.replica_id)
-        if not recorded:  # another replica took it over: its end is theirs to record
+        if recorded is None:  # another replica took it over: its end is theirs to record
             log.warning("operation taken over by another replica", extra={"op": op["id"]})
             return
         self.store.add_event(op["id"], {"type": "end", "status": status,

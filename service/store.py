@@ -20,12 +20,14 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 
+from components.spec import SPEC_VERSION
 from service import lifecycle
 from service.db import Database, Tx, connect, is_postgres_url
 from service.secret_files import read_or_create
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
   secrets_digest TEXT,           -- keyed digest of the secret config in the stack
   stack_settings TEXT,           -- Pulumi.<stack>.yaml: config (secrets encrypted) + salt
   installation TEXT,             -- the installation id it was created under ('' / NULL: legacy)
+  spec_version INTEGER NOT NULL DEFAULT 0,  -- the spec rules it was stored under
   created REAL NOT NULL,
   updated REAL NOT NULL,
   PRIMARY KEY (owner, name)
@@ -84,6 +87,7 @@ CREATE TABLE IF NOT EXISTS operations (
   idempotency_key TEXT,
   spec TEXT,                     -- create/update: the spec it applies (public JSON)
   secrets TEXT,                  -- ... and its secret values, Fernet-encrypted
+  patch TEXT,                    -- update: the PATCH body, Fernet-encrypted (composed at run)
   prev_state TEXT,               -- the workspace before the request
   prev_desired TEXT,
   cancel_requested REAL,
@@ -108,6 +112,9 @@ CREATE TABLE IF NOT EXISTS meta (  -- facts about the store itself (its installa
 """
 
 ACTIVE = ("queued", "running")
+# How an ending operation settles its workspace, given the desired state and
+# whether later requests are queued, both read in the ending transaction.
+Decide = Callable[[str, bool], lifecycle.Settled]
 # Columns added after a table was first shipped: (table, column, declaration).
 ADDED_COLUMNS = [
     ("operations", "error_type", "TEXT"),
@@ -136,6 +143,12 @@ ADDED_COLUMNS = [
     # objects' names and labels derive from it. NULL (made before ids existed,
     # or by an older replica during a rolling upgrade) reads as "".
     ("workspaces", "installation", "TEXT"),
+    # The spec rules a row was stored under (components.spec.SPEC_VERSION); rows
+    # from before versions existed read as 0. Stored rows are never validated again.
+    ("workspaces", "spec_version", "INTEGER NOT NULL DEFAULT 0"),
+    # update: the PATCH body itself, applied to the spec the operation before it
+    # produced when the update starts (queued PATCHes compose).
+    ("operations", "patch", "TEXT"),
 ]
 META_INSTALLATION = "installation"
 
@@ -273,11 +286,11 @@ class Store:
                 raise QuotaExceeded(f"at most {quota} workspaces per user")
             db.execute(
                 "INSERT INTO workspaces(owner, name, stack, runtime, spec, secrets, runtime_config,"
-                " installation, desired, state, created, updated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " installation, spec_version, desired, state, created, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (owner, name, stack, runtime["name"], json.dumps(spec), self._seal(secrets),
-                 json.dumps(runtime), self.installation_id, "running", "provisioning",
-                 now, now))
+                 json.dumps(runtime), self.installation_id, SPEC_VERSION, "running",
+                 "provisioning", now, now))
             op = _insert_op(db, owner, name, "create", idempotency_key,
                             prev_state="provisioning", prev_desired="running",
                             spec=json.dumps(spec), secrets=self._seal(secrets))
@@ -286,7 +299,8 @@ class Store:
     def request_operation(self, owner: str, name: str, kind: str, *, queue: bool,
                           idempotency_key: str | None = None,
                           spec: dict[str, Any] | None = None,
-                          secrets: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+                          secrets: dict[str, str] | None = None,
+                          patch: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
         """Persist a queued operation and the desired state it asks for, in one
         transaction. Without `queue`, refuses (Conflict) while another operation
         on the workspace is queued or running; a workspace being deleted refuses
@@ -310,7 +324,9 @@ class Store:
             op = _insert_op(db, owner, name, kind, idempotency_key,
                             prev_state=ws["state"], prev_desired=ws["desired"],
                             spec=json.dumps(spec) if spec is not None else None,
-                            secrets=self._seal(secrets) if secrets is not None else None)
+                            secrets=self._seal(secrets) if secrets is not None else None,
+                            patch=self._box.encrypt(json.dumps(patch).encode()).decode()
+                            if patch is not None else None)
             db.execute("UPDATE workspaces SET desired=?, updated=? WHERE owner=? AND name=?",
                        (desired, time.time(), owner, name))
         return op, True
@@ -324,16 +340,34 @@ class Store:
         row = self.db.execute("SELECT secrets FROM operations WHERE id=?", (op["id"],)).fetchone()
         return self._open(row["secrets"]) if row and row["secrets"] else None
 
-    def apply_spec(self, op: dict[str, Any]) -> None:
-        """Make an update's spec the workspace's (its config reached the stack)."""
-        row = self.db.execute("SELECT spec, secrets FROM operations WHERE id=?",
-                              (op["id"],)).fetchone()
-        if row is None or row["spec"] is None:
-            return
+    def projected_spec(self, owner: str, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """The spec the workspace will have once its queued and running creates
+        and updates have run (public part, secrets): what a new PATCH is
+        validated against. (Its run applies the PATCH to the spec it finds then.)"""
+        row = self.db.execute(
+            "SELECT spec, secrets FROM operations WHERE owner=? AND workspace=? AND status IN"
+            " ('queued','running') AND kind IN ('create','update') AND spec IS NOT NULL"
+            " ORDER BY seq DESC LIMIT 1", (owner, name)).fetchone()
+        if row is None:
+            row = self.db.execute("SELECT spec, secrets FROM workspaces WHERE owner=? AND"
+                                  " name=?", (owner, name)).fetchone()
+        if row is None:
+            raise KeyError(name)
+        return json.loads(row["spec"]), self._open(row["secrets"])
+
+    def operation_patch(self, op: dict[str, Any]) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT patch FROM operations WHERE id=?", (op["id"],)).fetchone()
+        return json.loads(self._box.decrypt(row["patch"].encode())) \
+            if row and row["patch"] else None
+
+    def set_operation_spec(self, op_id: str, spec: dict[str, Any],
+                           secrets: dict[str, str]) -> None:
+        """Record the whole spec an update runs with, once its PATCH is applied
+        to the spec it found: the operation's end makes exactly this the
+        workspace's (finish_operation's `apply_spec`)."""
         with self.tx() as db:
-            db.execute("UPDATE workspaces SET spec=?, secrets=COALESCE(?, secrets), updated=?"
-                       " WHERE owner=? AND name=?",
-                       (row["spec"], row["secrets"], time.time(), op["owner"], op["workspace"]))
+            db.execute("UPDATE operations SET spec=?, secrets=? WHERE id=?",
+                       (json.dumps(spec), self._seal(secrets), op_id))
 
     def _seal(self, secrets: dict[str, str]) -> str:
         return self._box.encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
@@ -412,12 +446,6 @@ class Store:
         row = self.db.execute("SELECT * FROM operations WHERE owner=? AND workspace=? "
                               "ORDER BY seq DESC LIMIT 1", (owner, workspace)).fetchone()
         return _op(row) if row else None
-
-    def has_queued(self, owner: str, workspace: str, after: int) -> bool:
-        """Whether requests made after operation `after` (a seq) are queued."""
-        return self.db.execute("SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
-                               " status='queued' AND seq>?", (owner, workspace, after)
-                               ).fetchone() is not None
 
     def running_operations(self) -> list[dict[str, Any]]:
         return [_op(r) for r in self.db.execute(
@@ -506,19 +534,27 @@ class Store:
                              (time.time(), op_id))
             return cur.rowcount == 1
 
-    def finish_operation(self, op: dict[str, Any], status: str, settled: lifecycle.Settled,
-                         *, error: str | None = None, error_type: str | None = None,
+    def finish_operation(self, op: dict[str, Any], status: str,
+                         settled: lifecycle.Settled | Decide, *, error: str | None = None,
+                         error_type: str | None = None,
                          timings: dict[str, float] | None = None,
                          outputs: dict[str, Any] | None = None,
                          recovered: bool = False, secrets_digest: str | None = None,
-                         keep_last_error: bool = False, keep_state: bool = False,
+                         keep_last_error: bool | Callable[[lifecycle.Settled], bool] = False,
+                         keep_state: bool = False, apply_spec: bool = False,
                          lease_owner: str | None = None,
-                         stack_settings: str | None = None) -> bool:
-        """End an operation and settle its workspace, in one transaction (with
-        the stack settings the run left, so the secrets digest never describes
-        settings the store does not hold). With `lease_owner`, only while that
-        replica still holds the running operation's lease: a replica that lost
-        it (taken over) changes nothing and gets False."""
+                         stack_settings: str | None = None) -> lifecycle.Settled | None:
+        """End an operation and settle its workspace, in one transaction under
+        the owner's lock: the settled state is decided there (`settled` may be a
+        function of the workspace's desired state and of whether later requests
+        are queued, read in that same transaction), so a request that arrives
+        while a run ends is never overwritten. With `apply_spec`, the spec the
+        operation ran with becomes the workspace's in the same transaction.
+        With the stack settings the run left, so the secrets digest never
+        describes settings the store does not hold. With `lease_owner`, only
+        while that replica still holds the running operation's lease: a replica
+        that lost it (taken over) changes nothing and gets None. Returns where
+        the workspace settled."""
         now = time.time()
         owner, name = op["owner"], op["workspace"]
         with self.tx() as db:
@@ -529,13 +565,30 @@ class Store:
                              (status, now, error, error_type, json.dumps(timings or {}),
                               op["id"], lease_owner, lease_owner))
             if cur.rowcount == 0 and lease_owner:
-                return False
+                return None
+            if not isinstance(settled, lifecycle.Settled):
+                ws = db.execute("SELECT desired FROM workspaces WHERE owner=? AND name=?",
+                                (owner, name)).fetchone()
+                later = db.execute("SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
+                                   " status='queued' AND seq>?",
+                                   (owner, name, op["seq"])).fetchone()
+                settled = settled(ws["desired"] if ws else "deleted", later is not None)
             if settled.state is None:
                 db.execute("DELETE FROM workspaces WHERE owner=? AND name=?", (owner, name))
-                return True
+                return settled
             fields: dict[str, Any] = {"desired": settled.desired, "updated": now}
+            if apply_spec:
+                ran = db.execute("SELECT spec, secrets FROM operations WHERE id=?",
+                                 (op["id"],)).fetchone()
+                if ran is not None and ran["spec"] is not None:
+                    fields["spec"] = ran["spec"]
+                    fields["spec_version"] = SPEC_VERSION
+                    if ran["secrets"] is not None:
+                        fields["secrets"] = ran["secrets"]
             if not keep_state:
                 fields["state"] = settled.state
+            if callable(keep_last_error):
+                keep_last_error = keep_last_error(settled)
             if not keep_last_error:
                 fields["last_error"] = error
             if outputs is not None:
@@ -557,7 +610,7 @@ class Store:
             cols = ", ".join(f"{k}=?" for k in fields)
             db.execute(f"UPDATE workspaces SET {cols} WHERE owner=? AND name=?",  # noqa: S608
                        (*fields.values(), owner, name))
-        return True
+        return settled
 
     def due_delete_retries(self, now: float | None = None) -> list[tuple[str, str]]:
         """Workspaces whose delete failed and is due again, with nothing in flight."""

@@ -228,3 +228,23 @@ def test_the_openapi_schema_accepts_every_field_the_validator_does():
     patch = {k: v for k, v in spec.items() if k not in ("name", "runtime")}
     jsonschema_rs.validate(SCHEMAS["WorkspacePatch"], patch)
     assert WorkspaceSpec.parse(FULL).merged(patch, repository_editable=True) is not None
+
+
+def test_a_stored_spec_is_read_under_the_rules_it_was_stored_under():
+    # Stored when one file could take 256 KiB; today's limit is 100 KiB.
+    legacy = {"name": "dev", "files": [{"path": "big", "content": "a" * (MAX_FILE_BYTES + 1),
+                                        "mode": "0644", "secret": False}]}
+    with pytest.raises(SpecError):
+        WorkspaceSpec.parse(legacy)
+    spec = WorkspaceSpec.from_public(legacy, {})
+    assert spec.files[0].content == "a" * (MAX_FILE_BYTES + 1)
+    assert WorkspaceSpec.stored(spec.public_dict()) == spec
+    # A PATCH meets today's rules for what it sends; the rest stays as stored.
+    patched = spec.merged({"env": {"A": "1"}})
+    assert patched.env == {"A": "1"} and patched.files == spec.files
+    with pytest.raises(SpecError) as e:
+        spec.merged({"files": legacy["files"]})
+    assert set(e.value.errors) == {"files[0].content"}
+    with pytest.raises(SpecError) as e:
+        spec.merged({"env": {"bad name": "1"}})
+    assert set(e.value.errors) == {"env.bad name"}

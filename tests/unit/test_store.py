@@ -419,3 +419,110 @@ def test_a_workspace_keeps_the_id_it_was_created_under(open_store):
          json.dumps(RUNTIME), "running", "running", 1.0, 1.0))
     assert store.installation_id
     assert store.workspace("alice", "rolling")["installation"] == ""
+
+
+def _runner_decide(op: dict, ws_at_claim: dict, ok: bool, error_type: str | None):
+    """How service.runner settles a run's end: the desired state and what is
+    queued are the ending transaction's, the rest is what the run started from."""
+    def decide(desired: str, superseded: bool) -> lifecycle.Settled:
+        return lifecycle.settle(op["kind"], ok=ok, error_type=error_type, desired=desired,
+                                prev_state=ws_at_claim["state"],
+                                prev_desired=op["prev_desired"], observed_running=ok,
+                                superseded=superseded, ran_as=ws_at_claim["desired"])
+    return decide
+
+
+def test_a_request_made_while_a_run_ends_is_never_overwritten(open_store):
+    store = open_store()
+    op, _ = create(store, "alice", "one")
+    [claimed] = store.claim_next("r1", 30, 1)
+    ws_at_claim = store.workspace("alice", "one")
+    # Another API thread: a stop arrives after the run read the workspace.
+    stop, _ = open_store().request_operation("alice", "one", "stop", queue=True)
+    settled = store.finish_operation(claimed, "succeeded",
+                                     _runner_decide(claimed, ws_at_claim, True, None),
+                                     lease_owner="r1")
+    assert settled == lifecycle.Settled("running", "stopped")
+    ws = store.workspace("alice", "one")
+    assert (ws["state"], ws["desired"]) == ("running", "stopped")
+    assert [o["id"] for o in store.claim_next("r1", 30, 1)] == [stop["id"]]
+
+
+def test_requests_between_a_runs_read_and_its_end_are_kept(open_store):
+    """A Hypothesis model: requests arrive at any point between a run's claim
+    (where it reads the workspace) and its end; while any is queued, the
+    workspace wants what the last one asked for, and delete stays final."""
+    from hypothesis import settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        precondition,
+        rule,
+        run_state_machine_as_test,
+    )
+
+    store = open_store()
+    names = iter(range(10**6))
+
+    class Model(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = f"m{next(names)}"
+            create(store, "alice", self.name)
+            self.desired, self.gone, self.running = "running", False, None
+
+        @precondition(lambda self: not self.gone)
+        @rule(kind=st.sampled_from(["start", "stop", "update", "delete"]))
+        def request(self, kind: str) -> None:
+            try:
+                store.request_operation("alice", self.name, kind, queue=True)
+            except lifecycle.Refused:
+                assert self.desired == "deleted" and kind != "delete"
+                return
+            self.desired = lifecycle.admit(kind, self.desired)
+
+        @precondition(lambda self: not self.gone and self.running is None)
+        @rule()
+        def claim(self) -> None:
+            for op in store.claim_next("r1", 30, 10):
+                if op["workspace"] == self.name:
+                    self.running = (op, store.workspace("alice", self.name))
+
+        @precondition(lambda self: self.running is not None)
+        @rule(result=st.sampled_from(["ok", "failed", "refused", "interrupted"]))
+        def end(self, result: str) -> None:
+            op, ws_at_claim = self.running
+            self.running = None
+            error = {"ok": None, "failed": "InitFailed", "refused": "storage-at-risk",
+                     "interrupted": lifecycle.INTERRUPTED}[result]
+            settled = store.finish_operation(
+                op, "succeeded" if result == "ok" else "failed",
+                _runner_decide(op, ws_at_claim, result == "ok", error), lease_owner="r1")
+            if settled.state is None:
+                self.gone = True
+            elif result == "refused" and not store.db.execute(
+                    "SELECT 1 FROM operations WHERE owner=? AND workspace=? AND"
+                    " status='queued' AND seq>?", ("alice", self.name, op["seq"])).fetchone():
+                self.desired = settled.desired  # a refusal with nothing behind it reverts
+
+        @precondition(lambda self: self.gone)
+        @rule()
+        def nothing_comes_back(self) -> None:
+            assert store.workspace("alice", self.name) is None
+
+        def teardown(self) -> None:  # the next example claims from an empty queue
+            with store.tx() as db:
+                db.execute("DELETE FROM operations WHERE workspace=?", (self.name,))
+                db.execute("DELETE FROM workspaces WHERE name=?", (self.name,))
+
+        @invariant()
+        def the_last_request_stands(self) -> None:
+            ws = store.workspace("alice", self.name)
+            if self.gone:
+                assert ws is None
+                return
+            assert ws["desired"] == self.desired
+
+    run_state_machine_as_test(Model, settings=settings(max_examples=40, stateful_step_count=25,
+                                                       deadline=None))
