@@ -63,8 +63,8 @@ def test_other_users_workspace_is_404_not_403(offline_service):
     assert [w["name"] for w in admin_view["items"]] == ["mine"]
 
 
-def test_second_mutation_conflicts_unless_queued_and_idempotent_retries(offline_service):
-    svc = offline_service
+def test_second_mutation_conflicts_unless_queued_and_idempotent_retries(idle_service):
+    svc = idle_service
     first = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "busy"},
                      headers={"Idempotency-Key": "k1"})
     assert first.status_code == 202
@@ -72,7 +72,7 @@ def test_second_mutation_conflicts_unless_queued_and_idempotent_retries(offline_
     retry = svc.call("POST", "/api/v1/workspaces", svc.alice, json={"name": "busy"},
                      headers={"Idempotency-Key": "k1"})
     assert retry.status_code == 202 and retry.json()["id"] == first.json()["id"]
-    # the create is queued or running (no engine here): a stop conflicts...
+    # the create stays queued (the dispatcher is stopped): a stop conflicts...
     r = svc.call("POST", "/api/v1/workspaces/busy/stop", svc.alice)
     assert r.status_code == 409 and r.json()["type"].endswith("/conflict")
     # ...unless the client asks to queue it

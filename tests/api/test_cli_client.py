@@ -98,6 +98,7 @@ def test_quota_is_enforced_per_user(tmp_path, docker_host, docker_client, pulumi
             deadline = time.monotonic() + 300
             while svc.store.workspaces() and time.monotonic() < deadline:
                 time.sleep(0.5)
+            assert not svc.store.workspaces(), "a delete did not finish"
 
 
 def test_exec_and_terminal_through_service_and_proxy(service, tmp_path):

@@ -83,6 +83,7 @@ def test_create_start_stop_fail_clearly_and_succeed_when_retried(remote_service)
         deadline = time.monotonic() + 600
         while svc.store.workspaces() and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert not svc.store.workspaces(), "a delete did not finish"
     for name in (first, second):
         assert labelled(remote, "alice", name) == ([], [])
     remote.close()

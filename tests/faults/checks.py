@@ -12,6 +12,18 @@ from tests.faults.harness import LiveService, Trial
 SETTLED = ("running", "stopped", "failed")
 
 
+def assert_cut_by_the_kill(op: dict[str, Any], killed_at: float) -> None:
+    """An operation running when its process was killed: either the kill cut it
+    (it failed as interrupted, to be retried) or it had already ended before
+    the kill landed. It can never succeed after the kill."""
+    assert op["status"] in ("failed", "succeeded"), op
+    if op["status"] == "failed":
+        assert "interrupted" in (op["error"] or ""), op
+    else:
+        assert op["ended"] is not None and op["ended"] <= killed_at, \
+            ("succeeded after its process was killed", op, killed_at)
+
+
 def assert_truthful(svc: LiveService, engine: EngineView, name: str) -> dict[str, Any]:
     """The workspace's settled state matches the engine: `running` iff its
     workload runs, `stopped` iff it has none; a terminal is granted iff running."""
