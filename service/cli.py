@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
-import requests
 
 from proxy.logs import setup_logging
+from service import sdk
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
@@ -312,36 +311,32 @@ def _last_error(text: str) -> str:
 
 # --- client side ---------------------------------------------------------------
 
-class Client:
+class Client(sdk.Client):
+    """The SDK (service.sdk), its refusals turned into the CLI's errors."""
+
     def __init__(self, url: str | None, token: str | None):
-        self.url = (url or os.environ.get("STACKSPACE_URL") or "http://127.0.0.1:8080").rstrip("/")
-        self.token = token or os.environ.get("STACKSPACE_TOKEN")
-        if not self.token:
-            raise click.UsageError("set STACKSPACE_TOKEN or pass --token")
+        try:
+            super().__init__(url, token)
+        except ValueError as e:
+            raise click.UsageError("set STACKSPACE_TOKEN or pass --token") from e
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        resp = requests.request(method, f"{self.url}/api/v1{path}", json=body, timeout=60,
-                                headers={"Authorization": f"Bearer {self.token}"})
-        data = resp.json() if resp.content else {}
-        if resp.status_code >= 400:
-            detail = data.get("detail", resp.reason)
-            for err in data.get("errors", []):
-                detail += f"\n  {err['field']}: {err['message']}"
-            raise click.ClickException(f"{resp.status_code}: {detail}")
-        return data
+    def call(self, method: str, path: str, body: Any = None, *,
+             params: dict[str, str] | None = None) -> Any:
+        try:
+            return super().call(method, path, body, params=params)
+        except sdk.ApiError as e:
+            raise click.ClickException(str(e)) from e
 
-    def wait(self, op: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    def follow(self, op: dict[str, Any], as_json: bool) -> dict[str, Any]:
         """Follow an operation to its end, with a live status line on a TTY."""
         from rich.console import Console
 
         console = Console(stderr=True)
         show = sys.stderr.isatty() and not as_json
         with console.status(f"{op['kind']} {op['workspace']}: {op['status']}") if show \
-                else contextlib.nullcontext():
-            while op["status"] in ("queued", "running"):
-                time.sleep(1)
-                op = self.call("GET", f"/operations/{op['id']}")
-        return op
+                else contextlib.nullcontext() as status:
+            return self.wait(op, check=False, poll=1.0, on_status=lambda o: status and
+                             status.update(f"{o['kind']} {o['workspace']}: {o['status']}"))
 
 
 def connection_options(fn: Any) -> Any:
@@ -360,7 +355,7 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
 
 def _operation(client: Client, op: dict[str, Any], wait: bool, as_json: bool) -> None:
     if wait:
-        op = client.wait(op, as_json)
+        op = client.follow(op, as_json)
     _emit(op, as_json, f"{op['kind']} {op['workspace']}: {op['status']}"
           + (f" ({op['error']})" if op.get("error") else ""))
     if wait and op["status"] != "succeeded":

@@ -1,0 +1,284 @@
+"""The stackspace Python SDK: the one client of the HTTP API and the exec proxy,
+used by the CLI and by programs (coding agents, scripts, CI).
+
+Its shape follows E2B's SDK, so a tool written for E2B adapts in a few lines::
+
+    from service.sdk import Client
+
+    client = Client()                       # STACKSPACE_URL, STACKSPACE_TOKEN
+    ws = client.create({"name": "agent-1", "repository": {"url": "https://..."}})
+    result = ws.commands.run("make test", on_stdout=print)
+    print(result.exit_code, result.stdout)
+    ws.delete()
+
+Every call raises :class:`ApiError` (the service's problem+json, with its
+stable `type` and field errors) or :class:`ExecError` (the exec proxy refused
+or lost the session); nothing is retried behind the caller's back except
+waiting for an operation to end.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import requests
+
+from service.exec_client import ExecClientError, run_exec
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+ACTIVE = ("queued", "running")
+# How long one HTTP request may take (operations are asynchronous: never long).
+REQUEST_TIMEOUT = 60.0
+
+OutputCallback = Callable[[str], Any]
+
+
+class ApiError(Exception):
+    """The service refused a request. `type` is the problem's stable type
+    (e.g. 'validation', 'not-found', 'conflict'); `errors` maps a field to
+    what is wrong with it."""
+
+    def __init__(self, status: int, type_: str, detail: str,
+                 errors: dict[str, str] | None = None) -> None:
+        self.status, self.type, self.detail = status, type_, detail
+        self.errors = errors or {}
+        lines = [f"{status}: {detail}", *(f"  {k}: {v}" for k, v in self.errors.items())]
+        super().__init__("\n".join(lines))
+
+
+class ExecError(Exception):
+    """The exec proxy refused the session or it broke off without an exit code."""
+
+
+class OperationFailed(Exception):
+    """An operation waited for ended other than `succeeded`."""
+
+    def __init__(self, operation: dict[str, Any]) -> None:
+        self.operation = operation
+        super().__init__(f"{operation['kind']} {operation['workspace']}: "
+                         f"{operation['status']} ({operation.get('error') or 'no error'})")
+
+
+@dataclass
+class CommandResult:
+    """What a finished command left: its exit code and its whole output."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Client:
+    """A connection to one stackspace service, as one user (their token)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 timeout: float = REQUEST_TIMEOUT) -> None:
+        self.url = (url or os.environ.get("STACKSPACE_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token or os.environ.get("STACKSPACE_TOKEN")
+        if not self.token:
+            raise ValueError("no token: pass token= or set STACKSPACE_TOKEN")
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.headers["Authorization"] = f"Bearer {self.token}"
+
+    # --- raw API ---------------------------------------------------------------
+    def call(self, method: str, path: str, body: Any = None, *,
+             params: dict[str, str] | None = None) -> Any:
+        """One API request (`path` under /api/v1); the decoded JSON answer."""
+        resp = self._http.request(method, f"{self.url}/api/v1{path}", json=body, params=params,
+                                  timeout=self.timeout)
+        data = resp.json() if resp.content else {}
+        if resp.status_code >= 400:
+            raise ApiError(resp.status_code, str(data.get("type", "")).rsplit("/", 1)[-1],
+                           data.get("detail", resp.reason),
+                           {e["field"]: e["message"] for e in data.get("errors", [])})
+        return data
+
+    # --- workspaces ------------------------------------------------------------
+    def create(self, spec: dict[str, Any], *, wait: bool = True,
+               timeout: float | None = None) -> Workspace:
+        """Create a workspace from a spec (SPEC §2); with `wait`, return once
+        it runs (raises OperationFailed if the create failed)."""
+        op = self.call("POST", "/workspaces", spec)
+        if wait:
+            self.wait(op, timeout=timeout)
+        return self.get(spec["name"])
+
+    def get(self, name: str, *, owner: str | None = None) -> Workspace:
+        data = self.call("GET", f"/workspaces/{name}", params={"owner": owner} if owner else None)
+        return Workspace(self, data)
+
+    def list(self, *, owner: str | None = None) -> list[Workspace]:
+        data = self.call("GET", "/workspaces", params={"owner": owner} if owner else None)
+        return [Workspace(self, item) for item in data["items"]]
+
+    # --- operations -------------------------------------------------------------
+    def operation(self, op_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/operations/{op_id}")
+
+    def wait(self, op: dict[str, Any], *, timeout: float | None = None,
+             check: bool = True, poll: float = 0.5,
+             on_status: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+        """Follow an operation to its end. With `check`, an end other than
+        `succeeded` raises OperationFailed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while op["status"] in ACTIVE:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"operation {op['id']} still {op['status']}")
+            time.sleep(poll)
+            op = self.operation(op["id"])
+            if on_status is not None:
+                on_status(op)
+        if check and op["status"] != "succeeded":
+            raise OperationFailed(op)
+        return op
+
+    def events(self, op_id: str) -> Iterator[dict[str, Any]]:
+        """The operation's engine events as they happen (Server-Sent Events),
+        ending with its `end` event."""
+        with self._http.get(f"{self.url}/api/v1/operations/{op_id}/events", stream=True,
+                            timeout=(self.timeout, None)) as resp:
+            if resp.status_code >= 400:
+                self.call("GET", f"/operations/{op_id}")  # raises the problem
+            kind, data = "message", []
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield {"event": kind, **json.loads("\n".join(data))}
+                    kind, data = "message", []
+
+    def cancel(self, op_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/operations/{op_id}/cancel")
+
+
+@dataclass
+class Workspace:
+    """One workspace as last read (`refresh()` reads it again)."""
+
+    client: Client
+    data: dict[str, Any]
+    commands: Commands = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.commands = Commands(self)
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def owner(self) -> str:
+        return self.data["owner"]
+
+    @property
+    def state(self) -> str:
+        return self.data["state"]
+
+    def refresh(self) -> Workspace:
+        self.data = self.client.get(self.name, owner=self.owner).data
+        return self
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/workspaces/{self.name}{suffix}"
+
+    def _params(self, queue: bool) -> dict[str, str]:
+        params = {"owner": self.owner}
+        if queue:
+            params["queue"] = "true"
+        return params
+
+    def _mutate(self, method: str, suffix: str, body: Any, wait: bool, queue: bool,
+                timeout: float | None) -> dict[str, Any]:
+        op = self.client.call(method, self._path(suffix), body, params=self._params(queue))
+        if wait:
+            op = self.client.wait(op, timeout=timeout)
+            if op["kind"] != "delete":
+                self.refresh()
+        return op
+
+    def start(self, *, wait: bool = True, queue: bool = False,
+              timeout: float | None = None) -> dict[str, Any]:
+        return self._mutate("POST", "/start", None, wait, queue, timeout)
+
+    def stop(self, *, wait: bool = True, queue: bool = False,
+             timeout: float | None = None) -> dict[str, Any]:
+        return self._mutate("POST", "/stop", None, wait, queue, timeout)
+
+    def update(self, patch: dict[str, Any], *, wait: bool = True, queue: bool = False,
+               timeout: float | None = None) -> dict[str, Any]:
+        """PATCH the spec (image, env, files, resources, command, secrets)."""
+        return self._mutate("PATCH", "", patch, wait, queue, timeout)
+
+    def delete(self, *, wait: bool = True, queue: bool = True,
+               timeout: float | None = None) -> dict[str, Any]:
+        return self._mutate("DELETE", "", None, wait, queue, timeout)
+
+    def ticket(self, command: Sequence[str] | None = None, *, tty: bool = False,
+               **extra: Any) -> dict[str, Any]:
+        """A single-use exec proxy ticket for a command (or a login shell)."""
+        body: dict[str, Any] = {"tty": tty, **extra}
+        if command is not None:
+            body["command"] = list(command)
+        return self.client.call("POST", self._path("/terminals"), body,
+                                params={"owner": self.owner})
+
+
+class _Sink(io.RawIOBase):
+    """Collects a stream's bytes and hands each decoded chunk to a callback."""
+
+    def __init__(self, callback: OutputCallback | None) -> None:
+        super().__init__()
+        self.callback, self.chunks = callback, bytearray()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.chunks += data
+        text = self._decoder.decode(bytes(data))
+        if text and self.callback is not None:
+            self.callback(text)
+        return len(data)
+
+    def text(self) -> str:
+        return bytes(self.chunks).decode("utf-8", "replace")
+
+
+class Commands:
+    """Commands in a workspace (E2B: `sandbox.commands`)."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+
+    def run(self, cmd: str | Sequence[str], *, on_stdout: OutputCallback | None = None,
+            on_stderr: OutputCallback | None = None, stdin: bytes | BinaryIO | None = None,
+            cwd: str | None = None, envs: dict[str, str] | None = None) -> CommandResult:
+        """Run a command to its end: a string goes to `sh -c`, a list is the
+        argv. Output streams to the callbacks as it comes and is returned
+        whole with the exit code (a non-zero exit is a result, not an error)."""
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if cwd is not None or envs:
+            # POSIX sh only, and every value passes as an argument, never code.
+            assigns = [f"{k}={v}" for k, v in (envs or {}).items()]
+            argv = ["sh", "-c", 'cd "$1" && shift && exec env "$@"', "sh",
+                    cwd or ".", *assigns, *argv]
+        ticket = self.workspace.ticket(argv)
+        out, err = _Sink(on_stdout), _Sink(on_stderr)
+        source = io.BytesIO(stdin or b"") if stdin is None or isinstance(stdin, bytes) \
+            else stdin
+        try:
+            code = run_exec(ticket["url"], ticket["ticket"], source, out, err)  # type: ignore[arg-type]
+        except ExecClientError as e:
+            raise ExecError(str(e)) from e
+        return CommandResult(code, out.text(), err.text())

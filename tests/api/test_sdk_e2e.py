@@ -1,0 +1,54 @@
+"""The SDK against the real service, engine and exec proxy: the loop an agent
+runs (create, run commands, update, stop, start, delete)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from service import sdk
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)]
+
+
+def test_an_agent_loop_through_the_sdk(service, docker_client):
+    client = sdk.Client(service.url, service.alice)
+    name = f"sdk-{secrets.token_hex(3)}"
+    ws = client.create({"name": name, "env": {"GREETING": "hi"}})
+    assert ws.state == "running"
+    try:
+        streamed: list[str] = []
+        result = ws.commands.run('echo "$GREETING" && echo oops >&2 && exit 3',
+                                 on_stdout=streamed.append)
+        assert (result.exit_code, result.stdout, result.stderr) == (3, "hi\n", "oops\n")
+        assert "".join(streamed) == "hi\n"
+        result = ws.commands.run(["sh", "-c", 'mkdir -p sub && cd sub && cat > f && pwd'],
+                                 stdin=b"from stdin")
+        assert (result.exit_code, result.stdout) == (0, "/workspace/sub\n")
+        result = ws.commands.run('echo "$A $B" && cat f', cwd="/workspace/sub",
+                                 envs={"A": "x y", "B": "$(not run)"})
+        assert result.stdout == "x y $(not run)\nfrom stdin"
+
+        with pytest.raises(sdk.ApiError) as e:
+            ws.update({"env": {"bad name": "1"}})
+        assert e.value.status == 422 and "env.bad name" in e.value.errors
+        ws.update({"env": {"GREETING": "hello"}})
+        assert ws.data["spec"]["env"] == {"GREETING": "hello"}
+        assert ws.commands.run('echo "$GREETING"').stdout == "hello\n"
+        ws.stop()
+        assert ws.state == "stopped"
+        with pytest.raises(sdk.ApiError) as e:
+            ws.commands.run("true")
+        assert e.value.status == 409
+        ws.start()
+        assert ws.commands.run("cat sub/f").stdout == "from stdin"  # storage kept
+        assert [w.name for w in client.list()].count(name) == 1
+        events = list(client.events(ws.data["last_operation"]["id"]))
+        assert events[-1]["event"] == "end" and events[-1]["status"] == "succeeded"
+    finally:
+        ws.delete()
+    with pytest.raises(sdk.ApiError) as e:
+        client.get(name)
+    assert e.value.status == 404 and e.value.type == "not-found"
