@@ -58,10 +58,7 @@ def pod_spec(s: Settings, account: str, container: dict, volumes: list[dict]) ->
         "serviceAccountName": account,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                            "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"},
-                            # A volume's files are the service's already: no
-                            # recursive chown of the whole state at each start.
-                            "fsGroupChangePolicy": "OnRootMismatch"},
+                            "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "image": s.image,
             "imagePullPolicy": "IfNotPresent",
@@ -136,7 +133,7 @@ def service_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Inp
            *api_server_env(s), *database_env(s, secret_name)]
     if s.backend_url is not None:
         env.append(secret_env("PULUMI_BACKEND_URL", secret_name, "backend-url"))
-    return pod_spec(s, account, {
+    pod = pod_spec(s, account, {
         "name": "service",
         "args": ["serve", "--config", f"{CONFIG_DIR}/config.json"],
         "env": env,
@@ -146,6 +143,10 @@ def service_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Inp
                          {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
                          {"name": "data", "mountPath": DATA_DIR}],
     }, [config_volume, secret_volume(secret_name, SHARED_SECRET_FILES), data])
+    # The data volume's files are the service's already: no recursive chown of
+    # the whole state at each start.
+    pod["securityContext"]["fsGroupChangePolicy"] = "OnRootMismatch"
+    return pod
 
 
 def proxy_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Input[str],
@@ -238,12 +239,14 @@ def deploy(s: Settings) -> None:
     data = data_volume(s, in_ns)
     # One pod at a time on the data volume: the old one stops before the new one
     # opens the same SQLite file (and a ReadWriteOnce claim moves between nodes).
-    strategy = {"type": "Recreate"} if s.keeps_local_state else None
+    # On the node's network too: a new pod cannot bind the port the old one holds.
+    recreate = {"type": "Recreate"}
     workload("service", s, s.service_replicas, s.service_port, service_sa, annotations, in_ns,
              service_pod(s, service_sa.metadata.name, secret_name, config_volume, data),
-             strategy)
+             recreate if s.keeps_local_state or s.host_network else None)
     workload("proxy", s, s.proxy_replicas, s.proxy_port, proxy_sa, annotations, in_ns,
-             proxy_pod(s, proxy_sa.metadata.name, secret_name, config_volume))
+             proxy_pod(s, proxy_sa.metadata.name, secret_name, config_volume),
+             recreate if s.host_network else None)
 
     pulumi.export("namespace", s.namespace)
     pulumi.export("workspaceNamespace", s.workspace_namespace)

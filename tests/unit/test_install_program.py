@@ -173,6 +173,13 @@ def test_the_data_volume_takes_its_size_and_class():
         "storageClassName": "fast-ssd"}
 
 
+def test_on_the_node_network_a_pod_stops_before_its_successor_binds_the_port():
+    r = run(host_network=True)
+    for d in r.by_type("Deployment"):
+        assert d.plain()["spec"]["strategy"] == {"type": "Recreate"}, d.name
+        assert d.replace_on_changes == ["spec.strategy"]
+
+
 def test_with_a_database_and_a_backend_nothing_is_kept_in_the_pod():
     r = run()
     assert r.by_type("PersistentVolumeClaim") == []
