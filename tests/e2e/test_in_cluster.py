@@ -255,19 +255,21 @@ def service_pod(core: client.CoreV1Api, ns: str) -> client.V1Pod | None:
 def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
         tmp_path, kube_cluster, stackspace_image, install_names):
     """Without --database-url the store and the file:// state sit on a claim: a new
-    service pod knows every workspace, and uninstall keeps that claim unless asked."""
+    service pod knows every workspace, and uninstall keeps that claim (for a later
+    install) unless asked."""
     ns, ws_ns = install_names
     api = config.new_client_from_config(config_file=str(kube_cluster))
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     service_port, proxy_port = free_port(), free_port()
     common = ["--namespace", ns, "--state-dir", str(tmp_path / "install-state")]
     env = {"STACKSPACE_DATABASE_URL": "", "STACKSPACE_INSTALL_BACKEND_URL": ""}
-    installed = stackspace(
+    install_args = [
         "install", *common, "--workspace-namespace", ws_ns, "--image", stackspace_image,
         "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
         "--set", "apiServer=127.0.0.1:16443", "--set", "dataSize=64Mi",
         "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--show-admin-token", env=env)
+        "--show-admin-token"]
+    installed = stackspace(*install_args, env=env)
     try:
         assert installed.returncode == 0, installed.stderr[-3000:]
         token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
@@ -314,20 +316,26 @@ def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
         out = io.BytesIO()
         assert run_exec(grant["url"], grant["ticket"], io.BytesIO(), out, io.BytesIO()) == 0
         assert out.getvalue() == b"kept across restarts\n"
+
+        # Uninstall keeps the data volume (and the namespace holding it) and says so.
+        kept = stackspace("uninstall", *common)
+        assert kept.returncode == 0, kept.stderr[-3000:]
+        assert f"kept the data volume {ns}/stackspace-data" in kept.stdout
+        assert "--delete-data" in kept.stdout
+        assert core.read_namespaced_persistent_volume_claim("stackspace-data", ns)
+        assert apps.list_namespaced_deployment(ns).items == []
+        assert [s.metadata.name for s in core.list_namespaced_secret(ns).items] == []
+        # A later install with the same state dir finds it again, keys and all.
+        again = stackspace(*install_args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
+        listed = requests.get(f"{url}/api/v1/workspaces", headers=headers, timeout=30)
+        assert [w["name"] for w in listed.json()["items"]] == [name]
         lifecycle("", "DELETE")
         assert requests.get(f"{url}/api/v1/workspaces/{name}", headers=headers,
                             timeout=30).status_code == 404
     finally:
-        kept = stackspace("uninstall", *common)
-    assert kept.returncode == 0, kept.stderr[-3000:]
-    # The data volume (and the namespace holding it) stays, and the operator is told.
-    assert f"kept the data volume {ns}/stackspace-data" in kept.stdout
-    assert "--delete-data" in kept.stdout
-    assert core.read_namespaced_persistent_volume_claim("stackspace-data", ns)
-    assert apps.list_namespaced_deployment(ns).items == []
-    assert [s.metadata.name for s in core.list_namespaced_secret(ns).items] == []
-
-    removed = stackspace("uninstall", *common, "--delete-data")
+        removed = stackspace("uninstall", *common, "--delete-data")
     assert removed.returncode == 0, removed.stderr[-3000:]
     assert "nothing kept" in removed.stdout
     deadline = time.monotonic() + 120
