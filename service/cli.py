@@ -227,9 +227,11 @@ def doctor(as_json: bool, config: str | None) -> None:
 @click.option("--image", required=True, help="the stackspace image (scripts/toolchain/"
               "stackspace-image.sh builds it; the cluster's nodes must have it)")
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
-              help="postgresql://... store (STACKSPACE_DATABASE_URL); none: SQLite, 1 replica")
+              help="postgresql://... store (STACKSPACE_DATABASE_URL); none: SQLite on the "
+              "service's data volume (a PersistentVolumeClaim), 1 replica")
 @click.option("--backend-url", envvar="STACKSPACE_INSTALL_BACKEND_URL",
-              help="Pulumi backend of the workspaces (postgres://...); none: file:// in the pod")
+              help="Pulumi backend of the workspaces (postgres://...); none: file:// on the "
+              "service's data volume")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="another install setting (deploy/settings.py), e.g. serviceReplicas=2")
 @click.option("--state-dir", type=click.Path(file_okay=False),

@@ -2,8 +2,10 @@
 running the install program (deploy/, a Pulumi project) with the project's
 toolchain. One stack per install namespace; its state and passphrase stay on
 the operator's machine (`--state-dir`), its secrets (generated once, kept across
-upgrades) are Pulumi secrets in that state. `render` runs the same program with
-the provider's YAML output instead of a cluster, for kubectl users.
+upgrades) are Pulumi secrets in that state. `uninstall` keeps the service's
+data volume, and with it that stack, unless asked to delete the data. `render`
+runs the same program with the provider's YAML output instead of a cluster,
+for kubectl users.
 """
 
 from __future__ import annotations
