@@ -1,6 +1,8 @@
 """stackspace in a Kubernetes cluster: what `stackspace install` creates.
 
-In the install namespace: the service Deployment and the exec proxy Deployment
+In the install namespace: the service's data volume when it keeps local
+state (a protected PersistentVolumeClaim: `uninstall` keeps it unless asked),
+the service Deployment and the exec proxy Deployment
 (separate, each with its Service and ServiceAccount), the Secret holding the
 shared secrets (mounted as the service's `secrets_dir`) and the database and
 backend URLs (environment from the Secret), and the service's config file. In
@@ -19,12 +21,15 @@ import pulumi_kubernetes as k8s
 import rbac
 from settings import Settings, load
 
+from components.kubernetes import PVC_IMMUTABLE
+
 APP = "stackspace"
 UID = 10001  # the image's service user (images/stackspace/recipe.sh)
 CONFIG_DIR = "/etc/stackspace"
 SECRETS_DIR = "/var/run/stackspace/secrets"
 DATA_DIR = "/var/lib/stackspace"
 SHARED_SECRET_FILES = ["passphrase", "ticket-key", "store.key"]
+DATA_CLAIM = "stackspace-data"
 
 
 def labels(component: str) -> dict[str, str]:
@@ -103,14 +108,32 @@ def database_env(s: Settings, secret_name: pulumi.Input[str]) -> list[dict]:
     return [secret_env("STACKSPACE_DATABASE_URL", secret_name, "database-url")]
 
 
+def data_volume(s: Settings, opts: pulumi.ResourceOptions) -> dict:
+    """The service's data dir: a PersistentVolumeClaim when it keeps local state
+    (one replica: the install refuses more), scratch space otherwise."""
+    if not s.keeps_local_state:
+        return {"name": "data", "emptyDir": {}}
+    claim = k8s.core.v1.PersistentVolumeClaim(
+        "data",
+        metadata={"name": DATA_CLAIM, "namespace": s.namespace, "labels": labels("data")},
+        spec={"accessModes": ["ReadWriteOnce"],
+              "resources": {"requests": {"storage": s.data_size}},
+              **({"storageClassName": s.data_storage_class} if s.data_storage_class else {})},
+        # Like a workspace's storage: never replaced nor deleted by an update;
+        # only `uninstall --delete-data` lifts the protection.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            protect=True, ignore_changes=PVC_IMMUTABLE)))
+    return {"name": "data", "persistentVolumeClaim": {"claimName": claim.metadata.name}}
+
+
 def service_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Input[str],
-                config_volume: dict) -> dict:
+                config_volume: dict, data: dict) -> dict:
     """`stackspace serve`: the API and the runner, with the shared secrets as files."""
     env = [secret_env("STACKSPACE_ADMIN_TOKEN", secret_name, "admin-token"),
            *api_server_env(s), *database_env(s, secret_name)]
     if s.backend_url is not None:
         env.append(secret_env("PULUMI_BACKEND_URL", secret_name, "backend-url"))
-    return pod_spec(s, account, {
+    pod = pod_spec(s, account, {
         "name": "service",
         "args": ["serve", "--config", f"{CONFIG_DIR}/config.json"],
         "env": env,
@@ -119,8 +142,11 @@ def service_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Inp
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                          {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
                          {"name": "data", "mountPath": DATA_DIR}],
-    }, [config_volume, secret_volume(secret_name, SHARED_SECRET_FILES),
-        {"name": "data", "emptyDir": {}}])
+    }, [config_volume, secret_volume(secret_name, SHARED_SECRET_FILES), data])
+    # The data volume's files are the service's already: no recursive chown of
+    # the whole state at each start.
+    pod["securityContext"]["fsGroupChangePolicy"] = "OnRootMismatch"
+    return pod
 
 
 def proxy_pod(s: Settings, account: pulumi.Input[str], secret_name: pulumi.Input[str],
@@ -144,17 +170,21 @@ def deploy(s: Settings) -> None:
         render_yaml_to_directory=s.render_dir,
         # The same cluster under a renamed context must not replace everything.
         cluster_identifier="stackspace-install")
-    opts = pulumi.ResourceOptions(provider=provider)
 
     namespaces: list[pulumi.Resource] = []
     if s.create_namespaces:
+        # Protected with the data volume: deleting the namespace would delete its
+        # claim, and both stay in the install's state for a later install to adopt.
         namespaces.append(k8s.core.v1.Namespace(
-            "namespace", metadata={"name": s.namespace, "labels": labels("install")}, opts=opts))
+            "namespace", metadata={"name": s.namespace, "labels": labels("install")},
+            opts=pulumi.ResourceOptions(provider=provider, protect=s.keeps_local_state)))
         # Users' workspaces live here: uninstall never deletes it (nor them), and
-        # leaves it unlabelled, like a namespace the operator had made.
+        # leaves it unlabelled, like a namespace the operator had made. While the
+        # data is kept it stays in the state too: a later install adopts it.
         namespaces.append(k8s.core.v1.Namespace(
             "workspace-namespace", metadata={"name": s.workspace_namespace},
-            opts=pulumi.ResourceOptions(provider=provider, retain_on_delete=True)))
+            opts=pulumi.ResourceOptions(provider=provider, retain_on_delete=True,
+                                        protect=s.keeps_local_state)))
     in_ns = pulumi.ResourceOptions(provider=provider, depends_on=namespaces)
 
     def meta(name: str, component: str, namespace: str | None = None) -> dict:
@@ -206,10 +236,17 @@ def deploy(s: Settings) -> None:
                                hashlib.sha256).hexdigest()[:16])
     annotations = {"stackspace.dev/inputs": pulumi.Output.unsecret(restart_on)}
 
+    data = data_volume(s, in_ns)
+    # One pod at a time on the data volume: the old one stops before the new one
+    # opens the same SQLite file (and a ReadWriteOnce claim moves between nodes).
+    # On the node's network too: a new pod cannot bind the port the old one holds.
+    recreate = {"type": "Recreate"}
     workload("service", s, s.service_replicas, s.service_port, service_sa, annotations, in_ns,
-             service_pod(s, service_sa.metadata.name, secret_name, config_volume))
+             service_pod(s, service_sa.metadata.name, secret_name, config_volume, data),
+             recreate if s.keeps_local_state or s.host_network else None)
     workload("proxy", s, s.proxy_replicas, s.proxy_port, proxy_sa, annotations, in_ns,
-             proxy_pod(s, proxy_sa.metadata.name, secret_name, config_volume))
+             proxy_pod(s, proxy_sa.metadata.name, secret_name, config_volume),
+             recreate if s.host_network else None)
 
     pulumi.export("namespace", s.namespace)
     pulumi.export("workspaceNamespace", s.workspace_namespace)
@@ -220,16 +257,21 @@ def deploy(s: Settings) -> None:
 
 def workload(component: str, s: Settings, replicas: int, port: int,
              account: k8s.core.v1.ServiceAccount, pod_annotations: dict[str, pulumi.Input[str]],
-             opts: pulumi.ResourceOptions, spec: dict) -> None:
+             opts: pulumi.ResourceOptions, spec: dict, strategy: dict | None = None) -> None:
     """A Deployment and its Service."""
     name = f"stackspace-{component}"
     selector = labels(component)
     k8s.apps.v1.Deployment(
         component, metadata={"name": name, "namespace": s.namespace, "labels": selector},
         spec={"replicas": replicas, "selector": {"matchLabels": selector},
+              **({"strategy": strategy} if strategy else {}),
               "template": {"metadata": {"labels": selector, "annotations": pod_annotations},
                            "spec": spec}},
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[account])))
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            depends_on=[account],
+            # The API server refuses a switch to Recreate over the defaulted
+            # rollingUpdate a server-side apply does not own: a new Deployment.
+            replace_on_changes=["spec.strategy"], delete_before_replace=True)))
     # Pods on the node's network have the node's (here loopback) address, which no
     # endpoint may carry: do not wait for endpoints that cannot come.
     annotations = {"pulumi.com/skipAwait": "true"} if s.host_network else {}

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 import pulumi
 
+from components.spec import quantity_value
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HOST_PORT = re.compile(r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+DEFAULT_DATA_SIZE = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,16 @@ class Settings:
     admin_token: pulumi.Output[str]
     database_url: pulumi.Output[str] | None
     backend_url: pulumi.Output[str] | None
+    # The service's data volume (when it keeps local state): size and class.
+    data_size: str = DEFAULT_DATA_SIZE
+    data_storage_class: str | None = None
+
+    @property
+    def keeps_local_state(self) -> bool:
+        """The data dir holds what must outlive the pod: the SQLite store without a
+        database, the file:// Pulumi state without a backend. It then sits on a
+        PersistentVolumeClaim, never an emptyDir."""
+        return self.database_url is None or self.backend_url is None
 
     @property
     def listen_host(self) -> str:
@@ -65,6 +79,25 @@ def _port(cfg: pulumi.Config, key: str, default: int) -> int:
     value = cfg.get_int(key) or default
     if not 1 <= value <= 65535:
         raise ValueError(f"{key}: must be a TCP port (1-65535)")
+    return value
+
+
+def _data_size(cfg: pulumi.Config) -> str:
+    value = cfg.get("dataSize") or DEFAULT_DATA_SIZE
+    try:
+        ok = quantity_value(value) >= 2**20
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("dataSize: must be a storage quantity of at least 1Mi, like '1Gi'")
+    return value
+
+
+def _storage_class(cfg: pulumi.Config, key: str, default: str | None = None) -> str | None:
+    value = cfg.get(key) or default
+    if value is not None and not DNS_SUBDOMAIN.match(value):
+        raise ValueError(f"{key}: must be a StorageClass name (lowercase letters, digits, "
+                         "'-', '.')")
     return value
 
 
@@ -102,6 +135,7 @@ def load() -> Settings:
     proxy_url = cfg.get("proxyUrl") or default_proxy_url
     if not re.match(r"^wss?://[^\s/]+(/\S*)?$", proxy_url):
         raise ValueError("proxyUrl: must be a ws:// or wss:// URL")
+    storage_class = _storage_class(cfg, "storageClass")
     return Settings(
         namespace=namespace,
         workspace_namespace=workspace_namespace,
@@ -114,7 +148,7 @@ def load() -> Settings:
         proxy_url=proxy_url,
         host_network=host_network,
         api_server=api_server,
-        storage_class=cfg.get("storageClass"),
+        storage_class=storage_class,
         service_type=service_type,
         kubeconfig=cfg.get("kubeconfig"),
         context=cfg.get("context"),
@@ -125,4 +159,7 @@ def load() -> Settings:
         admin_token=cfg.require_secret("adminToken"),
         database_url=database_url,
         backend_url=backend_url,
+        data_size=_data_size(cfg),
+        # The workspaces' class unless told otherwise; neither: the cluster's default.
+        data_storage_class=_storage_class(cfg, "dataStorageClass", storage_class),
     )

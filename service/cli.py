@@ -226,9 +226,11 @@ def doctor(as_json: bool, config: str | None) -> None:
 @click.option("--image", required=True, help="the stackspace image (scripts/toolchain/"
               "stackspace-image.sh builds it; the cluster's nodes must have it)")
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
-              help="postgresql://... store (STACKSPACE_DATABASE_URL); none: SQLite, 1 replica")
+              help="postgresql://... store (STACKSPACE_DATABASE_URL); none: SQLite on the "
+              "service's data volume (a PersistentVolumeClaim), 1 replica")
 @click.option("--backend-url", envvar="STACKSPACE_INSTALL_BACKEND_URL",
-              help="Pulumi backend of the workspaces (postgres://...); none: file:// in the pod")
+              help="Pulumi backend of the workspaces (postgres://...); none: file:// on the "
+              "service's data volume")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="another install setting (deploy/settings.py), e.g. serviceReplicas=2")
 @click.option("--state-dir", type=click.Path(file_okay=False),
@@ -282,20 +284,25 @@ def install(namespace: str, workspace_namespace: str, image: str, database_url: 
 @main.command()
 @click.option("--namespace", default="stackspace", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False))
-def uninstall(namespace: str, state_dir: str | None) -> None:
+@click.option("--delete-data", is_flag=True,
+              help="also delete the service's data volume (store and workspaces' state)")
+def uninstall(namespace: str, state_dir: str | None, delete_data: bool) -> None:
     """Remove everything `stackspace install` made in NAMESPACE and the workspace
-    namespace's Roles (the workspace namespace itself and its workspaces stay)."""
+    namespace's Roles (the workspace namespace itself and its workspaces stay).
+    The service's data volume and its namespace stay unless --delete-data."""
     from pulumi.automation.errors import CommandError
 
     from service import install as inst
 
     echo = lambda line: click.echo(line.rstrip("\n"), err=True)  # noqa: E731
     try:
-        inst.uninstall(namespace, Path(state_dir) if state_dir else inst.DEFAULT_STATE_DIR, echo)
-    except ValueError as e:
+        kept = inst.uninstall(namespace, Path(state_dir) if state_dir else
+                              inst.DEFAULT_STATE_DIR, echo, delete_data=delete_data)
+    except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     except CommandError as e:
         raise click.ClickException(f"uninstall failed: {_last_error(str(e))}") from e
+    click.echo(inst.kept_note(namespace, kept))
 
 
 def _last_error(text: str) -> str:

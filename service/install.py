@@ -2,8 +2,10 @@
 running the install program (deploy/, a Pulumi project) with the project's
 toolchain. One stack per install namespace; its state and passphrase stay on
 the operator's machine (`--state-dir`), its secrets (generated once, kept across
-upgrades) are Pulumi secrets in that state. `render` runs the same program with
-the provider's YAML output instead of a cluster, for kubectl users.
+upgrades) are Pulumi secrets in that state. `uninstall` keeps the service's
+data volume, and with it that stack, unless asked to delete the data. `render`
+runs the same program with the provider's YAML output instead of a cluster,
+for kubectl users.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from stacks.automation import EngineCommand
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
 DEFAULT_STATE_DIR = Path.home() / ".local" / "share" / "stackspace" / "install"
 PROJECT = "stackspace-install"
+CLAIM_TYPE = "kubernetes:core/v1:PersistentVolumeClaim"
 
 
 def _new_secrets() -> dict[str, str]:
@@ -102,15 +105,21 @@ def _apply(stack: auto.Stack, opts: InstallOptions, extra: dict[str, auto.Config
     return stack.up(on_output=echo, color="never")
 
 
+def _cli(stack: auto.Stack, *args: str, stdin: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    """The stack's Pulumi CLI, for what the Automation API lacks."""
+    ws = stack.workspace
+    assert isinstance(ws, auto.LocalWorkspace)
+    return subprocess.run(
+        [ws.pulumi_command.command, *args, "--stack", stack.name, "--non-interactive"],
+        input=stdin, text=True, capture_output=True, check=False, cwd=ws.work_dir,
+        env={**os.environ, **(ws.env_vars or {})}, timeout=120)
+
+
 def _set_secret(stack: auto.Stack, key: str, value: str) -> None:
     """`pulumi config set --secret` with the value on stdin, never in an argv
     (the Automation API's set_all_config puts values on the command line)."""
-    ws = stack.workspace
-    assert isinstance(ws, auto.LocalWorkspace)
-    proc = subprocess.run(
-        [ws.pulumi_command.command, "config", "set", "--secret", "--stack", stack.name, key,
-         "--non-interactive"], input=value, text=True, capture_output=True, check=False,
-        cwd=ws.work_dir, env={**os.environ, **(ws.env_vars or {})}, timeout=120)
+    proc = _cli(stack, "config", "set", "--secret", key, stdin=value)
     if proc.returncode != 0:
         # stderr may name the key but never holds the value (it came on stdin).
         raise ValueError(f"{key.removeprefix(PROJECT + ':')}: could not be stored "
@@ -125,11 +134,28 @@ def install(opts: InstallOptions, echo: Callable[[str], Any] = print) -> dict[st
 
 
 def uninstall(namespace: str, state_dir: Path = DEFAULT_STATE_DIR,
-              echo: Callable[[str], Any] = print) -> None:
-    """Destroy everything the install made, then forget its stack."""
+              echo: Callable[[str], Any] = print, delete_data: bool = False) -> list[str]:
+    """Destroy what the install made. Its data volume (the SQLite store and the
+    workspaces' file:// state) and the namespaces holding it are protected: they
+    stay, with the stack and its secrets (the keys of that data), for a later
+    install to use again, unless delete_data. Returns the claims kept."""
     stack = _stack(state_dir, namespace, create=False)
-    stack.destroy(on_output=echo, color="never")
-    stack.workspace.remove_stack(namespace)
+    if delete_data:
+        proc = _cli(stack, "state", "unprotect", "--all", "--yes")
+        if proc.returncode != 0 and "no resources" not in proc.stderr.lower():
+            raise RuntimeError(f"pulumi state unprotect failed (exit {proc.returncode})")
+    stack.destroy(on_output=echo, color="never", exclude_protected=not delete_data)
+    kept = kept_claims(stack.export_stack().deployment or {})
+    if not kept:
+        stack.workspace.remove_stack(namespace)
+    return kept
+
+
+def kept_claims(deployment: dict[str, Any]) -> list[str]:
+    """namespace/name of each PersistentVolumeClaim still in a stack's state."""
+    return sorted(f"{r['outputs']['metadata']['namespace']}/{r['outputs']['metadata']['name']}"
+                  for r in deployment.get("resources", [])
+                  if r.get("type") == CLAIM_TYPE and not r.get("delete"))
 
 
 def render(opts: InstallOptions, out_dir: Path, echo: Callable[[str], Any] = print) -> list[Path]:
@@ -141,3 +167,13 @@ def render(opts: InstallOptions, out_dir: Path, echo: Callable[[str], Any] = pri
         _apply(stack, opts, {f"{PROJECT}:renderDir": auto.ConfigValue(str(out_dir))},
                echo)
     return sorted(out_dir.rglob("*.yaml"))
+
+
+def kept_note(namespace: str, kept: list[str]) -> str:
+    """What `uninstall` tells the operator it left, and how to remove or reuse it."""
+    if not kept:
+        return f"uninstalled {namespace}: nothing kept"
+    return (f"uninstalled {namespace}; kept the data volume {', '.join(kept)} (the store and "
+            f"the workspaces' Pulumi state): `stackspace install --namespace {namespace}` "
+            "with the same --state-dir uses it again, `stackspace uninstall --namespace "
+            f"{namespace} --delete-data` deletes it")

@@ -1,7 +1,8 @@
 """stackspace inside the test cluster, installed with one command: its image
 (built offline), `stackspace install`, a workspace created through the
 in-cluster service, a command run through the in-cluster proxy, delete,
-`stackspace uninstall`, and nothing of stackspace's left behind.
+`stackspace uninstall`, and nothing of stackspace's left behind. The embedded
+install (no database) keeps its workspaces across a restart of the service pod.
 
 The test cluster's API server listens on the node's loopback only and the
 cluster has no kube-proxy, so the install runs its pods on the node's network
@@ -240,6 +241,115 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
     assert leftovers(api, ws_ns) == []
 
 
+def service_pod(core: client.CoreV1Api, ns: str) -> client.V1Pod | None:
+    """The service's one pod, once it is ready (not terminating)."""
+    for pod in core.list_namespaced_pod(
+            ns, label_selector="app.kubernetes.io/component=service").items:
+        ready = any(c.type == "Ready" and c.status == "True"
+                    for c in pod.status.conditions or [])
+        if ready and pod.metadata.deletion_timestamp is None:
+            return pod
+    return None
+
+
+def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
+        tmp_path, kube_cluster, stackspace_image, install_names):
+    """Without --database-url the store and the file:// state sit on a claim: a new
+    service pod knows every workspace, and uninstall keeps that claim (for a later
+    install) unless asked."""
+    ns, ws_ns = install_names
+    api = config.new_client_from_config(config_file=str(kube_cluster))
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    service_port, proxy_port = free_port(), free_port()
+    common = ["--namespace", ns, "--state-dir", str(tmp_path / "install-state")]
+    env = {"STACKSPACE_DATABASE_URL": "", "STACKSPACE_INSTALL_BACKEND_URL": ""}
+    install_args = [
+        "install", *common, "--workspace-namespace", ws_ns, "--image", stackspace_image,
+        "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
+        "--set", "apiServer=127.0.0.1:16443", "--set", "dataSize=64Mi",
+        "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
+        "--show-admin-token"]
+    installed = stackspace(*install_args, env=env)
+    try:
+        assert installed.returncode == 0, installed.stderr[-3000:]
+        token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
+        url = f"http://127.0.0.1:{service_port}"
+        headers = {"Authorization": f"Bearer {token}"}
+        claim = core.read_namespaced_persistent_volume_claim("stackspace-data", ns)
+        assert claim.status.phase == "Bound"
+        deployment = apps.read_namespaced_deployment("stackspace-service", ns)
+        assert deployment.spec.strategy.type == "Recreate"
+        assert deployment.spec.replicas == 1
+
+        name = f"keep-{secrets.token_hex(3)}"
+        op = requests.post(f"{url}/api/v1/workspaces", headers=headers, timeout=30, json={
+            "name": name, "resources": {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"},
+            "files": [{"path": "hello.txt", "content": "kept across restarts\n"}]}).json()
+        assert wait_op(url, token, op)["status"] == "succeeded", op
+
+        # The service pod goes (as in a node drain or an upgrade); its successor
+        # reads the same store and state from the claim.
+        old = service_pod(core, ns)
+        assert old is not None
+        core.delete_namespaced_pod(old.metadata.name, ns)
+        deadline = time.monotonic() + 300
+        while True:
+            new = service_pod(core, ns)
+            if new is not None and new.metadata.name != old.metadata.name:
+                break
+            assert time.monotonic() < deadline, "no new service pod became ready"
+            time.sleep(1)
+        listed = requests.get(f"{url}/api/v1/workspaces", headers=headers, timeout=30)
+        assert listed.status_code == 200, listed.text
+        assert [w["name"] for w in listed.json()["items"]] == [name]
+
+        def lifecycle(path: str, method: str = "POST") -> None:
+            op = requests.request(method, f"{url}/api/v1/workspaces/{name}{path}",
+                                  headers=headers, timeout=30).json()
+            assert wait_op(url, token, op)["status"] == "succeeded", op
+
+        lifecycle("/stop")
+        lifecycle("/start")
+        grant = requests.post(f"{url}/api/v1/workspaces/{name}/terminals", headers=headers,
+                              timeout=30, json={"command": ["cat", "hello.txt"],
+                                                "tty": False}).json()
+        out = io.BytesIO()
+        assert run_exec(grant["url"], grant["ticket"], io.BytesIO(), out, io.BytesIO()) == 0
+        assert out.getvalue() == b"kept across restarts\n"
+
+        # Uninstall keeps the data volume (and the namespace holding it) and says so.
+        kept = stackspace("uninstall", *common)
+        assert kept.returncode == 0, kept.stderr[-3000:]
+        assert f"kept the data volume {ns}/stackspace-data" in kept.stdout
+        assert "--delete-data" in kept.stdout
+        assert core.read_namespaced_persistent_volume_claim("stackspace-data", ns)
+        assert apps.list_namespaced_deployment(ns).items == []
+        assert [s.metadata.name for s in core.list_namespaced_secret(ns).items] == []
+        # A later install with the same state dir finds it again, keys and all.
+        again = stackspace(*install_args, env=env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
+        listed = requests.get(f"{url}/api/v1/workspaces", headers=headers, timeout=30)
+        assert [w["name"] for w in listed.json()["items"]] == [name]
+        lifecycle("", "DELETE")
+        assert requests.get(f"{url}/api/v1/workspaces/{name}", headers=headers,
+                            timeout=30).status_code == 404
+    finally:
+        removed = stackspace("uninstall", *common, "--delete-data")
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    assert "nothing kept" in removed.stdout
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            core.read_namespace(ns)
+        except ApiException as e:
+            assert e.status == 404
+            break
+        assert time.monotonic() < deadline, f"namespace {ns} is still there"
+        time.sleep(1)
+    assert leftovers(api, ws_ns) == []
+
+
 def test_render_writes_plain_manifests(tmp_path):
     """`--render` gives kubectl users the same objects as YAML, no cluster needed."""
     out = tmp_path / "manifests"
@@ -255,7 +365,9 @@ def test_render_writes_plain_manifests(tmp_path):
         ("ServiceAccount", "ss-render"), ("Deployment", "ss-render"),
         ("Deployment", "ss-render"), ("Service", "ss-render"), ("Service", "ss-render"),
         ("Role", "ss-render-ws"), ("Role", "ss-render-ws"),
-        ("RoleBinding", "ss-render-ws"), ("RoleBinding", "ss-render-ws")])
+        ("RoleBinding", "ss-render-ws"), ("RoleBinding", "ss-render-ws"),
+        # Without a database: the service's data volume.
+        ("PersistentVolumeClaim", "ss-render")])
     # Nothing was stored for the render: no install stack to upgrade or destroy.
     assert not (tmp_path / "state").exists()
     assert os.listdir(out)

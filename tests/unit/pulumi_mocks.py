@@ -9,7 +9,7 @@ that lets tests prove a secret never travels as a plain value.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -29,6 +29,7 @@ class Registration:
     delete_before_replace: bool
     dependencies: list[str]
     urn: str
+    replace_on_changes: list[str] = field(default_factory=list)
 
     def plain(self) -> dict[str, Any]:
         return unwrap(self.inputs)
@@ -105,6 +106,7 @@ def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) ->
             delete_before_replace=bool(request.deleteBeforeReplace),
             dependencies=list(request.dependencies),
             urn=response.urn,
+            replace_on_changes=list(request.replaceOnChanges),
         ))
         return response
 

@@ -99,6 +99,11 @@ def test_secrets_reach_pods_only_through_the_secret():
     ({"namespace": "Not_A_Label"}, "namespace"),
     ({"apiServer": "no-port"}, "apiServer"),
     ({"proxyUrl": "http://x/exec"}, "proxyUrl"),
+    ({"dataSize": "lots"}, "dataSize"),
+    ({"dataSize": "500m"}, "dataSize"),
+    ({"dataSize": "512Ki"}, "dataSize"),
+    ({"dataStorageClass": "Fast_SSD"}, "dataStorageClass"),
+    ({"storageClass": "no spaces"}, "storageClass"),
 ])
 def test_bad_settings_name_the_key(config, field):
     pulumi.runtime.set_mocks(_Mocks({}), project="stackspace-install")
@@ -111,3 +116,100 @@ def test_bad_settings_name_the_key(config, field):
             install_settings.load()
     finally:
         pulumi.runtime.set_all_config({})
+
+
+# Without a database, or without a Pulumi backend, the data dir holds what must
+# outlive the pod (SQLite store, file:// state): the embedded install.
+EMBEDDED = dict(database_url=None, backend_url=None, service_replicas=1, proxy_replicas=1)
+
+
+def service_pod(r) -> dict:
+    return next(d.plain() for d in r.by_type("Deployment")
+                if d.name == "service")["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overrides", [
+    EMBEDDED,
+    # A database but no backend: the workspaces' Pulumi state is still local files.
+    {"backend_url": None, "service_replicas": 1, "proxy_replicas": 1},
+])
+def test_local_state_lives_on_a_protected_claim_with_one_pod_at_a_time(overrides):
+    r = run(**overrides)
+    claim = r.one("PersistentVolumeClaim")
+    assert claim.protect is True
+    assert {"spec.storageClassName", "spec.accessModes", "metadata.name",
+            "metadata.namespace"} <= set(claim.ignore_changes)
+    spec = claim.plain()
+    assert spec["metadata"]["name"] == "stackspace-data"
+    assert spec["metadata"]["namespace"] == "ss"
+    assert spec["spec"] == {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "1Gi"}}}
+    pod = service_pod(r)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"] == {"name": "data",
+                               "persistentVolumeClaim": {"claimName": "stackspace-data"}}
+    assert not [v for v in pod["volumes"] if "emptyDir" in v]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == install_program.DATA_DIR
+    # The volume's files belong to the service's user, without a chown of
+    # the whole state at each start.
+    assert pod["securityContext"]["fsGroup"] == 10001
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    service = next(d for d in r.by_type("Deployment") if d.name == "service")
+    assert service.plain()["spec"]["replicas"] == 1
+    assert service.plain()["spec"]["strategy"] == {"type": "Recreate"}
+    # A switch of strategy replaces the Deployment (the API server refuses it in place).
+    assert service.replace_on_changes == ["spec.strategy"]
+    assert service.delete_before_replace is True
+    # Deleting the namespace would delete the claim: protected with it.
+    assert {n.name: n.protect for n in r.by_type("Namespace")} == {
+        "namespace": True, "workspace-namespace": True}
+
+
+def test_the_data_volume_takes_its_size_and_class():
+    r = run(**EMBEDDED, data_size="20Gi", data_storage_class="fast-ssd")
+    assert r.one("PersistentVolumeClaim").plain()["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "fast-ssd"}
+
+
+def test_on_the_node_network_a_pod_stops_before_its_successor_binds_the_port():
+    r = run(host_network=True)
+    for d in r.by_type("Deployment"):
+        assert d.plain()["spec"]["strategy"] == {"type": "Recreate"}, d.name
+        assert d.replace_on_changes == ["spec.strategy"]
+
+
+def test_with_a_database_and_a_backend_nothing_is_kept_in_the_pod():
+    r = run()
+    assert r.by_type("PersistentVolumeClaim") == []
+    pod = service_pod(r)
+    assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+    for d in r.by_type("Deployment"):
+        assert "strategy" not in d.plain()["spec"]
+    assert {n.name: n.protect for n in r.by_type("Namespace")} == {
+        "namespace": False, "workspace-namespace": False}
+
+
+def load_settings(config: dict[str, str]) -> install_settings.Settings:
+    pulumi.runtime.set_mocks(_Mocks({}), project="stackspace-install")
+    base = {"namespace": "ss", "image": "img", "passphrase": "p", "ticketKey": "t",
+            "storeKey": "s", "adminToken": "a"}
+    pulumi.runtime.set_all_config(
+        {f"stackspace-install:{k}": v for k, v in {**base, **config}.items()})
+    try:
+        return install_settings.load()
+    finally:
+        pulumi.runtime.set_all_config({})
+
+
+@pytest.mark.parametrize(("config", "size", "storage_class"), [
+    ({}, "1Gi", None),
+    ({"dataSize": "5Gi"}, "5Gi", None),
+    ({"storageClass": "standard"}, "1Gi", "standard"),
+    ({"storageClass": "standard", "dataStorageClass": "fast.ssd"}, "1Gi", "fast.ssd"),
+])
+def test_data_volume_settings(config, size, storage_class):
+    s = load_settings(config)
+    assert (s.data_size, s.data_storage_class) == (size, storage_class)
+    assert s.keeps_local_state
