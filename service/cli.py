@@ -19,6 +19,7 @@ import click
 import requests
 
 from proxy.logs import setup_logging
+from service import files_cli
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
@@ -463,6 +464,9 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
         sys.exit(run_exec(grant["url"], grant["ticket"]))
     except ExecClientError as e:
         raise click.ClickException(str(e)) from e
+
+
+files_cli.register(main, connection_options, Client)
 
 
 if __name__ == "__main__":
