@@ -183,9 +183,19 @@ def normalize(path: str) -> str:
     return "/".join(parts)
 
 
+# The script travels on stdin ahead of any data, not in the argv: in the ticket it
+# would overflow the WebSocket handshake's header limit. The shell's read builtin
+# takes a pipe byte by byte, so the data after the end line is left for the script.
+END = "#end-of-script"
+BOOTSTRAP = (f"s=; nl='\n'; while IFS= read -r l && [ \"$l\" != '{END}' ]; "
+             'do s=$s$l$nl; done; eval "$s"')
+PRELUDE = f"{SCRIPT}\n{END}\n".encode()
+
+
 def command(op: str, rel: str, *args: str) -> list[str]:
-    """The argv run in the workspace (values travel as arguments, never as shell text)."""
-    return ["/bin/sh", "-c", SCRIPT, "sh", op, WORKSPACE_ROOT, rel, *args]
+    """The argv run in the workspace (values travel as arguments, never as shell text;
+    the script itself follows as :data:`PRELUDE` on stdin)."""
+    return ["/bin/sh", "-c", BOOTSTRAP, "sh", op, WORKSPACE_ROOT, rel, *args]
 
 
 @dataclass(frozen=True)

@@ -50,17 +50,21 @@ MAX_UPLOAD_BYTES = 1 << 40
 class ProxyExec:
     """One exec through the proxy, driven synchronously from a request thread."""
 
-    def __init__(self, url: str, ticket: str) -> None:
+    def __init__(self, url: str, ticket: str, stdin: bool) -> None:
         try:
             self.ws: ClientConnection = connect(
                 url, subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
-                max_size=MAX_MESSAGE, compression=None, open_timeout=30, proxy=None)
+                max_size=MAX_MESSAGE, compression=None, open_timeout=30, proxy=None,
+                legacy=True)
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise Problem("proxy-unavailable", f"cannot reach the exec proxy: {exc}") from exc
         self.buf = b""
         self.stderr = b""
         self.status: dict[str, Any] | None = None
         self.ended = False
+        self.send(files.PRELUDE)
+        if not stdin:
+            self.close_stdin()
 
     def _recv(self) -> bytes | None:
         """The next stdout bytes; None once the exec ended (its status is kept)."""
@@ -160,7 +164,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
              terminals: Terminals | None) -> None:
     base = f"{prefix}/workspaces/<name>/files"
 
-    def open_exec(name: str, argv: list[str]) -> ProxyExec:
+    def open_exec(name: str, argv: list[str], stdin: bool = False) -> ProxyExec:
         ws = find_workspace(name)
         if terminals is None:
             raise Problem("conflict", "the exec proxy is not configured")
@@ -168,7 +172,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
             raise Problem("conflict", f"workspace {name!r} is {ws['state']}, not running: "
                                       "start it to read or write its files")
         grant = terminals.mint(g.user, ws, {"command": argv, "tty": False})
-        return ProxyExec(grant["url"], grant["ticket"])
+        return ProxyExec(grant["url"], grant["ticket"], stdin)
 
     def request_path(path: str) -> str:
         try:
@@ -229,7 +233,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
             return _write_tar(name, rel, expected)
         if not rel:
             raise Problem("conflict", "/: is a directory (send application/x-tar to unpack)")
-        ex = open_exec(name, files.command("put", rel, mode, mtime, expected))
+        ex = open_exec(name, files.command("put", rel, mode, mtime, expected), stdin=True)
         try:
             answer = ex.answer()
             if answer.status != "READY":
@@ -251,7 +255,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
     def _write_tar(name: str, rel: str, expected: str) -> Response:
         """Upload to a temporary file in the destination while checking the stream;
         unpack only if every member passed (else remove it: nothing is written)."""
-        ex = open_exec(name, files.command("tarin", rel or ".", expected))
+        ex = open_exec(name, files.command("tarin", rel or ".", expected), stdin=True)
         refused: Problem | None = None
         try:
             answer = ex.answer()

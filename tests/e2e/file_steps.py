@@ -131,4 +131,4 @@ def escapes_refused(svc: Any, name: str) -> None:
     tmp = in_workspace(svc, name, "ls -a /tmp").split()
     assert not [n for n in tmp if n[:1] in ("x", "f")], tmp
     root = in_workspace(svc, name, "ls -a").split()
-    assert not [n for n in root if n in ("ok", "l") or n.startswith(".stackspace")], root
+    assert not [n for n in root if n in ("ok", "l") or n.startswith(".stackspace-")], root
