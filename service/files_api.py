@@ -298,9 +298,10 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
         return Response(json.dumps({"path": "/" + rel, "unpacked": True}), status=201,
                         mimetype="application/json")
 
-    for rule in (base, f"{base}/", f"{base}/<path:path>"):
-        app.add_url_rule(rule, "read_file" + rule[len(base):], authed(read), methods=["GET"])
-        app.add_url_rule(rule, "write_file" + rule[len(base):], authed(write), methods=["PUT"])
+    # ".../files" (no slash) redirects here; a path may hold slashes (path converter).
+    for rule, suffix in ((f"{base}/", "root"), (f"{base}/<path:path>", "path")):
+        app.add_url_rule(rule, f"read_file_{suffix}", authed(read), methods=["GET"])
+        app.add_url_rule(rule, f"write_file_{suffix}", authed(write), methods=["PUT"])
 
 
 def _bounded(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
