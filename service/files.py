@@ -353,19 +353,33 @@ def check_tar(members: Iterator[tarfile.TarInfo]) -> int:
 
 class TeeReader:
     """A read-only stream that hands every chunk it reads to ``sink`` too: the
-    upload reaches the workspace while :func:`check_tar` reads it, in one pass."""
+    upload reaches the workspace while :func:`check_tar` reads it, in one pass.
+    It pulls ``chunk`` bytes at a time whatever the reader asks for (tarfile asks
+    for 10 KiB records), so the sink gets few large writes."""
 
     def __init__(self, source: IO[bytes], sink: Any, chunk: int = 256 * 1024) -> None:
         self.source, self.sink, self.chunk = source, sink, chunk
         self.total = 0
+        self._buf = b""
+        self._pos = 0
+
+    def _fill(self) -> bool:
+        data = self.source.read(self.chunk)
+        if not data:
+            return False
+        self.total += len(data)
+        self.sink(data)
+        self._buf, self._pos = self._buf[self._pos:] + data, 0
+        return True
 
     def read(self, n: int = -1) -> bytes:
-        data = self.source.read(self.chunk if n is None or n < 0 else n)
-        if data:
-            self.total += len(data)
-            self.sink(data)
-        return data
+        want = self.chunk if n is None or n < 0 else n
+        while len(self._buf) - self._pos < want and self._fill():
+            pass
+        out = self._buf[self._pos:self._pos + want]
+        self._pos += len(out)
+        return out
 
     def drain(self) -> None:
-        while self.read(self.chunk):
+        while self._fill():
             pass

@@ -37,7 +37,7 @@ from service import files
 from service.problems import Problem
 from service.terminals import Terminals
 
-CHUNK = 256 * 1024
+CHUNK = MAX_MESSAGE - 1  # one stdin frame (channel byte + data) per read of the body
 RECV_TIMEOUT = 120.0  # seconds without a frame from the proxy before the transfer fails
 MAX_STDERR = 8192
 TAR = "application/x-tar"

@@ -107,10 +107,12 @@ def test_check_tar_refuses_every_escape(members, words):
 
 def test_tee_reader_hands_on_what_it_reads():
     seen: list[bytes] = []
-    tee = files.TeeReader(io.BytesIO(b"x" * 10), seen.append, chunk=4)
-    assert tee.read(3) == b"xxx"
+    tee = files.TeeReader(io.BytesIO(bytes(range(10))), seen.append, chunk=4)
+    assert tee.read(3) == bytes([0, 1, 2]) and seen == [bytes([0, 1, 2, 3])]
+    assert tee.read(3) == bytes([3, 4, 5])
     tee.drain()
-    assert b"".join(seen) == b"x" * 10 and tee.total == 10
+    assert b"".join(seen) == bytes(range(10)) and tee.total == 10
+    assert tee.read(100) == bytes(range(6, 10)) and tee.read(1) == b""
 
 
 @pytest.mark.parametrize("arg, target", [
