@@ -190,6 +190,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
                           {"format": "one of list, tar, stat"})
         op = "stat" if fmt == "stat" else "get"
         ex = open_exec(name, files.command(op, rel or ".", "tar" if fmt == "tar" else "list"))
+        streaming = False
         try:
             answer = ex.answer()
             if answer.status != "OK":
@@ -209,15 +210,21 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
                                 headers=headers, mimetype="application/json")
             if entry.type != "dir" and fmt in ("tar", "list"):
                 raise Problem("conflict", f"{shown}: not a directory (format={fmt})")
-        except BaseException:
-            ex.close()
-            raise
-        if entry.type == "dir":
-            return Response(_stream_tar(ex, shown), headers=headers, mimetype=TAR,
-                            direct_passthrough=True)
-        headers["Content-Length"] = str(entry.size)
-        return Response(_stream_file(ex, entry.size, shown), headers=headers,
-                        mimetype="application/octet-stream", direct_passthrough=True)
+            if entry.type == "dir":
+                resp = Response(_stream_tar(ex, shown), headers=headers, mimetype=TAR,
+                                direct_passthrough=True)
+            else:
+                headers["Content-Length"] = str(entry.size)
+                resp = Response(_stream_file(ex, entry.size, shown), headers=headers,
+                                mimetype="application/octet-stream", direct_passthrough=True)
+            # The server closes the body when the request ends, even one never
+            # iterated (HEAD, a client gone first): the proxy session ends with it.
+            resp.call_on_close(ex.close)
+            streaming = True
+            return resp
+        finally:
+            if not streaming:
+                ex.close()
 
     def write(name: str, path: str = "") -> Response:
         rel = request_path(path)
@@ -325,6 +332,7 @@ def _stream_file(ex: ProxyExec, size: int, shown: str) -> Iterator[bytes]:
                 sent += len(take)
                 yield take
             if sent >= size:
+                ex.finish()  # the exit status, so the proxy ends the session cleanly
                 break
         if sent < size:
             raise OSError(f"{shown}: read {sent} of {size} bytes from the workspace")

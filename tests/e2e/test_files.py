@@ -54,6 +54,10 @@ def test_file_api_and_cp_on_local_docker(tmp_path, docker_host, docker_client,
             tar_round_trip(svc, name)
             escapes_refused(svc, name)
 
+            # HEAD: the metadata and length without the bytes.
+            r = svc.call("HEAD", files_url(name, "data/bin/blob.bin"), svc.alice)
+            assert (r.status_code, r.headers["Content-Length"], r.content) == (200, "2", b"")
+            assert r.headers["X-Stackspace-Mode"] == "0640"
             # A directory is not a file, a missing file is a 404, bad input a 400.
             r = svc.call("PUT", files_url(name, "tree"), svc.alice, data=b"x")
             assert r.status_code == 409 and "/tree: is a directory" in r.json()["detail"]
