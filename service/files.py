@@ -25,7 +25,9 @@ from components.spec import WORKSPACE_ROOT
 
 MAX_PATH = 4096
 MAX_LISTING_BYTES = 16 << 20
-TAR_TMP = re.compile(r"\.stackspace-tar\.[0-9]+")
+# The upload's temporary file, at the root until it is complete (service.files_api
+# removes it with the "abort" op when an upload breaks off).
+TMP_NAME = re.compile(r"\.stackspace-(put|tar)\.[0-9]+")
 
 # $1 op, $2 root, $3 path relative to the root ("" is the root), then the op's
 # arguments. The first stdout line is "ERR <kind> <path>" or "OK ..."/"READY ...";
@@ -99,7 +101,7 @@ put)
   [ -d "$base" ] && fail is-dir "$shown"
   tmp="$top/.stackspace-put.$$"
   : > "$tmp" 2>/dev/null || fail denied "$shown"
-  printf 'READY\n'
+  printf 'READY %s\n' "${tmp##*/}"
   cat > "$tmp" || { rm -f -- "$tmp"; fail failed "$shown"; }
   received "$tmp" "$3"
   cleanup=$tmp; cd -P -- "$top"; mk=1; walk "$rel"
@@ -143,6 +145,9 @@ untar)
   if [ -n "$bad" ]; then rm -f -- "$tar"; fail symlink-parent "${shown:+$shown/}$bad"; fi
   tar -xf "$tar" >&2 || { rm -f -- "$tar"; fail failed "$shown"; }
   rm -f -- "$tar"
+  printf 'OK\n' ;;
+abort)
+  case $1 in .stackspace-put.*|.stackspace-tar.*) rm -f -- "$top/$1";; esac
   printf 'OK\n' ;;
 *) fail bad-op "$op" ;;
 esac

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from typing import Any
@@ -47,6 +48,13 @@ FORMATS = ("", "list", "tar", "stat")
 MAX_UPLOAD_BYTES = 1 << 40
 
 
+START_ATTEMPTS = 3
+
+
+class ExecStartFailed(Exception):
+    """The proxy could not start the exec (nothing ran): safe to try again."""
+
+
 class ProxyExec:
     """One exec through the proxy, driven synchronously from a request thread."""
 
@@ -62,6 +70,7 @@ class ProxyExec:
         self.stderr = b""
         self.status: dict[str, Any] | None = None
         self.ended = False
+        self.first: files.Answer | None = None
         self.send(files.PRELUDE)
         if not stdin:
             self.close_stdin()
@@ -89,9 +98,14 @@ class ProxyExec:
 
     def answer(self) -> files.Answer:
         """The script's next line (ERR/OK/READY)."""
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
         while b"\n" not in self.buf:
             data = self._recv()
             if data is None:
+                if (self.status or {}).get("reason") == "InternalError":
+                    raise ExecStartFailed(self._failure())
                 raise Problem("proxy-unavailable", self._failure())
             self.buf += data
         line, _, self.buf = self.buf.partition(b"\n")
@@ -171,8 +185,41 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
         if ws["state"] != "running" or not ws["outputs"]:
             raise Problem("conflict", f"workspace {name!r} is {ws['state']}, not running: "
                                       "start it to read or write its files")
-        grant = terminals.mint(g.user, ws, {"command": argv, "tty": False})
-        return ProxyExec(grant["url"], grant["ticket"], stdin)
+        # A runtime that could not start the exec (an SSH host out of sessions, an
+        # engine hiccup) is asked again: nothing ran, no byte of the body was read.
+        failure = ""
+        for attempt in range(START_ATTEMPTS):
+            grant = terminals.mint(g.user, ws, {"command": argv, "tty": False})
+            ex = ProxyExec(grant["url"], grant["ticket"], stdin)
+            try:
+                ex.first = ex.answer()
+                return ex
+            except ExecStartFailed as exc:
+                ex.close()
+                failure = str(exc)
+                time.sleep(0.5 * (attempt + 1))  # back off before the next attempt
+            except BaseException:
+                ex.close()
+                raise
+        raise Problem("proxy-unavailable", failure)
+
+    @contextlib.contextmanager
+    def removed_on_failure(ex: ProxyExec, name: str, tmp: str) -> Iterator[None]:
+        """A body that breaks off (the client went away) is never committed: the
+        exec is ended and its temporary file removed."""
+        try:
+            yield
+        except (files.TarRefused, tarfile.TarError):
+            raise  # a refusal: the script's own answer cleans up
+        except Exception:
+            ex.close()
+            if files.TMP_NAME.fullmatch(tmp):
+                with contextlib.suppress(Exception):
+                    cleanup = open_exec(name, files.command("abort", ".", tmp))
+                    cleanup.answer()
+                    cleanup.finish()
+                    cleanup.close()
+            raise
 
     def request_path(path: str) -> str:
         try:
@@ -243,11 +290,12 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
         ex = open_exec(name, files.command("put", rel, mode, mtime, expected), stdin=True)
         try:
             answer = ex.answer()
-            if answer.status != "READY":
+            if answer.status != "READY" or not answer.words:
                 _discard_body()
                 raise _refusal(answer, rel)
-            while chunk := request.stream.read(CHUNK):
-                ex.send(chunk)
+            with removed_on_failure(ex, name, answer.words[0]):
+                while chunk := request.stream.read(CHUNK):
+                    ex.send(chunk)
             ex.close_stdin()
             answer = ex.answer()
             if answer.status != "OK":
@@ -272,9 +320,10 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
             tmp = answer.words[0]
             tee = files.TeeReader(request.stream, ex.send, CHUNK)
             try:
-                with tarfile.open(fileobj=tee, mode="r|") as archive:  # type: ignore[call-overload]
-                    files.check_tar(iter(archive))
-                tee.drain()
+                with removed_on_failure(ex, name, tmp):
+                    with tarfile.open(fileobj=tee, mode="r|") as archive:  # type: ignore[call-overload]
+                        files.check_tar(iter(archive))
+                    tee.drain()
             except files.TarRefused as exc:
                 refused = Problem("forbidden", f"{exc}; refused, nothing was written")
             except tarfile.TarError as exc:
@@ -289,7 +338,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
             _discard_body()
         if answer.status != "OK":
             raise refused or _refusal(answer, rel)
-        if not files.TAR_TMP.fullmatch(tmp):
+        if not files.TMP_NAME.fullmatch(tmp):
             raise Problem("internal", "unexpected answer from the workspace")
         ex = open_exec(name, files.command("untar", rel or ".", tmp,
                                            "abort" if refused else "extract"))

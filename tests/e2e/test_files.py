@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
+import time
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -35,6 +38,13 @@ def cp(svc, *args: str, token: str | None = None) -> subprocess.CompletedProcess
                           capture_output=True, timeout=300, check=False)
 
 
+def broken_upload(svc, path: str) -> None:
+    url = urlsplit(svc.url)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {svc.alice}\r\n"
+                     f"Content-Length: {4 << 20}\r\n\r\n".encode() + b"x" * (1 << 20))
+
+
 def test_file_api_and_cp_on_local_docker(tmp_path, docker_host, docker_client,
                                          pulumi_settings, docker_provider):
     image = busybox_image(docker_client)
@@ -54,6 +64,13 @@ def test_file_api_and_cp_on_local_docker(tmp_path, docker_host, docker_client,
             tar_round_trip(svc, name)
             escapes_refused(svc, name)
 
+            # An upload whose client goes away half-way writes nothing, leaves nothing.
+            broken_upload(svc, files_url(name, "data/cut.bin"))
+            deadline = time.monotonic() + 60
+            while (left := in_workspace(svc, name, "ls -a . data")).count(".stackspace-"):
+                assert time.monotonic() < deadline, left
+                time.sleep(0.5)
+            assert "cut.bin" not in left
             # HEAD: the metadata and length without the bytes.
             r = svc.call("HEAD", files_url(name, "data/bin/blob.bin"), svc.alice)
             assert (r.status_code, r.headers["Content-Length"], r.content) == (200, "2", b"")

@@ -1,4 +1,4 @@
-"""The file API on a workspace on the remote test Docker host over TLS, through
+"""The file API on a workspace on the remote test Docker host over TLS and SSH, through
 the service and the exec proxy: a binary round trip with mode and mtime, a
 listing, tar both ways and the escapes (local Docker: test_files.py)."""
 
@@ -16,10 +16,11 @@ from tests.e2e.remote_helpers import labelled, operate, remote_client
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def test_file_api_on_the_remote_host(tmp_path, docker_host, docker_client, pulumi_settings,
-                                     docker_provider, remote_docker_host):
-    runtime = remote_runtime(remote_docker_host, "tls")
-    name = f"files-remote-{secrets.token_hex(3)}"
+@pytest.mark.parametrize("kind", ["tls", "ssh"])
+def test_file_api_on_the_remote_host(kind, tmp_path, docker_host, docker_client,
+                                     pulumi_settings, docker_provider, remote_docker_host):
+    runtime = remote_runtime(remote_docker_host, kind)
+    name = f"files-{kind}-{secrets.token_hex(3)}"
     with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=[runtime]) as svc:
         try:
             op = operate(svc, "POST", "", json={"name": name})

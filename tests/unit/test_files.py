@@ -182,14 +182,23 @@ def test_script_refuses_escapes_before_reading_anything(sh, op, rel, answer):
 
 def test_script_writes_atomically_with_mode_and_mtime(sh):
     code, out = sh("put", "new/deep/f.bin", "0600", "202009131226.40", "4", data=b"\0\1\2\3")
-    assert (code, out) == (0, b"READY\nOK file 8180 4 1600000000\n")
+    assert code == 0 and out.startswith(b"READY .stackspace-put.")
+    assert out.endswith(b"\nOK file 8180 4 1600000000\n")
     f = sh.root / "new" / "deep" / "f.bin"
     assert f.read_bytes() == b"\0\1\2\3" and f.stat().st_mode & 0o777 == 0o600
     code, out = sh("put", "new2/f.bin", "-", "-", "9", data=b"short")
-    assert (code, out) == (3, b"READY\nERR short 5\n")
+    assert code == 3 and out.endswith(b"\nERR short 5\n")
     assert not (sh.root / "new2").exists()  # nothing, not even the folder
     assert not [n for n in os.listdir(sh.root) if n.startswith(".stackspace-")]
     assert sh("put", "d", "-", "-", "-") == (3, b"ERR is-dir d\n")
+
+
+def test_script_abort_removes_only_an_upload(sh):
+    (sh.root / ".stackspace-put.42").write_bytes(b"half")
+    (sh.root / "keep").write_bytes(b"mine")
+    assert sh("abort", ".", ".stackspace-put.42") == (0, b"OK\n")
+    assert sh("abort", ".", "keep") == (0, b"OK\n")
+    assert sorted(os.listdir(sh.root)) == ["abs", "d", "final", "keep", "up"]
 
 
 def test_script_unpacks_only_through_real_folders(sh):
