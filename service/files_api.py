@@ -63,7 +63,7 @@ class ProxyExec:
             self.ws: ClientConnection = connect(
                 url, subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
                 max_size=MAX_MESSAGE, compression=None, open_timeout=30, proxy=None,
-                legacy=True)
+                max_queue=4, legacy=True)  # at most ~4 MiB in flight per transfer
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             raise Problem("proxy-unavailable", f"cannot reach the exec proxy: {exc}") from exc
         self.buf = b""
@@ -166,11 +166,12 @@ def _headers(entry: files.Entry) -> dict[str, str]:
             "Last-Modified": formatdate(entry.mtime, usegmt=True)}
 
 
-def _discard_body() -> None:
-    """Read what the client still sends, so it gets our answer, not a reset."""
+def _discard_body(limit: int = 64 << 20) -> None:
+    """Read what the client still sends (up to ``limit``), so it gets our answer,
+    not a reset."""
     with contextlib.suppress(Exception):
-        while request.stream.read(CHUNK):
-            pass
+        while limit > 0 and (data := request.stream.read(CHUNK)):
+            limit -= len(data)
 
 
 def register(app: Flask, prefix: str, authed: Callable[..., Any],
