@@ -49,6 +49,7 @@ MAX_UPLOAD_BYTES = 1 << 40
 
 
 START_ATTEMPTS = 3
+FIRST_ANSWER_TIMEOUT = 30.0  # seconds from the exec's start to the script's first line
 
 
 class ExecStartFailed(Exception):
@@ -75,11 +76,11 @@ class ProxyExec:
         if not stdin:
             self.close_stdin()
 
-    def _recv(self) -> bytes | None:
+    def _recv(self, timeout: float = RECV_TIMEOUT) -> bytes | None:
         """The next stdout bytes; None once the exec ended (its status is kept)."""
         while not self.ended:
             try:
-                message = self.ws.recv(timeout=RECV_TIMEOUT)
+                message = self.ws.recv(timeout=timeout)
             except ConnectionClosed:
                 self.ended = True
                 break
@@ -96,13 +97,21 @@ class ProxyExec:
                 self.stderr += data[:MAX_STDERR - len(self.stderr)]
         return None
 
-    def answer(self) -> files.Answer:
-        """The script's next line (ERR/OK/READY)."""
+    def answer(self, starting: bool = False) -> files.Answer:
+        """The script's next line (ERR/OK/READY). ``starting``: its first line, which
+        comes quickly once the script ran; none means it never got its stdin (an
+        exec that lost it), so nothing ran and the caller may try again."""
         if self.first is not None:
             first, self.first = self.first, None
             return first
         while b"\n" not in self.buf:
-            data = self._recv()
+            try:
+                data = self._recv(FIRST_ANSWER_TIMEOUT if starting else RECV_TIMEOUT)
+            except Problem as exc:
+                if starting:
+                    raise ExecStartFailed(f"no answer from the workspace in "
+                                          f"{FIRST_ANSWER_TIMEOUT:g}s") from exc
+                raise
             if data is None:
                 if (self.status or {}).get("reason") == "InternalError":
                     raise ExecStartFailed(self._failure())
@@ -193,7 +202,7 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
             grant = terminals.mint(g.user, ws, {"command": argv, "tty": False})
             ex = ProxyExec(grant["url"], grant["ticket"], stdin)
             try:
-                ex.first = ex.answer()
+                ex.first = ex.answer(starting=True)
                 return ex
             except ExecStartFailed as exc:
                 ex.close()
