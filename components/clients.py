@@ -74,6 +74,9 @@ def check_ssh_host_key(rt: DockerRuntime, timeout: float = 20) -> None:
                            f"match {path}")
 
 
+SSH_POOL = 4
+
+
 def _ssh_docker_client(rt: DockerRuntime, timeout: float) -> Any:
     """The Docker SDK over SSH (paramiko: `docker system dial-stdio` on the host), with
     the runtime's identity and known_hosts and strict host-key checking. The SDK's own
@@ -118,7 +121,11 @@ def _ssh_docker_client(rt: DockerRuntime, timeout: float) -> Any:
     # negotiation): build without connecting, mount the strict adapter, then ask.
     client = docker.DockerClient(base_url=rt.host, version="1.41", use_ssh_client=True,
                                  timeout=timeout)
-    adapter = StrictSSHAdapter(rt.host, timeout=timeout, max_pool_size=32)
+    # Every pooled API connection is a session (channel) on ONE SSH connection, and
+    # sshd allows 10 by default (MaxSessions); each attached exec stream takes one
+    # more. A large pool of idle channels made the next exec fail ("no more
+    # sessions" in sshd's log) after a burst of short execs (the file API's).
+    adapter = StrictSSHAdapter(rt.host, timeout=timeout, max_pool_size=SSH_POOL)
     client.api.mount("http+docker://ssh", adapter)
     client.api._custom_adapter = adapter
     client.api._version = client.api._retrieve_server_version()

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import lifecycle, openapi
+from service import files_api, lifecycle, openapi
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
@@ -65,7 +65,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.before_request
     def _check_query() -> None:
-        unknown = set(request.args) - {"queue", "owner"}
+        unknown = set(request.args) - {"queue", "owner", "format"}
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")
@@ -242,6 +242,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             raise Problem("validation", "body must be an object")
         return app.response_class(json.dumps(terminals.mint(g.user, ws, data)), status=201,
                                   mimetype="application/json")
+
+    files_api.register(app, PREFIX, authed, find_workspace, terminals)
 
     @app.post("/internal/activity")
     def terminal_activity() -> Response:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from proxy.logs import setup_logging
-from service import sdk
+from service import files_cli, sdk
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
@@ -465,6 +465,9 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
         sys.exit(run_exec(grant["url"], grant["ticket"]))
     except ExecClientError as e:
         raise click.ClickException(str(e)) from e
+
+
+files_cli.register(main, connection_options, Client)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def document() -> dict[str, Any]:
             "/api/v1/workspaces/{name}/terminals": {
                 "post": _op("Mint a terminal ticket for the exec proxy", "201", "Ticket",
                             params=ws)},
+            **_files_paths(ws),
             "/api/v1/operations/{op_id}": {
                 "get": _op("Show an operation", "200", "Operation", params=op)},
             "/api/v1/operations/{op_id}/cancel": {
@@ -97,6 +98,55 @@ def document() -> dict[str, Any]:
     }
 
 
+def _files_paths(ws: list[str]) -> dict[str, Any]:
+    """GET/PUT .../files/{path} (service.files_api): raw bytes, a listing or tar."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    meta = {h: {"schema": {"type": "string"}} for h in (
+        "X-Stackspace-Type", "X-Stackspace-Mode", "X-Stackspace-Mtime", "Last-Modified")}
+    extra = {c: PROBLEM for c in ("403", "409", "503")}
+
+    def read(path_params: list[str]) -> dict[str, Any]:
+        op = _op("Read a file (raw bytes), list a directory (JSON) or stream it as tar "
+                 "(format=tar or Accept: application/x-tar); format=stat: metadata only",
+                 "200", params=path_params)
+        op["parameters"].append({"name": "format", "in": "query", "required": False,
+                                 "schema": {"enum": ["list", "tar", "stat"]}})
+        op["responses"].update(extra)
+        op["responses"]["200"] = {"description": "the file, listing or tar stream",
+                                  "headers": meta, "content": {
+                                      "application/octet-stream": binary,
+                                      "application/x-tar": binary,
+                                      "application/json": {"schema": {
+                                          "$ref": "#/components/schemas/FileInfo"}}}}
+        return op
+
+    def write(path_params: list[str]) -> dict[str, Any]:
+        op = _op("Write a file (streamed body; X-Stackspace-Mode, X-Stackspace-Mtime) or "
+                 "unpack a tar body (Content-Type: application/x-tar) into a directory",
+                 "201", params=path_params)
+        op["requestBody"] = {"required": True, "content": {
+            "application/octet-stream": binary, "application/x-tar": binary}}
+        op["parameters"] += [{"name": h, "in": "header", "required": False,
+                              "schema": {"type": "string"}}
+                             for h in ("X-Stackspace-Mode", "X-Stackspace-Mtime")]
+        op["responses"].update(extra)
+        op["responses"]["201"] = {"description": "written", "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/FileInfo"}}}}
+        return op
+
+    base = "/api/v1/workspaces/{name}/files/"
+    return {base: {"get": read(ws), "put": write(ws)},
+            base + "{path}": {"get": read([*ws, "path"]), "put": write([*ws, "path"])}}
+
+
+_FILE_INFO = {"type": "object", "required": ["path"], "properties": {
+    "path": {"type": "string"}, "type": {"enum": ["file", "dir", "symlink", "other"]},
+    "size": {"type": "integer"}, "mode": {"type": "string"}, "mtime": {"type": "integer"},
+    "unpacked": {"type": "boolean"},
+    "entries": {"type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}, "type": {"enum": ["file", "dir", "symlink", "other"]},
+        "size": {"type": "integer"}, "mode": {"type": "string"},
+        "mtime": {"type": "integer"}}}}}}
 _NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 40}
 _QUANTITY = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"}
 _FILE = {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
@@ -155,6 +205,7 @@ SCHEMAS: dict[str, Any] = {
     "Workspace": _WORKSPACE,
     "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},
+    "FileInfo": _FILE_INFO,
     "Ticket": {"type": "object", "required": ["url", "ticket", "expires_at"], "properties": {
         "url": {"type": "string"}, "ticket": {"type": "string"},
         "expires_at": {"type": "number"}}},

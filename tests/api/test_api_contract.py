@@ -16,7 +16,7 @@ def test_openapi_matches_the_routes(offline_service):
     for rule in offline_service.app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<([^>]+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)  # {path}, not {path:path}
         routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
