@@ -15,18 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 import click
 import requests
 
-CHUNK = 256 * 1024
-TAR = "application/x-tar"
+from service.sdk import CHUNK, Files, FilesError
+
 _WS = re.compile(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?")
-
-
-class FilesError(Exception):
-    """A refusal from the service (its problem detail) or a local failure."""
 
 
 def split_target(arg: str) -> tuple[str | None, str]:
@@ -122,61 +117,6 @@ def tar_stream(source: Path, progress: Progress) -> Iterator[bytes]:
         yield chunk
     if failure:
         raise FilesError(f"{source}: {failure[0]}")
-
-
-class Files:
-    """The file API of one service (the calls ``cp`` makes; an SDK can reuse it)."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url.rstrip("/"), token
-
-    def _url(self, ws: str, path: str) -> str:
-        return f"{self.url}/api/v1/workspaces/{ws}/files/{quote(path.lstrip('/'))}"
-
-    def _request(self, method: str, ws: str, path: str, **kw: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
-        try:
-            resp = requests.request(method, self._url(ws, path), headers=headers,
-                                    timeout=(30, 300), **kw)
-        except requests.RequestException as exc:
-            raise FilesError(f"cannot reach the service: {exc}") from exc
-        if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail", resp.reason)
-            except ValueError:
-                detail = resp.reason
-            raise FilesError(f"{ws}:{path}: {detail} ({resp.status_code})")
-        return resp
-
-    def stat(self, ws: str, path: str) -> dict[str, Any] | None:
-        try:
-            return self._request("GET", ws, path, params={"format": "stat"}).json()
-        except FilesError as exc:
-            if "(404)" in str(exc):
-                return None
-            raise
-
-    def list(self, ws: str, path: str) -> list[dict[str, Any]]:
-        return self._request("GET", ws, path).json()["entries"]
-
-    def read(self, ws: str, path: str) -> requests.Response:
-        """A streamed response: iterate ``iter_content``; headers carry mode and mtime."""
-        return self._request("GET", ws, path, stream=True)
-
-    def write(self, ws: str, path: str, body: Any, *, mode: int | None = None,
-              mtime: float | None = None) -> dict[str, Any]:
-        headers = {"Content-Type": "application/octet-stream"}
-        if mode is not None:
-            headers["X-Stackspace-Mode"] = f"{mode & 0o7777:04o}"
-        if mtime is not None:
-            headers["X-Stackspace-Mtime"] = str(int(mtime))
-        return self._request("PUT", ws, path, data=body, headers=headers).json()
-
-    def read_tar(self, ws: str, path: str) -> requests.Response:
-        return self._request("GET", ws, path, params={"format": "tar"}, stream=True)
-
-    def write_tar(self, ws: str, path: str, body: Any) -> dict[str, Any]:
-        return self._request("PUT", ws, path, data=body, headers={"Content-Type": TAR}).json()
 
 
 def _join(path: str, name: str) -> str:

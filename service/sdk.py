@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import requests
 
-from service.exec_client import ExecClientError, run_exec
+from service.exec_client import CHUNK, ExecClientError, run_exec
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ACTIVE = ("queued", "running")
@@ -38,6 +39,7 @@ ACTIVE = ("queued", "running")
 REQUEST_TIMEOUT = 60.0
 
 OutputCallback = Callable[[str], Any]
+TAR = "application/x-tar"
 
 
 class ApiError(Exception):
@@ -169,8 +171,11 @@ class Workspace:
     data: dict[str, Any]
     commands: Commands = field(init=False)
 
+    files: WorkspaceFiles = field(init=False)
+
     def __post_init__(self) -> None:
         self.commands = Commands(self)
+        self.files = WorkspaceFiles(self)
 
     @property
     def name(self) -> str:
@@ -255,6 +260,41 @@ class _Sink(io.RawIOBase):
         return bytes(self.chunks).decode("utf-8", "replace")
 
 
+class WorkspaceFiles:
+    """Files under the workspace root (E2B: `sandbox.files`), streamed through
+    the file API: paths are relative to /workspace and confined to it."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self._api = Files(workspace.client.url, workspace.client.token or "")
+
+    def read(self, path: str, *, format: str = "text") -> Any:  # noqa: A002 - E2B's name
+        """The file's content: `text` (str), `bytes`, or `stream` (an iterator
+        of chunks, for files of any size)."""
+        resp = self._api.read(self.workspace.name, path)
+        if format == "stream":
+            return resp.iter_content(CHUNK)
+        data = resp.content
+        return data if format == "bytes" else data.decode()
+
+    def write(self, path: str, data: str | bytes | BinaryIO, *, mode: int | None = None,
+              mtime: float | None = None) -> dict[str, Any]:
+        """Write (replace) a file as the workspace user; parent folders are made."""
+        body = data.encode() if isinstance(data, str) else data
+        return self._api.write(self.workspace.name, path, body, mode=mode, mtime=mtime)
+
+    def list(self, path: str = "") -> list[dict[str, Any]]:
+        """A folder's entries: name, type, size, mode, mtime."""
+        return self._api.list(self.workspace.name, path)
+
+    def stat(self, path: str) -> dict[str, Any] | None:
+        """A path's type, size, mode and mtime; None if it does not exist."""
+        return self._api.stat(self.workspace.name, path)
+
+    def exists(self, path: str) -> bool:
+        return self.stat(path) is not None
+
+
 class Commands:
     """Commands in a workspace (E2B: `sandbox.commands`)."""
 
@@ -282,3 +322,62 @@ class Commands:
         except ExecClientError as e:
             raise ExecError(str(e)) from e
         return CommandResult(code, out.text(), err.text())
+
+
+class FilesError(Exception):
+    """A refusal from the service (its problem detail) or a local failure."""
+
+
+class Files:
+    """The file API of one service (the calls ``cp`` makes; an SDK can reuse it)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url.rstrip("/"), token
+
+    def _url(self, ws: str, path: str) -> str:
+        return f"{self.url}/api/v1/workspaces/{ws}/files/{quote(path.lstrip('/'))}"
+
+    def _request(self, method: str, ws: str, path: str, **kw: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kw.pop("headers", {})}
+        try:
+            resp = requests.request(method, self._url(ws, path), headers=headers,
+                                    timeout=(30, 300), **kw)
+        except requests.RequestException as exc:
+            raise FilesError(f"cannot reach the service: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.reason)
+            except ValueError:
+                detail = resp.reason
+            raise FilesError(f"{ws}:{path}: {detail} ({resp.status_code})")
+        return resp
+
+    def stat(self, ws: str, path: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", ws, path, params={"format": "stat"}).json()
+        except FilesError as exc:
+            if "(404)" in str(exc):
+                return None
+            raise
+
+    def list(self, ws: str, path: str) -> list[dict[str, Any]]:
+        return self._request("GET", ws, path).json()["entries"]
+
+    def read(self, ws: str, path: str) -> requests.Response:
+        """A streamed response: iterate ``iter_content``; headers carry mode and mtime."""
+        return self._request("GET", ws, path, stream=True)
+
+    def write(self, ws: str, path: str, body: Any, *, mode: int | None = None,
+              mtime: float | None = None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/octet-stream"}
+        if mode is not None:
+            headers["X-Stackspace-Mode"] = f"{mode & 0o7777:04o}"
+        if mtime is not None:
+            headers["X-Stackspace-Mtime"] = str(int(mtime))
+        return self._request("PUT", ws, path, data=body, headers=headers).json()
+
+    def read_tar(self, ws: str, path: str) -> requests.Response:
+        return self._request("GET", ws, path, params={"format": "tar"}, stream=True)
+
+    def write_tar(self, ws: str, path: str, body: Any) -> dict[str, Any]:
+        return self._request("PUT", ws, path, data=body, headers={"Content-Type": TAR}).json()

@@ -45,6 +45,17 @@ def test_an_agent_loop_through_the_sdk(service, docker_client):
         ws.start()
         assert ws.commands.run("cat sub/f").stdout == "from stdin"  # storage kept
         assert [w.name for w in client.list()].count(name) == 1
+        blob = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        ws.files.write("data/blob.bin", blob, mode=0o600)
+        assert ws.files.read("data/blob.bin", format="bytes") == blob
+        assert b"".join(ws.files.read("data/blob.bin", format="stream")) == blob
+        assert ws.files.stat("data/blob.bin")["size"] == len(blob)
+        assert [e["name"] for e in ws.files.list("data")] == ["blob.bin"]
+        ws.files.write("note.txt", "hé\n")
+        assert ws.commands.run("cat note.txt").stdout == "hé\n"
+        assert not ws.files.exists("missing")
+        with pytest.raises(sdk.FilesError):
+            ws.files.read("../etc/passwd")
         events = list(client.events(ws.data["last_operation"]["id"]))
         assert events[-1]["event"] == "end" and events[-1]["status"] == "succeeded"
     finally:
