@@ -26,6 +26,7 @@ from pulumi.automation import errors as auto_errors
 from pulumi.automation import events
 
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
+from service.limits import apply_pids_limit
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import (
     ensure_network,
@@ -258,6 +259,13 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             outputs = dict(result.outputs)
             if converge:
                 observed = observe()
+        if cfg.running and (job.kind not in ("delete", "refresh") or observed):
+            # Whatever made or replaced the container, it ends with its limit
+            # (a recovery only when it finds the workload running).
+            t = time.monotonic()
+            apply_pids_limit(cfg.runtime, cfg.owner, cfg.spec.name,
+                             installation=cfg.installation)
+            timings["limits"] = time.monotonic() - t
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
                        recovered, digest)
