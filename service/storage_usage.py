@@ -26,7 +26,7 @@ from typing import Any
 from components.base import LABEL_INSTALLATION, LABEL_OWNER, LABEL_ROLE, LABEL_WORKSPACE
 from components.clients import docker_client
 from components.runtime import DockerRuntime, Runtime, parse_runtime
-from components.spec import quantity_value
+from components.spec import WorkspaceSpec, quantity_value
 
 log = logging.getLogger("stackspace.storage")
 
@@ -105,7 +105,7 @@ class StorageUsage:
 
     def report(self, ws: dict[str, Any]) -> StorageReport:
         """The workspace's storage use as last measured (never waits for a measurement)."""
-        requested = requested_bytes((ws["spec"].get("resources") or {}).get("storage", "1Gi"))
+        requested = requested_bytes(WorkspaceSpec.parse(ws["spec"]).resources.storage)
         rt = self._runtime(ws)
         if not isinstance(rt, DockerRuntime):
             return StorageReport(requested)
