@@ -1,8 +1,9 @@
 """Limits of a Docker workspace (SPEC §8, issue 17), through the service on the
 real engine: its container has the runtime's pids limit after create, after a
 limit changed by hand and a start, after stop/start and after an update that
-replaces it; a shell that forks more than the limit through `stackspace exec`
-is stopped short of it; and the storage it writes past its request shows in
+replaces it; a main command that forks more than the limit from its first
+instant, and a shell that does the same through `stackspace exec`, are both
+stopped short of it; and the storage it writes past its request shows in
 GET /workspaces/{name} (`storage.over`) and in /metrics."""
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ pytestmark = pytest.mark.e2e
 
 LIMIT = 64
 MiB = 2**20
+# Forks 100 processes as it starts, once per workspace (a marker on its
+# storage), then stays up; dash gives up at the first fork refused.
+BOMB = ("if [ ! -e .bombed ]; then touch .bombed; i=0; while [ $i -lt 100 ]; do "
+        "sleep 2 & i=$((i+1)); echo $i > .forked; done; fi; exec sleep infinity")
 
 
 def workspace_container(docker_client: Any, name: str) -> Any:
@@ -70,10 +75,16 @@ def test_pids_limit_and_storage_use(tmp_path, docker_host, docker_client, pulumi
     with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=runtimes,
                         storage_scan_seconds=1) as svc:
         try:
-            op = operate(svc, "POST", "", json={"name": name, "resources": {"storage": "2Mi"}})
+            op = operate(svc, "POST", "", json={"name": name, "resources": {"storage": "2Mi"},
+                                                "command": ["sh", "-c", BOMB]})
             assert op["status"] == "succeeded", op.get("error")
             first, limit = pids_limit(docker_client, name)
             assert limit == LIMIT
+            # The limit was there before the command's first fork (tini and the
+            # shell count too); the restart policy then brings it back up.
+            forked = poll("the command's fork count",
+                          lambda: _read_int(svc, name, "/workspace/.forked"), timeout=90)
+            assert 0 < forked < LIMIT, forked
 
             # More forks than the limit allows: the shell is refused a process
             # well before its 100th (tini, the main command and the shell count too).
@@ -82,7 +93,8 @@ def test_pids_limit_and_storage_use(tmp_path, docker_host, docker_client, pulumi
                                    'echo $i > /tmp/forked; done')
             assert bomb.returncode != 0, bomb.stderr
             assert b"fork" in bomb.stderr.lower(), bomb.stderr
-            forked = poll("the fork count", lambda: _read_forked(svc, name), timeout=90)
+            forked = poll("the fork count", lambda: _read_int(svc, name, "/tmp/forked"),
+                          timeout=90)
             assert 0 < forked < LIMIT, forked
 
             # A limit lifted by hand is set again by the next operation (a start).
@@ -120,7 +132,8 @@ def test_pids_limit_and_storage_use(tmp_path, docker_host, docker_client, pulumi
     assert labelled(docker_client, "alice", name) == ([], [])
 
 
-def _read_forked(svc: Any, name: str) -> int | None:
-    # Retried: the exec itself needs a process until the sleeps are gone.
-    r = stackspace_exec(svc, name, "cat", "/tmp/forked")
+def _read_int(svc: Any, name: str, path: str) -> int | None:
+    # Retried: the exec itself needs a process until the sleeps are gone, and
+    # the workspace may be restarting.
+    r = stackspace_exec(svc, name, "cat", path)
     return int(r.stdout) if r.returncode == 0 else None

@@ -9,7 +9,7 @@ that lets tests prove a secret never travels as a plain value.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -29,6 +29,7 @@ class Registration:
     delete_before_replace: bool
     dependencies: list[str]
     urn: str
+    hooks: dict[str, list[str]] = field(default_factory=dict)  # e.g. afterCreate: [names]
 
     def plain(self) -> dict[str, Any]:
         return unwrap(self.inputs)
@@ -67,6 +68,17 @@ class _Mocks(pulumi.runtime.Mocks):
         return {}
 
 
+class _HookRecorder:
+    """Pulumi's mock monitor has no callback server for resource hooks: they
+    are registered here by name (and bound in the registrations), never run."""
+
+    def register_resource_hook(self, hook: Any) -> None:
+        pass
+
+    def register_error_hook(self, hook: Any) -> None:
+        pass
+
+
 class ProgramRun:
     def __init__(self, registrations: list[Registration], exports: dict[str, Any]):
         self.registrations = registrations
@@ -90,6 +102,7 @@ def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) ->
     # in the same session (the exec client) leaves none behind.
     asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(_Mocks(outputs or {}), preview=False)
+    pulumi.runtime.settings.SETTINGS.callbacks = _HookRecorder()
     monitor = pulumi.runtime.settings.get_monitor()
     seen: list[Registration] = []
     original = monitor.RegisterResource
@@ -105,6 +118,7 @@ def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) ->
             delete_before_replace=bool(request.deleteBeforeReplace),
             dependencies=list(request.dependencies),
             urn=response.urn,
+            hooks=json_format.MessageToDict(request.hooks) if request.HasField("hooks") else {},
         ))
         return response
 

@@ -8,7 +8,7 @@ import pytest
 
 from components.runtime import DEFAULT_PIDS_LIMIT, parse_runtime
 from components.spec import SpecError
-from service.limits import needs_pids_update
+from components.workload_start import needs_pids_update, never_started
 from service.metrics import Metrics
 from service.storage_usage import (
     StorageReport,
@@ -45,6 +45,14 @@ def test_pids_limit_is_docker_only():
     (None, True), (0, True), (-1, True), (100, True), (2048, True), (1024, False)])
 def test_a_container_without_exactly_the_limit_is_updated(current, expected):
     assert needs_pids_update(current, 1024) is expected
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    ({"StartedAt": "0001-01-01T00:00:00Z", "Status": "created"}, True),
+    ({"StartedAt": "2026-12-05T00:00:04.062115746Z", "Status": "exited"}, False),
+    ({}, False)])
+def test_a_container_never_started_is_told_from_a_stopped_one(state, expected):
+    assert never_started({"State": state}) is expected
 
 
 @pytest.mark.parametrize(("text", "size"), [
