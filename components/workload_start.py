@@ -13,7 +13,9 @@ the stack.
 Two callers: the program's after-create/after-update hook (right after the
 provider made the container, on every `up`, an operator's too), and the
 service after every run that leaves the workspace running (a limit changed
-by hand is set back; a container whose hook never ran is started).
+by hand is set back; a container whose hook never ran or failed is started).
+The engine only warns when an after-hook fails: the service's call is the
+one that fails the run.
 No Pulumi imports: the service uses it outside the engine.
 """
 
