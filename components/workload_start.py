@@ -45,8 +45,14 @@ def start_with_limits(client: Any, container_id: str, pids_limit: int) -> bool:
         # docker-py's update_container has no pids_limit argument: the same
         # call with the one field. Fields left out keep their values.
         api = client.api
-        api._raise_for_status(api._post_json(
-            api._url("/containers/{0}/update", container_id), data={"PidsLimit": pids_limit}))
+        answer = api._result(api._post_json(
+            api._url("/containers/{0}/update", container_id), data={"PidsLimit": pids_limit}),
+            json=True)
+        # An engine whose kernel lacks the pids cgroup drops the value with a
+        # warning: never a limit that only looks set.
+        if answer.get("Warnings"):
+            raise RuntimeError("the Docker Engine did not set the pids limit: "
+                               + "; ".join(answer["Warnings"]))
         changed = True
     if c.status != "running":
         c.start()
