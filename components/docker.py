@@ -14,7 +14,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
-from components.clients import check_ssh_host_key
+from components.clients import check_ssh_host_key, docker_client
 from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
 from components.runtime import DockerRuntime, docker_network
 from components.secret_env import SECRET_ENV_FILE, render_secret_env, with_secret_env
@@ -25,6 +25,7 @@ from components.spec import (
     WorkspaceSpec,
     registry_host,
 )
+from components.workload_start import start_with_limits
 
 CPU_PERIOD = 100_000  # microseconds
 # Init's input files go into the init container's own filesystem (not the
@@ -97,6 +98,18 @@ def _registry_auth(spec: WorkspaceSpec) -> list[dict] | None:
         return None
     return [{"address": registry_host(spec.image), "username": creds.username,
              "password": pulumi.Output.secret(creds.password)}]
+
+
+def _start_hook(runtime: DockerRuntime) -> pulumi.ResourceHook:
+    """Starts the workspace container the provider made stopped, once its
+    pids limit is set (components.workload_start)."""
+    def start(args: pulumi.ResourceHookArgs) -> None:
+        client = docker_client(runtime)
+        try:
+            start_with_limits(client, args.id, runtime.pids_limit)
+        finally:
+            client.close()
+    return pulumi.ResourceHook("start-with-limits", start)
 
 
 class DockerWorkspace(pulumi.ComponentResource):
@@ -184,6 +197,7 @@ class DockerWorkspace(pulumi.ComponentResource):
                              "content": pulumi.Output.secret(render_secret_env(spec.secret_env))}]
         self.container = None
         if inputs.running:
+            start_hook = _start_hook(runtime)
             self.container = docker.Container(
                 "workspace",
                 name=base,
@@ -207,6 +221,8 @@ class DockerWorkspace(pulumi.ComponentResource):
                 cpu_period=CPU_PERIOD,
                 cpu_quota=int(cpu_cores(spec) * CPU_PERIOD),
                 restart="unless-stopped",
+                # Made stopped; the hook starts it with its pids limit set.
+                start=False,
                 destroy_grace_seconds=10,
                 network_mode=docker_network(runtime),
                 # Waiting on the init exit code keeps a failed init from starting
@@ -218,6 +234,11 @@ class DockerWorkspace(pulumi.ComponentResource):
                     depends_on=[self.init],
                     # Named containers must be removed before their replacement.
                     delete_before_replace=True,
+                    hooks=pulumi.ResourceHookBinding(after_create=[start_hook],
+                                                     after_update=[start_hook]),
+                    # The provider reads a container made stopped as must_run=false;
+                    # it runs once the hook started it: no change to make.
+                    ignore_changes=["mustRun"],
                 )),
             )
 

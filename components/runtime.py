@@ -22,6 +22,10 @@ _NETWORK_MODE = re.compile(r"^(bridge|none|host|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})
 # (service.runtime_objects.ensure_network); the engine needs its iptables on.
 ISOLATED, INTERNAL = "isolated", "internal"
 SHARED_NETWORKS = {ISOLATED: "stackspace-isolated", INTERNAL: "stackspace-internal"}
+# A Docker workspace's process limit (HostConfig.PidsLimit) unless the runtime
+# sets its own: room for builds and language servers, far from a host's pid_max.
+DEFAULT_PIDS_LIMIT = 1024
+PIDS_LIMIT_RANGE = (16, 4_194_304)  # init + a shell at least; Linux's largest pid_max
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -31,6 +35,8 @@ class DockerRuntime:
     host: str = "unix:///var/run/docker.sock"
     type: Literal["docker"] = "docker"
     network_mode: str = ISOLATED
+    # Processes (threads included) the workspace container may hold at once.
+    pids_limit: int = DEFAULT_PIDS_LIMIT
     # For tcp:// hosts: paths to the client TLS material on the service host.
     ca_file: str | None = None
     cert_file: str | None = None
@@ -63,7 +69,7 @@ def parse_runtime(data: Any) -> Runtime:
     validate_name(data.get("name"), "runtime.name")
     if kind == "docker":
         allowed = {"name", "type", "host", "network_mode", "ca_file", "cert_file", "key_file",
-                   "ssh_identity_file", "ssh_known_hosts_file"}
+                   "ssh_identity_file", "ssh_known_hosts_file", "pids_limit"}
         _reject_unknown(data, allowed)
         rt = DockerRuntime(**{k: v for k, v in data.items() if k != "type"})
         if not _DOCKER_HOST.match(rt.host):
@@ -72,6 +78,10 @@ def parse_runtime(data: Any) -> Runtime:
         if not _NETWORK_MODE.match(rt.network_mode):
             raise SpecError({"runtime.network_mode": "must be isolated, internal, bridge, none, "
                                                      "host or a network's name"})
+        low, high = PIDS_LIMIT_RANGE
+        if (not isinstance(rt.pids_limit, int) or isinstance(rt.pids_limit, bool)
+                or not low <= rt.pids_limit <= high):
+            raise SpecError({"runtime.pids_limit": f"must be an integer from {low} to {high}"})
         if rt.host.startswith("tcp://") and not (rt.ca_file and rt.cert_file and rt.key_file):
             raise SpecError({"runtime.host": "tcp:// hosts need ca_file, cert_file and key_file "
                              "(the daemon must require TLS)"})

@@ -20,6 +20,7 @@ from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
 from service.runner import OperationRunner
+from service.storage_usage import StorageUsage
 from service.store import Conflict, QuotaExceeded, Store
 from service.terminals import Terminals
 from stacks.naming import stack_name
@@ -41,6 +42,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     # until its signature is checked, included).
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = metrics_for(store)
+    storage = StorageUsage(cfg.runtimes, cfg.storage_scan_seconds)
+    metrics.report_storage(storage)
 
     @app.before_request
     def _clock() -> None:
@@ -198,8 +201,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     def get_workspace(name: str) -> Response:
         ws = find_workspace(name)
         last = store.last_operation(ws["owner"], ws["name"])
-        return app.response_class(json.dumps(ws_view(ws, last)),
-                                  mimetype="application/json")
+        view = {**ws_view(ws, last), "storage": storage.report(ws).to_dict()}
+        return app.response_class(json.dumps(view), mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")
     @authed

@@ -17,6 +17,8 @@
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
     lease_seconds STACKSPACE_LEASE_SECONDS 30 (a dead replica's operation is taken over
                                            this long after its last renewal)
+    storage_scan_seconds STACKSPACE_STORAGE_SCAN_SECONDS 60 (Docker storage use is
+                                           measured again when older; service.storage_usage)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
 """
 
@@ -64,6 +66,7 @@ class ServiceConfig:
     operation_timeout: float = 1800.0
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
     lease_seconds: float = 30.0
+    storage_scan_seconds: float = 60.0
     runtimes: list[Runtime] = field(default_factory=list)
     public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
     database_url: str | None = None  # None: the embedded SQLite store
@@ -146,6 +149,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         idle_stop_after=float(env["STACKSPACE_IDLE_STOP_AFTER"])
         if "STACKSPACE_IDLE_STOP_AFTER" in env else data.get("idle_stop_after"),
         lease_seconds=float(env.get("STACKSPACE_LEASE_SECONDS", data.get("lease_seconds", 30))),
+        storage_scan_seconds=float(env.get("STACKSPACE_STORAGE_SCAN_SECONDS",
+                                           data.get("storage_scan_seconds", 60))),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
         database_url=env.get("STACKSPACE_DATABASE_URL", data.get("database_url")) or None,
         secrets_dir=secrets_dir,

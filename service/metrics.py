@@ -9,6 +9,7 @@ read from the store at scrape time, so they are right even after a restart.
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from service.storage_usage import StorageUsage
 from service.store import Store
 
 # From half a second (an empty engine pass at best) to the 15 minutes a slow
@@ -58,6 +60,46 @@ class _StoreGauges(Collector):
         yield operations
 
 
+class _StorageGauges(Collector):
+    """Each workspace's storage: requested, used as last measured (Docker;
+    service.storage_usage), and whether it is over its request."""
+
+    NAMES = (("stackspace_workspace_storage_requested_bytes", "resources.storage in bytes"),
+             ("stackspace_workspace_storage_used_bytes",
+              "Bytes the workspace's storage holds, as last measured (Docker)"),
+             ("stackspace_workspace_storage_over",
+              "1 when the workspace uses more storage than it requested"))
+    LABELS = ["owner", "workspace", "runtime"]
+
+    def __init__(self, store: Store, usage: StorageUsage):
+        self.store, self.usage = store, usage
+
+    def describe(self) -> Iterable[Metric]:
+        for name, text in self.NAMES:
+            yield GaugeMetricFamily(name, text, labels=self.LABELS)
+
+    def collect(self) -> Iterable[Metric]:
+        requested, used, over = (GaugeMetricFamily(name, text, labels=self.LABELS)
+                                 for name, text in self.NAMES)
+        # Only the columns it needs (not each row's stack settings), once per scrape.
+        for owner, name, runtime, runtime_config, installation, spec in self.store.db.execute(
+                "SELECT owner, name, runtime, runtime_config, installation, spec"
+                " FROM workspaces"):
+            ws = {"owner": owner, "name": name, "runtime": runtime,
+                  "runtime_config": json.loads(runtime_config or "null"),
+                  "installation": installation or "", "spec": json.loads(spec)}
+            try:
+                report = self.usage.report(ws)
+            except ValueError:  # a row this code cannot read: its own GET says why
+                continue
+            labels = [owner, name, runtime]
+            requested.add_metric(labels, report.requested_bytes)
+            if report.used_bytes is not None:
+                used.add_metric(labels, report.used_bytes)
+            over.add_metric(labels, 1 if report.over else 0)
+        yield from (requested, used, over)
+
+
 class Metrics:
     def __init__(self, store: Store):
         self.registry = CollectorRegistry()
@@ -79,6 +121,15 @@ class Metrics:
             "total is the worker's whole run)",
             ["kind", "phase"], buckets=PHASE_BUCKETS, registry=self.registry)
         self.registry.register(_StoreGauges(store))
+        self._store = store
+        self._storage: _StorageGauges | None = None
+
+    def report_storage(self, usage: StorageUsage) -> None:
+        """Export the storage gauges from `usage` (once per registry: the
+        first service app of a store sets it)."""
+        if getattr(self, "_storage", None) is None:
+            self._storage = _StorageGauges(self._store, usage)
+            self.registry.register(self._storage)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()

@@ -193,7 +193,12 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
     "last_error": {"type": ["string", "null"]}, "spec": {"type": "object"},
     "outputs": {"type": "object"},
     "last_operation": {"anyOf": [{"$ref": "#/components/schemas/Operation"},
-                                 {"type": "null"}]}}}
+                                 {"type": "null"}]},
+    # GET /workspaces/{name} only (service.storage_usage): measured on Docker.
+    "storage": {"type": "object", "properties": {
+        "requested_bytes": {"type": "integer"}, "used_bytes": {"type": ["integer", "null"]},
+        "over": {"type": "boolean"}, "measured_at": {"type": ["number", "null"]},
+        "enforced": {"type": "boolean"}}}}}
 SCHEMAS: dict[str, Any] = {
     "WorkspaceSpec": {"type": "object", "additionalProperties": False, "required": ["name"],
                       "properties": {

@@ -41,7 +41,7 @@ def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -
             client = docker_client(rt, timeout=10)
             try:
                 return any(c.status == "running"
-                           for c in _containers(client, labels, include_stopped=False))
+                           for c in containers(client, labels, include_stopped=False))
             finally:
                 client.close()
         from kubernetes import client as k8s
@@ -56,7 +56,7 @@ def workload_running(rt: Runtime, owner: str, name: str, *, installation: str) -
         return None
 
 
-def _containers(client: Any, selected: dict[str, str], include_stopped: bool = True
+def containers(client: Any, selected: dict[str, str], include_stopped: bool = True
                 ) -> list[Any]:
     """The Docker containers `selected` (workspace_labels, maybe with a role) picks."""
     found = client.containers.list(all=include_stopped,
@@ -76,7 +76,7 @@ def remove_unrecorded(rt: Runtime, owner: str, name: str, recorded: set[str], *,
     client = docker_client(rt)
     try:
         gone = 0
-        for c in _containers(client, workspace_labels(owner, name, installation)):
+        for c in containers(client, workspace_labels(owner, name, installation)):
             if c.id not in recorded:
                 c.remove(force=True)
                 gone += 1
@@ -130,7 +130,7 @@ def _remove_docker(rt: DockerRuntime, selected: dict[str, str]) -> int:
     client = docker_client(rt)
     try:
         n = 0
-        for c in _containers(client, selected):
+        for c in containers(client, selected):
             c.remove(force=True, v=False)
             n += 1
         for v in client.volumes.list(filters={"label": label_filters(selected)}):

@@ -26,6 +26,7 @@ from pulumi.automation import errors as auto_errors
 from pulumi.automation import events
 
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
+from service.limits import ensure_started_with_limits
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import (
     ensure_network,
@@ -232,6 +233,12 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                                             "message": f"removed {left} unrecorded object(s)"})
             timings.update(result.timings)
         observed = observe() if job.kind == "refresh" else None
+        if (job.kind == "refresh" and cfg.running and observed is False
+                and ensure_started_with_limits(cfg.runtime, cfg.owner, cfg.spec.name,
+                                               installation=cfg.installation,
+                                               never_started_only=True)):
+            # A run cut off between the container's create and its start hook.
+            observed = observe()
         # A recovery that finds the workload running where it should run makes
         # the stack agree too (outputs a cut-off create never recorded, an
         # object to adopt): the same guarded apply as any run.
@@ -258,6 +265,13 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             outputs = dict(result.outputs)
             if converge:
                 observed = observe()
+        if cfg.running and (job.kind not in ("delete", "refresh") or observed):
+            # Whatever made or replaced the container, it ends running with its
+            # pids limit (a recovery only when it finds the workload running).
+            t = time.monotonic()
+            ensure_started_with_limits(cfg.runtime, cfg.owner, cfg.spec.name,
+                                       installation=cfg.installation)
+            timings["limits"] = time.monotonic() - t
         timings["total"] = time.monotonic() - started
         return Outcome(job.op_id, True, None, None, outputs, timings, observed, written,
                        recovered, digest)

@@ -71,11 +71,13 @@ def store_backend(request: pytest.FixtureRequest) -> Iterator[StoreBackend]:
 def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
                   dispatch: bool = True, idle_stop_after: float | None = None,
                   timeout: float = 600, runtimes: list[dict] | None = None,
-                  database_url: str | None = None) -> Iterator[Service]:
+                  database_url: str | None = None,
+                  storage_scan_seconds: float = 60.0) -> Iterator[Service]:
     runtimes = runtimes or [
         {"name": "local", "type": "docker", "host": docker_host, "network_mode": "none"}]
     cfg = ServiceConfig(data_dir=tmp, quota=quota, database_url=database_url,
-                        runtimes=[parse_runtime(r) for r in runtimes])
+                        runtimes=[parse_runtime(r) for r in runtimes],
+                        storage_scan_seconds=storage_scan_seconds)
     store = open_store(cfg)
     runner = OperationRunner(store, pulumi_settings, pool_size=2, timeout=timeout,
                              idle_stop_after=idle_stop_after)

@@ -30,6 +30,7 @@ class Registration:
     dependencies: list[str]
     urn: str
     replace_on_changes: list[str] = field(default_factory=list)
+    hooks: dict[str, list[str]] = field(default_factory=dict)  # e.g. afterCreate: [names]
 
     def plain(self) -> dict[str, Any]:
         return unwrap(self.inputs)
@@ -68,6 +69,17 @@ class _Mocks(pulumi.runtime.Mocks):
         return {}
 
 
+class _HookRecorder:
+    """Pulumi's mock monitor has no callback server for resource hooks: they
+    are registered here by name (and bound in the registrations), never run."""
+
+    def register_resource_hook(self, hook: Any) -> None:
+        pass
+
+    def register_error_hook(self, hook: Any) -> None:
+        pass
+
+
 class ProgramRun:
     def __init__(self, registrations: list[Registration], exports: dict[str, Any]):
         self.registrations = registrations
@@ -91,6 +103,7 @@ def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) ->
     # in the same session (the exec client) leaves none behind.
     asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(_Mocks(outputs or {}), preview=False)
+    pulumi.runtime.settings.SETTINGS.callbacks = _HookRecorder()
     monitor = pulumi.runtime.settings.get_monitor()
     seen: list[Registration] = []
     original = monitor.RegisterResource
@@ -107,6 +120,7 @@ def run_program(build, cfg, outputs: dict[str, dict[str, Any]] | None = None) ->
             dependencies=list(request.dependencies),
             urn=response.urn,
             replace_on_changes=list(request.replaceOnChanges),
+            hooks=json_format.MessageToDict(request.hooks) if request.HasField("hooks") else {},
         ))
         return response
 

@@ -228,6 +228,10 @@ def test_docker_running_declares_volume_init_and_workspace():
     assert w["mounts"] == [{"target": "/workspace", "source": vol.plain()["name"],
                             "type": "volume"}]
     assert ws.delete_before_replace
+    # Made stopped; a hook sets its pids limit, then starts it (components.workload_start).
+    assert w["start"] in (False, "false") and "mustRun" in ws.ignore_changes
+    assert ws.hooks == {"afterCreate": ["start-with-limits"], "afterUpdate": ["start-with-limits"]}
+    assert not init.hooks and init.plain().get("start") in (None, True, "true")
     assert "EDITOR=vim" in w["envs"]
     # `command` replaces the image's ENTRYPOINT, as on Kubernetes.
     assert w["entrypoints"] == ["sleep", "infinity"] and "command" not in w

@@ -1,0 +1,60 @@
+"""Start a Docker workspace container with its pids limit already set
+(SPEC §8: pids are limited).
+
+The docker provider (terraform-provider-docker as pulumi-docker 5.2.0
+bridges it) has no pids_limit field. So the workspace container is created
+stopped (`start=False`) and started here, after `PidsLimit` is set through the
+Engine API (`POST /containers/{id}/update`): no process of the workspace ever
+runs without the limit. The daemon keeps it in the container's HostConfig, so
+restarts by the restart policy keep it too. The provider never reads or
+writes PidsLimit (its in-place updates send no value for it): no drift in
+the stack.
+
+Two callers: the program's after-create/after-update hook (right after the
+provider made the container, on every `up`, an operator's too), and the
+service after every run that leaves the workspace running (a limit changed
+by hand is set back; a container whose hook never ran or failed is started).
+The engine only warns when an after-hook fails: the service's call is the
+one that fails the run.
+No Pulumi imports: the service uses it outside the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def needs_pids_update(current: int | None, limit: int) -> bool:
+    """Whether a container whose HostConfig.PidsLimit is `current` must be set
+    to `limit`. Docker reports no limit as None, 0 or -1."""
+    return current != limit
+
+
+def never_started(attrs: dict[str, Any]) -> bool:
+    """Whether a container (its inspect attrs) was made but never started:
+    Docker's zero time in State.StartedAt."""
+    return str((attrs.get("State") or {}).get("StartedAt", "")).startswith("0001-01-01")
+
+
+def start_with_limits(client: Any, container_id: str, pids_limit: int) -> bool:
+    """Set the container's pids limit if it lacks it, then start it unless it
+    runs. `client`: a docker.DockerClient. Returns whether anything changed."""
+    c = client.containers.get(container_id)
+    changed = False
+    if needs_pids_update(c.attrs.get("HostConfig", {}).get("PidsLimit"), pids_limit):
+        # docker-py's update_container has no pids_limit argument: the same
+        # call with the one field. Fields left out keep their values.
+        api = client.api
+        answer = api._result(api._post_json(
+            api._url("/containers/{0}/update", container_id), data={"PidsLimit": pids_limit}),
+            json=True)
+        # An engine whose kernel lacks the pids cgroup drops the value with a
+        # warning: never a limit that only looks set.
+        if answer.get("Warnings"):
+            raise RuntimeError("the Docker Engine did not set the pids limit: "
+                               + "; ".join(answer["Warnings"]))
+        changed = True
+    if c.status != "running":
+        c.start()
+        changed = True
+    return changed
