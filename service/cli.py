@@ -465,5 +465,9 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
         raise click.ClickException(str(e)) from e
 
 
+from service.forward_cli import port_forward_command  # noqa: E402 - needs the above
+
+main.add_command(port_forward_command(connection_options, Client))
+
 if __name__ == "__main__":
     main()
