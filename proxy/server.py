@@ -207,7 +207,7 @@ class ExecProxy:
         try:
             claims = verify_ticket(self.config.key, ticket)
             if claims.kind != KINDS_BY_PATH.get(conn.request.path.split("?", 1)[0]):
-                raise TicketError(f"a {claims.kind} ticket is not valid here")
+                raise TicketError(f"a {claims.kind} ticket is not valid on this path")
             if self.shared is None:
                 self.replay.check(claims)
         except TicketError as exc:

@@ -46,7 +46,7 @@ def parse_port_spec(text: str) -> PortSpec:
         local = "0"
 
     def number(value: str, lowest: int) -> int:
-        if not value.isdigit() or not lowest <= int(value) < 65536:
+        if not (value.isascii() and value.isdigit()) or not lowest <= int(value) < 65536:
             raise ValueError(f"{text!r}: ports are LOCAL:REMOTE, REMOTE or :REMOTE, "
                              f"with REMOTE in 1..65535 and LOCAL in 0..65535")
         return int(value)
