@@ -90,6 +90,26 @@ def make_tunnel(target: dict[str, Any], port: int) -> Tunnel:
     raise ExecError(f"unknown target type {target.get('type')!r}")
 
 
+OPEN_RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds between attempts
+
+
+async def open_tunnel(target: dict[str, Any], port: int) -> Tunnel:
+    """Open, retrying briefly: a burst of connections can exhaust what the runtime
+    grants at once (an SSH Docker host's sshd allows MaxSessions channels, 10 by
+    default), and those free up as connections end."""
+    for delay in (*OPEN_RETRIES, None):
+        tunnel = make_tunnel(target, port)
+        try:
+            await tunnel.open()
+            return tunnel
+        except ExecError:
+            await tunnel.close(abort=False)
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 class DockerTunnel(Tunnel):
     """The relay exec'd in the container: its stdin/stdout are the connection."""
 
@@ -203,8 +223,7 @@ class ForwardSession:
     async def run(self) -> None:
         started = time.monotonic()
         try:
-            tunnel = make_tunnel(self.claims.target, self.claims.port)
-            await tunnel.open()
+            tunnel = await open_tunnel(self.claims.target, self.claims.port)
         except ExecError as exc:
             log.warning("forward failed to start", extra={**self.fields, "error": str(exc)})
             await self._status(status_failure("InternalError", str(exc)))
