@@ -15,6 +15,8 @@ import click
 
 from proxy.server import ProxyConfig, run_proxy
 
+_D = ProxyConfig  # the defaults have one home: the dataclass's field defaults
+
 
 def read_key(key_file: str | None) -> bytes:
     text = Path(key_file).read_text() if key_file else os.environ.get("STACKSPACE_TICKET_KEY", "")
@@ -33,14 +35,18 @@ def read_key(key_file: str | None) -> bytes:
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False),
               help="file holding the hex ticket key (else STACKSPACE_TICKET_KEY)")
 @click.option("--activity-url", help="where to POST signed activity reports")
-@click.option("--activity-interval", type=float, default=30.0, show_default=True)
-@click.option("--idle-timeout", type=float, default=1800.0, show_default=True)
-@click.option("--max-sessions-per-user", type=int, default=10, show_default=True)
-@click.option("--max-sessions-per-workspace", type=int, default=5, show_default=True)
-@click.option("--max-forwards-per-user", type=int, default=100, show_default=True,
+@click.option("--activity-interval", type=float, default=_D.activity_interval, show_default=True)
+@click.option("--idle-timeout", type=float, default=_D.idle_timeout, show_default=True)
+@click.option("--max-sessions-per-user", type=int, default=_D.max_sessions_per_user,
+              show_default=True)
+@click.option("--max-sessions-per-workspace", type=int,
+              default=_D.max_sessions_per_workspace, show_default=True)
+@click.option("--max-forwards-per-user", type=int, default=_D.max_forwards_per_user,
+              show_default=True,
               help="open port-forward connections (counted apart from sessions)")
-@click.option("--max-forwards-per-workspace", type=int, default=100, show_default=True)
-@click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-forwards-per-workspace", type=int,
+              default=_D.max_forwards_per_workspace, show_default=True)
+@click.option("--max-frame-bytes", type=int, default=_D.max_frame_bytes, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "
                    "then single-use across all proxy replicas on it [STACKSPACE_DATABASE_URL]")
