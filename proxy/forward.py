@@ -237,14 +237,17 @@ class ForwardSession:
         abort = True
         try:
             # The client's half-close ends "up" normally: keep copying the answer.
-            pending = set(tasks)
-            while pending:
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while True:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 finished = {t.get_name(): t for t in done}
+                if "down" in finished:  # the server's end wins, whatever else ended with it
+                    first = finished["down"]
+                    break
                 up = finished.get("up")
                 if up is not None and up.exception() is None and up.result():
-                    continue  # half-closed
-                first = finished.get("down") or next(iter(done))
+                    continue  # half-closed: copy the rest of the answer
+                first = next(iter(done))
                 break
             name = first.get_name()
             if name == "down" and first.exception() is None:
