@@ -4,6 +4,9 @@ forward request, and the relay command."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from components.runtime import DockerRuntime
@@ -141,3 +144,71 @@ def test_the_proxy_accepts_each_ticket_kind_on_its_own_endpoint_only():
     refused = "ticket refused: a {} ticket is not valid on this path"
     assert asyncio.run(main()) == [(1008, refused.format("forward")),
                                    (1008, refused.format("exec"))]
+
+
+class _EchoOnceTunnel:
+    """Stands in for the workspace side: answers once the client half-closes and
+    ends in the same instant (the race between the server's end and the
+    client's EOF)."""
+
+    def __init__(self) -> None:
+        self.got = b""
+        self.answer: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed: list[bool] = []
+
+    async def open(self) -> None: ...
+
+    async def send(self, data: bytes) -> None:
+        self.got += data
+
+    async def close_write(self) -> None:
+        self.answer.put_nowait(self.got.upper())
+        self.answer.put_nowait(None)
+
+    async def recv(self) -> bytes | None:
+        return await self.answer.get()
+
+    async def failure(self) -> str | None:
+        return None
+
+    async def close(self, abort: bool) -> None:
+        self.closed.append(abort)
+
+
+def test_a_session_ends_when_the_server_ends_as_the_client_half_closes(monkeypatch):
+    from websockets.asyncio.client import connect
+
+    import proxy.forward
+    from proxy.protocol import CLOSE, STATUS, STDIN, STDOUT, subprotocols
+    from proxy.server import ProxyConfig, start_proxy
+
+    tunnels: list[_EchoOnceTunnel] = []
+
+    async def fake_open(target, port):
+        tunnels.append(_EchoOnceTunnel())
+        return tunnels[-1]
+
+    monkeypatch.setattr(proxy.forward, "open_tunnel", fake_open)
+
+    async def one(base: str) -> list[bytes]:
+        async with connect(base + "/forward", subprotocols=subprotocols(mint())) as ws:  # type: ignore[arg-type]
+            await ws.send(bytes([STDIN]) + b"ping")
+            await ws.send(bytes([CLOSE, STDIN]))
+            return [m async for m in ws]  # type: ignore[misc]
+
+    async def main() -> tuple[list[list[bytes]], int]:
+        p = await start_proxy(ProxyConfig(key=KEY, port=0, idle_timeout=30))
+        try:
+            got = await asyncio.wait_for(asyncio.gather(
+                *(one(f"ws://127.0.0.1:{p.port}") for _ in range(20))), 10)
+            deadline = time.monotonic() + 5  # the slots go back as each handler unwinds
+            while p.forwards.users and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return got, sum(p.forwards.users.values())
+        finally:
+            await p.close()
+
+    got, open_forwards = asyncio.run(main())
+    assert all(m[0] == bytes([STDOUT]) + b"PING" and m[-1][:1] == bytes([STATUS])
+               and b"Success" in m[-1] for m in got)
+    assert open_forwards == 0 and all(t.closed == [False] for t in tunnels)
