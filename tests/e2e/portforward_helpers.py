@@ -41,8 +41,10 @@ def start_git_daemon(svc: Any, name: str, port: int) -> str:
 
 
 @contextmanager
-def port_forward(svc: Any, name: str, *specs: str) -> Iterator[list[int]]:
-    """`stackspace port-forward NAME SPEC...`; yields the local ports it announced."""
+def port_forward(svc: Any, name: str, *specs: str,
+                 stderr: list[str] | None = None) -> Iterator[list[int]]:
+    """`stackspace port-forward NAME SPEC...`; yields the local ports it announced.
+    Once it has ended, what it wrote to stderr is appended to ``stderr``."""
     env = {**os.environ, "STACKSPACE_URL": svc.url, "STACKSPACE_TOKEN": svc.alice,
            "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "port-forward", name, *specs],
@@ -58,7 +60,9 @@ def port_forward(svc: Any, name: str, *specs: str) -> Iterator[list[int]]:
         yield ports
     finally:
         proc.terminate()
-        proc.wait(10)
+        _, err = proc.communicate(timeout=10)
+        if stderr is not None:
+            stderr.append(err)
 
 
 def git_advertisement(port: int, repo: str = "/srv.git", timeout: float = 60) -> bytes:

@@ -82,7 +82,9 @@ def test_port_forward_on_local_docker(tmp_path, docker_host, docker_client, pulu
             assert bad.returncode == 2 and "PORTS" in bad.stderr and "70000" in bad.stderr
 
             commit = start_git_daemon(svc, name, GIT_PORT)
-            with port_forward(svc, name, f":{GIT_PORT}", ":9") as (port, closed_port):
+            errors: list[str] = []
+            with port_forward(svc, name, f":{GIT_PORT}", ":9", stderr=errors) as (
+                    port, closed_port):
                 # 50 connections at once, every answer whole and right
                 assert_concurrent_git(port, commit, 50)
                 # a real git client
@@ -99,6 +101,9 @@ def test_port_forward_on_local_docker(tmp_path, docker_host, docker_client, pulu
                 s.close()
                 assert until(lambda: not relays(svc, name)), relays(svc, name)
             assert wait_refused(port)
+            # the refused connection is named, once
+            assert errors[0].count("error: port 9: ") == 1, errors
+            assert "Connection refused" in errors[0], errors
             container = docker_client.containers.get(svc.call(
                 "GET", f"/api/v1/workspaces/{name}", svc.alice).json()["outputs"]["container"])
             assert_no_published_ports(container)
@@ -170,7 +175,13 @@ def test_port_forward_on_kubernetes(tmp_path, kube_cluster, docker_host, pulumi_
         try:
             assert op["status"] == "succeeded", op.get("error")
             commit = start_git_daemon(svc, name, GIT_PORT)
-            with port_forward(svc, name, f":{GIT_PORT}") as (port,):
+            errors: list[str] = []
+            with port_forward(svc, name, f":{GIT_PORT}", ":9", stderr=errors) as (
+                    port, closed_port):
                 assert_concurrent_git(port, commit, 10)
+                # nothing listens on 9 in the pod: the local connection just ends
+                with socket.create_connection(("127.0.0.1", closed_port), timeout=60) as s:
+                    assert s.recv(10) == b""
+            assert errors[0].count("error: port 9: ") == 1, errors
         finally:
             assert operate(svc, "DELETE", f"/{name}")["status"] == "succeeded"
