@@ -147,7 +147,8 @@ def test_port_forward_on_the_remote_docker_host(tmp_path, docker_host, pulumi_se
             assert op["status"] == "succeeded", op.get("error")
             commit = start_git_daemon(svc, name, GIT_PORT)
             with port_forward(svc, name, f":{GIT_PORT}") as (port,):
-                assert_concurrent_git(port, commit, 10)
+                # more at once than sshd's MaxSessions (10) channels
+                assert_concurrent_git(port, commit, 20)
             remote = remote_client(runtime)
             container = svc.call("GET", f"/api/v1/workspaces/{name}",
                                  svc.alice).json()["outputs"]["container"]
