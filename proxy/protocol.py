@@ -50,6 +50,11 @@ def ticket_from_subprotocols(values: list[str]) -> str | None:
     return None
 
 
+def is_port(value: object) -> bool:
+    """A TCP port to forward to: an int in 1..65535 (a bool is not one)."""
+    return type(value) is int and 0 < value < 65536
+
+
 def forward_url(exec_url: str) -> str:
     """The proxy's port-forward endpoint next to its exec endpoint (same host, and
     the same prefix behind a reverse proxy)."""

@@ -20,6 +20,8 @@ failed connect exits non-zero with the reason on stderr.
 
 from __future__ import annotations
 
+from proxy.protocol import is_port
+
 # One select loop; no buffering beyond one read. $ARGV[0] is the port.
 PERL_RELAY = r"""
 use strict; use IO::Socket::INET; use IO::Select;
@@ -62,6 +64,6 @@ exit 127
 
 def relay_command(port: int) -> list[str]:
     """The exec argv that connects to ``127.0.0.1:port`` inside the workspace."""
-    if not 0 < port < 65536:
+    if not is_port(port):
         raise ValueError("port must be in 1..65535")
     return ["/bin/sh", "-c", RELAY_SH, "relay", str(port), PERL_RELAY]

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.protocol import is_port
+
 VERSION = "sst1"
 DEFAULT_TTL = 60.0
 MAX_TTL = 600.0  # a longer-lived ticket is refused even if correctly signed
@@ -96,7 +98,7 @@ def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     if kind == "forward":
-        if type(port) is not int or not 0 < port < 65536 or command:
+        if not is_port(port) or command:
             raise ValueError("a forward ticket names a port in 1..65535 and no command")
     elif (not isinstance(command, list) or not command
             or not all(isinstance(a, str) for a in command)) or port:

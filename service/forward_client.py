@@ -21,7 +21,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from proxy.protocol import CLOSE, MAX_MESSAGE, STATUS, STDIN, STDOUT, subprotocols
+from proxy.protocol import CLOSE, MAX_MESSAGE, STATUS, STDIN, STDOUT, is_port, subprotocols
 
 CHUNK = 256 * 1024
 TICKET_MARGIN = 10.0  # seconds: a spare ticket closer than this to expiry is not used
@@ -45,13 +45,14 @@ def parse_port_spec(text: str) -> PortSpec:
     elif not local:
         local = "0"
 
-    def number(value: str, lowest: int) -> int:
-        if not (value.isascii() and value.isdigit()) or not lowest <= int(value) < 65536:
+    def number(value: str, any_port: bool) -> int:
+        port = int(value) if value.isascii() and value.isdigit() else -1
+        if not (is_port(port) or any_port and port == 0):
             raise ValueError(f"{text!r}: ports are LOCAL:REMOTE, REMOTE or :REMOTE, "
                              f"with REMOTE in 1..65535 and LOCAL in 0..65535")
-        return int(value)
+        return port
 
-    return PortSpec(number(local, 0), number(remote, 1))
+    return PortSpec(number(local, True), number(remote, False))
 
 
 class TicketSource:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from components.runtime import DockerRuntime, Runtime, runtime_dict
-from proxy.protocol import forward_url
+from proxy.protocol import forward_url, is_port
 from proxy.tickets import mint_ticket
 from service.problems import Problem
 from service.store import User
@@ -74,7 +74,7 @@ class Terminals:
             raise Problem("validation", "a port-forward ticket takes only a port",
                           {k: "unknown field with port" for k in unknown})
         port = body["port"]
-        if type(port) is not int or not 0 < port < 65536:
+        if not is_port(port):
             raise Problem("validation", "bad port", {"port": "must be an integer in 1..65535"})
         ticket, expires = mint_ticket(
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",

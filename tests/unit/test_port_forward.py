@@ -212,3 +212,12 @@ def test_a_session_ends_when_the_server_ends_as_the_client_half_closes(monkeypat
     assert all(m[0] == bytes([STDOUT]) + b"PING" and m[-1][:1] == bytes([STATUS])
                and b"Success" in m[-1] for m in got)
     assert open_forwards == 0 and all(t.closed == [False] for t in tunnels)
+
+
+@pytest.mark.parametrize("value,ok", [(1, True), (65535, True), (0, False), (65536, False),
+                                      (-1, False), (True, False), (80.0, False), ("80", False),
+                                      (None, False)])
+def test_is_port(value, ok):
+    from proxy.protocol import is_port
+
+    assert is_port(value) is ok
