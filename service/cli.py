@@ -19,6 +19,7 @@ import click
 import requests
 
 from proxy.logs import setup_logging
+from service import forward_cli
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
@@ -354,6 +355,9 @@ def client_options(fn: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
 
 
+main.add_command(forward_cli.port_forward_command(connection_options, Client))
+
+
 def _emit(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2) if as_json or not sys.stdout.isatty() else text)
 
@@ -464,10 +468,6 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
     except ExecClientError as e:
         raise click.ClickException(str(e)) from e
 
-
-from service.forward_cli import port_forward_command  # noqa: E402 - needs the above
-
-main.add_command(port_forward_command(connection_options, Client))
 
 if __name__ == "__main__":
     main()
