@@ -19,7 +19,6 @@ import click
 import requests
 
 from proxy.logs import setup_logging
-from service import forward_cli
 from service.config import load_config
 
 log = logging.getLogger("stackspace")
@@ -355,7 +354,9 @@ def client_options(fn: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
 
 
-main.add_command(forward_cli.port_forward_command(connection_options, Client))
+from service.forward_cli import port_forward_command  # noqa: E402 - a hook, kept local
+
+main.add_command(port_forward_command(connection_options, Client))
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
