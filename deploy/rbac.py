@@ -27,4 +27,6 @@ PROXY_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     # A WebSocket exec is a GET upgrade; the API server also checks create.
     {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]},
+    # stackspace port-forward (proxy.forward): the API server's tunnel into the pod.
+    {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
 ]

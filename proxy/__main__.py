@@ -15,6 +15,8 @@ import click
 
 from proxy.server import ProxyConfig, run_proxy
 
+_D = ProxyConfig  # the defaults have one home: the dataclass's field defaults
+
 
 def read_key(key_file: str | None) -> bytes:
     text = Path(key_file).read_text() if key_file else os.environ.get("STACKSPACE_TICKET_KEY", "")
@@ -33,17 +35,25 @@ def read_key(key_file: str | None) -> bytes:
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False),
               help="file holding the hex ticket key (else STACKSPACE_TICKET_KEY)")
 @click.option("--activity-url", help="where to POST signed activity reports")
-@click.option("--activity-interval", type=float, default=30.0, show_default=True)
-@click.option("--idle-timeout", type=float, default=1800.0, show_default=True)
-@click.option("--max-sessions-per-user", type=int, default=10, show_default=True)
-@click.option("--max-sessions-per-workspace", type=int, default=5, show_default=True)
-@click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--activity-interval", type=float, default=_D.activity_interval, show_default=True)
+@click.option("--idle-timeout", type=float, default=_D.idle_timeout, show_default=True)
+@click.option("--max-sessions-per-user", type=int, default=_D.max_sessions_per_user,
+              show_default=True)
+@click.option("--max-sessions-per-workspace", type=int,
+              default=_D.max_sessions_per_workspace, show_default=True)
+@click.option("--max-forwards-per-user", type=int, default=_D.max_forwards_per_user,
+              show_default=True,
+              help="open port-forward connections (counted apart from sessions)")
+@click.option("--max-forwards-per-workspace", type=int,
+              default=_D.max_forwards_per_workspace, show_default=True)
+@click.option("--max-frame-bytes", type=int, default=_D.max_frame_bytes, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "
                    "then single-use across all proxy replicas on it [STACKSPACE_DATABASE_URL]")
 def main(listen: str, key_file: str | None, activity_url: str | None,
          activity_interval: float, idle_timeout: float, max_sessions_per_user: int,
-         max_sessions_per_workspace: int, max_frame_bytes: int,
+         max_sessions_per_workspace: int, max_forwards_per_user: int,
+         max_forwards_per_workspace: int, max_frame_bytes: int,
          database_url: str | None) -> None:
     """Run the exec proxy."""
     from proxy.logs import setup_logging
@@ -55,7 +65,9 @@ def main(listen: str, key_file: str | None, activity_url: str | None,
         activity_url=activity_url, activity_interval=activity_interval,
         idle_timeout=idle_timeout, max_sessions_per_user=max_sessions_per_user,
         max_sessions_per_workspace=max_sessions_per_workspace,
-        max_frame_bytes=max_frame_bytes, database_url=database_url),
+        max_frame_bytes=max_frame_bytes, database_url=database_url,
+        max_forwards_per_user=max_forwards_per_user,
+        max_forwards_per_workspace=max_forwards_per_workspace),
         announce=lambda url: print(f"exec proxy listening on {url}", flush=True))
 
 

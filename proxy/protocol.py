@@ -22,6 +22,7 @@ SUBPROTOCOL = "v5.channel.k8s.io"
 BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 PATH = "/exec"
+FORWARD_PATH = "/forward"  # port forwarding: proxy.forward
 MAX_MESSAGE = 1 << 20  # default largest frame either side accepts
 
 
@@ -47,6 +48,18 @@ def ticket_from_subprotocols(values: list[str]) -> str | None:
                 except (binascii.Error, UnicodeDecodeError):
                     return ""
     return None
+
+
+def is_port(value: object) -> bool:
+    """A TCP port to forward to: an int in 1..65535 (a bool is not one)."""
+    return type(value) is int and 0 < value < 65536
+
+
+def forward_url(exec_url: str) -> str:
+    """The proxy's port-forward endpoint next to its exec endpoint (same host, and
+    the same prefix behind a reverse proxy)."""
+    base = exec_url[:-len(PATH)] if exec_url.endswith(PATH) else exec_url.rstrip("/")
+    return base + FORWARD_PATH
 
 
 def status_success() -> dict[str, Any]:

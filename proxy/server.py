@@ -34,8 +34,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from proxy.backends import ExecError, ExecProcess, ExecRequest, make_process
+from proxy.forward import ForwardSession
 from proxy.protocol import (
     CLOSE,
+    FORWARD_PATH,
     PATH,
     RESIZE,
     STATUS,
@@ -75,6 +77,9 @@ class ProxyConfig:
     # The service's database: tickets are then single-use across every proxy
     # replica on it (proxy.replay); None keeps the in-memory guard (one proxy).
     database_url: str | None = None
+    # Forwarded TCP connections have their own caps (proxy.forward).
+    max_forwards_per_user: int = 100
+    max_forwards_per_workspace: int = 100
 
 
 def ticket_from_headers(request: Request) -> str | None:
@@ -84,16 +89,16 @@ def ticket_from_headers(request: Request) -> str | None:
 class SessionLimiter:
     """Counts open sessions per user and per workspace."""
 
-    def __init__(self, per_user: int, per_workspace: int) -> None:
-        self.per_user, self.per_workspace = per_user, per_workspace
+    def __init__(self, per_user: int, per_workspace: int, what: str = "sessions") -> None:
+        self.per_user, self.per_workspace, self.what = per_user, per_workspace, what
         self.users: dict[str, int] = {}
         self.workspaces: dict[str, int] = {}
 
     def refusal(self, claims: TicketClaims) -> str | None:
         if self.users.get(claims.user, 0) >= self.per_user:
-            return f"too many sessions for user (limit {self.per_user})"
+            return f"too many {self.what} for user (limit {self.per_user})"
         if self.workspaces.get(claims.workspace, 0) >= self.per_workspace:
-            return f"too many sessions for workspace (limit {self.per_workspace})"
+            return f"too many {self.what} for workspace (limit {self.per_workspace})"
         return None
 
     def acquire(self, claims: TicketClaims) -> None:
@@ -160,6 +165,8 @@ class ExecProxy:
         self.shared = SharedReplayGuard(config.database_url) if config.database_url else None
         self.limiter = SessionLimiter(config.max_sessions_per_user,
                                       config.max_sessions_per_workspace)
+        self.forwards = SessionLimiter(config.max_forwards_per_user,
+                                       config.max_forwards_per_workspace, "forwards")
         self.activity = ActivityReporter(config)
         self.server: Server | None = None
 
@@ -184,9 +191,12 @@ class ExecProxy:
 
     @staticmethod
     def _check_path(conn: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] != PATH:
+        if request.path.split("?", 1)[0] not in KINDS_BY_PATH:
             return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return None
+
+    def _limiter(self, claims: TicketClaims) -> SessionLimiter:
+        return self.forwards if claims.kind == "forward" else self.limiter
 
     def _admit(self, conn: ServerConnection) -> tuple[TicketClaims | None, int, str]:
         """Claims of an acceptable ticket, else (None, close code, reason). No awaits."""
@@ -196,17 +206,19 @@ class ExecProxy:
             return None, CloseCode.POLICY_VIOLATION, "ticket refused: no ticket"
         try:
             claims = verify_ticket(self.config.key, ticket)
+            if claims.kind != KINDS_BY_PATH.get(conn.request.path.split("?", 1)[0]):
+                raise TicketError(f"a {claims.kind} ticket is not valid on this path")
             if self.shared is None:
                 self.replay.check(claims)
         except TicketError as exc:
             return None, CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
-        refusal = self.limiter.refusal(claims)
+        refusal = self._limiter(claims).refusal(claims)
         if refusal:
             # Checked before the ticket is consumed, so the client may retry with it.
             return None, CloseCode.TRY_AGAIN_LATER, refusal
         if self.shared is None:
             self.replay.consume(claims)
-        self.limiter.acquire(claims)
+        self._limiter(claims).acquire(claims)
         return claims, 0, ""
 
     async def _consume_shared(self, claims: TicketClaims) -> tuple[int, str]:
@@ -221,7 +233,7 @@ class ExecProxy:
         except Exception as exc:  # noqa: BLE001 - the database is away: the ticket stays unused
             log.warning("ticket store unavailable", extra={"error_type": type(exc).__name__})
             code, reason = CloseCode.TRY_AGAIN_LATER, "ticket store unavailable; retry"
-        self.limiter.release(claims)
+        self._limiter(claims).release(claims)
         return code, reason
 
     async def handle(self, conn: ServerConnection) -> None:
@@ -234,9 +246,15 @@ class ExecProxy:
             await conn.close(code, reason)
             return
         try:
-            await Session(self, conn, claims).run()
+            if claims.kind == "forward":
+                await ForwardSession(self, conn, claims).run()
+            else:
+                await Session(self, conn, claims).run()
         finally:
-            self.limiter.release(claims)
+            self._limiter(claims).release(claims)
+
+
+KINDS_BY_PATH = {PATH: "exec", FORWARD_PATH: "forward"}
 
 
 def _peer(conn: ServerConnection) -> str:

@@ -29,12 +29,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.protocol import is_port
+
 VERSION = "sst1"
 DEFAULT_TTL = 60.0
 MAX_TTL = 600.0  # a longer-lived ticket is refused even if correctly signed
 CLOCK_SKEW = 5.0  # tolerated difference between the service's and the proxy's clocks
 MIN_KEY_BYTES = 32
 TARGET_TYPES = ("docker", "kubernetes")
+# What a ticket grants: "exec" runs its command (GET /exec); "forward" opens one TCP
+# connection to its port inside the workspace (GET /forward) and runs nothing else.
+KINDS = ("exec", "forward")
 
 
 class TicketError(Exception):
@@ -56,6 +61,8 @@ class TicketClaims:
     env: dict[str, str] = field(default_factory=dict)
     issued_at: float = 0.0
     expires_at: float = 0.0
+    kind: str = "exec"
+    port: int = 0  # the workspace port of a "forward" ticket
 
 
 def _b64(data: bytes) -> str:
@@ -81,15 +88,20 @@ def _sign(key: bytes, signed: str) -> str:
 
 
 def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: Any,
-                     env: Any) -> None:
+                     env: Any, kind: Any = "exec", port: Any = 0) -> None:
     if not isinstance(user, str) or not user:
         raise ValueError("user must be a non-empty string")
     if not isinstance(workspace, str) or not workspace:
         raise ValueError("workspace must be a non-empty string")
     if not isinstance(target, dict) or target.get("type") not in TARGET_TYPES:
         raise ValueError(f"target must be a dict with type in {TARGET_TYPES}")
-    if (not isinstance(command, list) or not command
-            or not all(isinstance(a, str) for a in command)):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    if kind == "forward":
+        if not is_port(port) or command:
+            raise ValueError("a forward ticket names a port in 1..65535 and no command")
+    elif (not isinstance(command, list) or not command
+            or not all(isinstance(a, str) for a in command)) or port:
         raise ValueError("command must be a non-empty list of strings")
     if not isinstance(tty, bool):
         raise ValueError("tty must be a bool")
@@ -100,11 +112,13 @@ def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: 
 
 def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any],
                 command: list[str], tty: bool, env: dict[str, str] | None = None,
-                ttl: float = DEFAULT_TTL, now: float | None = None) -> tuple[str, float]:
-    """Return ``(ticket, expires_at)``; expires_at is epoch seconds."""
+                ttl: float = DEFAULT_TTL, now: float | None = None, kind: str = "exec",
+                port: int = 0) -> tuple[str, float]:
+    """Return ``(ticket, expires_at)``; expires_at is epoch seconds. A "forward"
+    ticket has an empty command, no tty and the workspace ``port``."""
     _check_key(key)
     env = dict(env or {})
-    _validate_claims(user, workspace, target, command, tty, env)
+    _validate_claims(user, workspace, target, command, tty, env, kind, port)
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be in (0, {MAX_TTL}] seconds")
     issued = time.time() if now is None else now
@@ -112,6 +126,8 @@ def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any]
     payload = {"jti": secrets.token_urlsafe(16), "sub": user, "ws": workspace,
                "target": target, "cmd": list(command), "tty": tty, "env": env,
                "iat": issued, "exp": expires}
+    if kind != "exec":  # exec tickets keep their original shape
+        payload.update(kind=kind, port=port)
     body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
     signed = f"{VERSION}.{key_id(key)}.{body}"
     return f"{signed}.{_sign(key, signed)}", expires
@@ -136,9 +152,10 @@ def verify_ticket(key: bytes, ticket: str, now: float | None = None) -> TicketCl
         claims = TicketClaims(
             ticket_id=p["jti"], user=p["sub"], workspace=p["ws"], target=p["target"],
             command=p["cmd"], tty=p["tty"], env=p["env"],
-            issued_at=float(p["iat"]), expires_at=float(p["exp"]))
+            issued_at=float(p["iat"]), expires_at=float(p["exp"]),
+            kind=p.get("kind", "exec"), port=p.get("port", 0))
         _validate_claims(claims.user, claims.workspace, claims.target, claims.command,
-                         claims.tty, claims.env)
+                         claims.tty, claims.env, claims.kind, claims.port)
         if not isinstance(claims.ticket_id, str) or not claims.ticket_id:
             raise ValueError("jti")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:

@@ -356,6 +356,11 @@ def client_options(fn: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(fn)
 
 
+from service.forward_cli import port_forward_command  # noqa: E402 - a hook, kept local
+
+main.add_command(port_forward_command(connection_options, Client))
+
+
 def _emit(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2) if as_json or not sys.stdout.isatty() else text)
 

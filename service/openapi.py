@@ -65,7 +65,8 @@ def document() -> dict[str, Any]:
             "/api/v1/workspaces/{name}/stop": {
                 "post": _op("Stop a workspace (storage kept)", "202", "Operation", params=ws)},
             "/api/v1/workspaces/{name}/terminals": {
-                "post": _op("Mint a terminal ticket for the exec proxy", "201", "Ticket",
+                "post": _op("Mint an exec-proxy ticket: a terminal ({command, tty}) or one "
+                            "port-forward connection ({port})", "201", "Ticket",
                             params=ws)},
             **_files_paths(ws),
             "/api/v1/operations/{op_id}": {

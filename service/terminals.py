@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from components.runtime import DockerRuntime, Runtime, runtime_dict
+from proxy.protocol import forward_url, is_port
 from proxy.tickets import mint_ticket
 from service.problems import Problem
 from service.store import User
@@ -44,6 +45,8 @@ class Terminals:
                 "container": "workspace"}
 
     def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        if "port" in body:
+            return self.mint_forward(user, ws, body)
         unknown = set(body) - {"command", "tty"}
         if unknown:
             raise Problem("validation", "unknown fields", {k: "unknown field" for k in unknown})
@@ -61,6 +64,22 @@ class Terminals:
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
             target=self.target(ws), command=command, tty=tty, env={})
         return {"url": self.proxy_url, "ticket": ticket, "expires_at": expires}
+
+    def mint_forward(self, user: User, ws: dict[str, Any],
+                     body: dict[str, Any]) -> dict[str, Any]:
+        """A ticket for one TCP connection to ``port`` inside the workspace
+        (``stackspace port-forward``): it runs no command."""
+        unknown = set(body) - {"port"}
+        if unknown:
+            raise Problem("validation", "a port-forward ticket takes only a port",
+                          {k: "unknown field with port" for k in unknown})
+        port = body["port"]
+        if not is_port(port):
+            raise Problem("validation", "bad port", {"port": "must be an integer in 1..65535"})
+        ticket, expires = mint_ticket(
+            self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
+            target=self.target(ws), command=[], tty=False, kind="forward", port=port)
+        return {"url": forward_url(self.proxy_url), "ticket": ticket, "expires_at": expires}
 
     def verify_activity(self, body: bytes, signature: str) -> tuple[str, str, float]:
         """Check the proxy's signature; return (owner, workspace name, timestamp)."""

@@ -49,13 +49,14 @@ def test_rights_are_roles_in_the_workspace_namespace_only():
         assert b["metadata"]["namespace"] == "ss-ws"
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": b["metadata"]["name"],
                                   "namespace": "ss"}]
-    # The proxy may find pods and exec into them, nothing more.
+    # The proxy may find pods, exec into them and forward ports, nothing more.
     assert roles["stackspace-proxy"]["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}]
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]},
+        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}]
     service_resources = {res for rule in roles["stackspace-service"]["rules"]
                          for res in rule["resources"]}
-    assert "pods/exec" not in service_resources and "namespaces" not in service_resources
+    assert not {"pods/exec", "pods/portforward", "namespaces"} & service_resources
 
 
 def test_service_and_proxy_are_separate_non_root_deployments_with_their_own_accounts():
