@@ -19,10 +19,13 @@ waiting for an operation to end.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import io
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from urllib.parse import quote
 import requests
 
 from service.exec_client import CHUNK, ExecClientError, run_exec
+from service.forward_client import TicketSource, forward_connection
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ACTIVE = ("queued", "running")
@@ -228,10 +232,16 @@ class Workspace:
                timeout: float | None = None) -> dict[str, Any]:
         return self._mutate("DELETE", "", None, wait, queue, timeout)
 
+    def forward(self, port: int, *, local: int = 0, host: str = "127.0.0.1") -> Forward:
+        """Reach `port` inside the workspace at `Forward.address` on this machine
+        (E2B: `get_host(port)`), until the Forward is closed."""
+        return Forward(self, port, local=local, host=host)
+
     def ticket(self, command: Sequence[str] | None = None, *, tty: bool = False,
-               **extra: Any) -> dict[str, Any]:
-        """A single-use exec proxy ticket for a command (or a login shell)."""
-        body: dict[str, Any] = {"tty": tty, **extra}
+               port: int | None = None, **extra: Any) -> dict[str, Any]:
+        """A single-use exec proxy ticket: for a command (or a login shell), or
+        with `port` for one forwarded connection."""
+        body: dict[str, Any] = {"port": port} if port is not None else {"tty": tty, **extra}
         if command is not None:
             body["command"] = list(command)
         return self.client.call("POST", self._path("/terminals"), body,
@@ -258,6 +268,78 @@ class _Sink(io.RawIOBase):
 
     def text(self) -> str:
         return bytes(self.chunks).decode("utf-8", "replace")
+
+
+class Forward:
+    """A local TCP port carried to a port inside the workspace through the exec
+    proxy (as `stackspace port-forward`), served on a background thread until
+    `close()` (or the end of a `with` block). Nothing is published on the
+    workspace's host. `address` is what to connect to: "127.0.0.1:PORT"."""
+
+    def __init__(self, workspace: Workspace, remote: int, *, local: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        self.remote, self.host, self.port = remote, host, 0
+        self.errors: list[str] = []  # connections that failed, with the reason
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+        def fetch() -> dict[str, Any]:
+            return workspace.ticket(port=remote)
+
+        async def serve() -> None:
+            self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+            source = TicketSource(fetch)
+            await source.first()  # a refusal (not running, bad port) shows here
+
+            async def handle(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+                try:
+                    await forward_connection(reader, writer, await source.take())
+                except Exception as e:  # noqa: BLE001 - one connection failed, not the forward
+                    writer.close()
+                    self.errors.append(str(e))
+
+            server = await asyncio.start_server(handle, host, local)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            async with server:
+                await server.serve_forever()
+
+        def run() -> None:
+            try:
+                # The Runner cancels the connections still open when it ends.
+                with asyncio.Runner() as runner:
+                    runner.run(serve())
+            except asyncio.CancelledError:
+                pass  # closed
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                self._failed = e
+            finally:
+                self._ready.set()
+
+        self._thread = threading.Thread(target=run, name=f"forward-{remote}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._failed is not None:
+            raise self._failed
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def close(self) -> None:
+        if self._loop is not None and self._task is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop has just ended
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> Forward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class WorkspaceFiles:

@@ -4,6 +4,7 @@ runs (create, run commands, update, stop, start, delete)."""
 from __future__ import annotations
 
 import secrets
+import subprocess
 
 import pytest
 
@@ -56,6 +57,20 @@ def test_an_agent_loop_through_the_sdk(service, docker_client):
         assert not ws.files.exists("missing")
         with pytest.raises(sdk.FilesError):
             ws.files.read("../etc/passwd")
+        # A server inside the workspace, reached from here with nothing published.
+        assert ws.commands.run(
+            "git init -q --bare srv.git && git daemon --reuseaddr --base-path=/workspace"
+            " --export-all --listen=127.0.0.1 --port=9418 --detach").exit_code == 0
+        with ws.forward(9418) as fwd:
+            for _ in range(3):  # one ticket per connection
+                ls = subprocess.run(["git", "ls-remote", f"git://{fwd.address}/srv.git"],
+                                    capture_output=True, timeout=60)
+                assert ls.returncode == 0, ls.stderr
+        assert not docker_client.containers.get(ws.data["outputs"]["container"]).attrs[
+            "NetworkSettings"]["Ports"]
+        with pytest.raises(sdk.ApiError) as e:
+            ws.forward(0)
+        assert e.value.status == 422 and "port" in e.value.errors
         events = list(client.events(ws.data["last_operation"]["id"]))
         assert events[-1]["event"] == "end" and events[-1]["status"] == "succeeded"
     finally:
