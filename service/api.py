@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import lifecycle, openapi
+from service import lifecycle, openapi, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
@@ -303,6 +303,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
         return Response(stream(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
+
+    token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 
     # --- service --------------------------------------------------------------
     @app.get("/healthz")

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from service.db import Database, has_object, schema_change
 
-ACTIVE = ("queued", "running")
 ENDED = ("succeeded", "failed", "cancelled")
-_ENDED_SQL = "('succeeded', 'failed', 'cancelled')"
+_ENDED_SQL = "(" + ", ".join(f"'{s}'" for s in ENDED) + ")"
 
 TABLE = ("CREATE TABLE IF NOT EXISTS operation_totals ("
          " status TEXT PRIMARY KEY, n INTEGER NOT NULL)")

@@ -54,8 +54,9 @@ class Pruner:
     while a backlog remains."""
 
     def __init__(self, store: Store, max_age: float, every: float = PRUNE_EVERY,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, batch: int = BATCH):
         self.store, self.max_age, self.every, self.clock = store, max_age, every, clock
+        self.batch = batch
         self._next = clock()
 
     def tick(self) -> int:
@@ -64,9 +65,9 @@ class Pruner:
             return 0
         done, full = 0, False
         for _ in range(BATCHES_PER_TICK):
-            n = prune(self.store, self.max_age)
+            n = prune(self.store, self.max_age, batch=self.batch)
             done += n
-            full = n == BATCH
+            full = n == self.batch
             if not full:
                 break
         if not full:
