@@ -75,6 +75,12 @@ def register(app: Flask, store: Store, authed: Callable[..., Any], prefix: str) 
     def answer(data: Any, status: int = 200) -> Response:
         return app.response_class(json.dumps(data), status=status, mimetype="application/json")
 
+    @app.before_request
+    def _no_queue() -> None:
+        # `queue` (accepted by the app for operations) means nothing here.
+        if request.path.startswith(f"{prefix}/tokens") and "queue" in request.args:
+            raise Problem("bad-request", "unknown query parameter(s): queue")
+
     @app.get(f"{prefix}/tokens")
     @authed
     def list_tokens() -> Response:
