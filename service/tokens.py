@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 ADMIN_USER = "admin"
 PREFIX = "ssp_"
-# What a list shows of a token: never its value or its hash.
-COLUMNS = 't.id, t."user", t.name, t.created, t.expires, u.admin'
+# What a list shows of a token: never its value or its hash. A row an older
+# replica wrote during a rolling upgrade has no id yet: it reads as the one
+# `migrate` will give it.
+COLUMNS = ('COALESCE(t.id, substr(t.hash, 1, 16)) AS id, t."user", t.name, t.created,'
+           " t.expires, u.admin")
+BY_ID = "(id = ? OR (id IS NULL AND substr(hash, 1, 16) = ?))"
 
 
 def hash_token(token: str) -> str:
@@ -108,20 +112,15 @@ def tokens(store: Store, owner: str | None = None) -> list[TokenInfo]:
     return [_info(r) for r in rows]
 
 
-def token(store: Store, token_id: str) -> TokenInfo | None:
-    row = store.db.execute(f'SELECT {COLUMNS} FROM tokens t JOIN users u'  # noqa: S608
-                           ' ON u.name = t."user" WHERE t.id = ?', (token_id,)).fetchone()
-    return _info(row) if row else None
-
-
 def revoke(store: Store, token_id: str, owner: str | None = None) -> bool:
     """Delete a token (only `owner`'s, unless None); False if there was none."""
     with store.tx() as db:
         if owner is None:
-            cur = db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+            cur = db.execute(f"DELETE FROM tokens WHERE {BY_ID}",  # noqa: S608
+                             (token_id, token_id))
         else:
-            cur = db.execute('DELETE FROM tokens WHERE id = ? AND "user" = ?',
-                             (token_id, owner))
+            cur = db.execute(f'DELETE FROM tokens WHERE {BY_ID} AND "user" = ?',  # noqa: S608
+                             (token_id, token_id, owner))
         return cur.rowcount > 0
 
 
@@ -139,26 +138,23 @@ def ensure_admin(store: Store, value: str | None) -> str | None:
         if db.execute("SELECT 1 FROM tokens WHERE bootstrap = 1 AND expires IS NULL LIMIT 1"
                       ).fetchone():
             return None
-        value = new_value()
-        now = time.time()
-        _ensure_user(db, ADMIN_USER, True, now)
-        db.execute('INSERT INTO tokens(hash, id, "user", name, created, bootstrap)'
-                   " VALUES (?,?,?,?,?,1)",
-                   (hash_token(value), secrets.token_hex(8), ADMIN_USER, "admin", now))
-    return value
+        return _new_admin_token(db)
 
 
 def rotate_admin(store: Store) -> str:
     """Revoke every admin token and make a new one, in one transaction; returns it."""
-    value = new_value()
-    now = time.time()
     with store.tx() as db:
         db.lock("tokens", "admin")
         db.execute("DELETE FROM tokens WHERE bootstrap = 1")
-        _ensure_user(db, ADMIN_USER, True, now)
-        db.execute('INSERT INTO tokens(hash, id, "user", name, created, bootstrap)'
-                   " VALUES (?,?,?,?,?,1)",
-                   (hash_token(value), secrets.token_hex(8), ADMIN_USER, "admin", now))
+        return _new_admin_token(db)
+
+
+def _new_admin_token(db: Any) -> str:
+    value, now = new_value(), time.time()
+    _ensure_user(db, ADMIN_USER, True, now)
+    db.execute('INSERT INTO tokens(hash, id, "user", name, created, bootstrap)'
+               " VALUES (?,?,?,?,?,1)",
+               (hash_token(value), secrets.token_hex(8), ADMIN_USER, "admin", now))
     return value
 
 

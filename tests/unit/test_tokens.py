@@ -111,3 +111,16 @@ def test_store_path_is_unused_by_listing_without_key(tmp_path: Path):
     store.add_user("alice")
     assert [t.user for t in tokens.tokens(store)] == ["alice"]
     assert not (tmp_path / "store.key").exists()
+
+
+def test_a_token_an_older_replica_adds_is_listed_and_revoked_by_its_id(open_store):
+    """During a rolling upgrade an older replica writes tokens without an id."""
+    store = open_store()
+    store.add_user("alice")
+    store.db.execute('INSERT INTO tokens(hash, "user", created) VALUES (?,?,?)',
+                     (tokens.hash_token("from-old-replica"), "alice", time.time()))
+    (legacy,) = [t for t in tokens.tokens(store, "alice")
+                 if t.id == tokens.hash_token("from-old-replica")[:16]]
+    assert not tokens.revoke(store, legacy.id, owner="bob")
+    assert tokens.revoke(store, legacy.id, owner="alice")
+    assert store.user_for_token("from-old-replica") is None
