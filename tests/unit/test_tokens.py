@@ -5,6 +5,7 @@ is printed)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -124,3 +125,26 @@ def test_a_token_an_older_replica_adds_is_listed_and_revoked_by_its_id(open_stor
     assert not tokens.revoke(store, legacy.id, owner="bob")
     assert tokens.revoke(store, legacy.id, owner="alice")
     assert store.user_for_token("from-old-replica") is None
+
+
+def test_replicas_starting_at_once_make_one_admin_token_and_migrate_once(open_store):
+    store = open_store()
+    op, _ = create(store, "alice", "one")
+    store.cancel_queued(op["id"])
+    with store.db.tx() as db:
+        for sql in LEGACY_TRIGGERS[store.db.dialect] + LEGACY:
+            db.execute(sql)
+    printed: list[str | None] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        barrier.wait()
+        printed.append(tokens.ensure_admin(open_store(), None))  # opening migrates
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(printed) == 6 and len([p for p in printed if p]) == 1
+    assert op_counts.by_status(store.db) == {"cancelled": 1}  # seeded once, not six times
