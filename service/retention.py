@@ -41,6 +41,7 @@ def prune(store: Store, max_age: float, now: float | None = None, batch: int = B
     transaction; returns how many operations went."""
     cutoff = (time.time() if now is None else now) - max_age
     with store.tx() as db:
+        db.lock("retention")  # replicas prune one at a time (no deadlock on shared rows)
         ids = [r[0] for r in db.execute(_PRUNABLE, (cutoff, batch))]
         if ids:
             marks = ", ".join("?" * len(ids))
