@@ -23,8 +23,8 @@ def _works(svc, token: str) -> bool:
     return code == 200
 
 
-def test_mint_list_revoke_and_owner_isolation(offline_service):
-    svc = offline_service
+def test_mint_list_revoke_and_owner_isolation(idle_service):
+    svc = idle_service
     r = svc.call("POST", f"{API}/tokens", svc.alice, json={"name": "ci", "expires_in": 3600})
     assert r.status_code == 201, r.text
     minted = r.json()
@@ -59,8 +59,8 @@ def test_mint_list_revoke_and_owner_isolation(offline_service):
     assert _works(svc, svc.alice)  # the caller's own token is untouched
 
 
-def test_admin_lists_all_mints_for_others_and_revokes_any(offline_service):
-    svc = offline_service
+def test_admin_lists_all_mints_for_others_and_revokes_any(idle_service):
+    svc = idle_service
     r = svc.call("POST", f"{API}/tokens", svc.admin, json={"owner": "carol"})
     assert r.status_code == 201 and r.json()["owner"] == "carol"
     carol, carol_id = r.json()["token"], r.json()["id"]
@@ -73,8 +73,8 @@ def test_admin_lists_all_mints_for_others_and_revokes_any(offline_service):
     assert not _works(svc, carol)
 
 
-def test_an_expired_token_is_refused(offline_service):
-    svc = offline_service
+def test_an_expired_token_is_refused(idle_service):
+    svc = idle_service
     r = svc.call("POST", f"{API}/tokens", svc.alice, json={"expires_in": 1})
     assert r.status_code == 201
     value = r.json()["token"]
@@ -90,8 +90,8 @@ def test_an_expired_token_is_refused(offline_service):
     assert not _works(svc, past)
 
 
-def test_bad_token_requests_name_the_field_and_change_nothing(offline_service):
-    svc = offline_service
+def test_bad_token_requests_name_the_field_and_change_nothing(idle_service):
+    svc = idle_service
     before = _ids(svc, svc.admin)
     now = time.time()
     cases = [
