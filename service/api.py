@@ -65,7 +65,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.before_request
     def _check_query() -> None:
-        unknown = set(request.args) - {"queue", "owner"}
+        # `queue` is for requests that enqueue an operation: no GET does.
+        unknown = set(request.args) - ({"owner"} if request.method == "GET"
+                                       else {"queue", "owner"})
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")

@@ -113,4 +113,8 @@ def test_bad_token_requests_name_the_field_and_change_nothing(idle_service):
                  headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert svc.call("POST", f"{API}/tokens", svc.admin, data="x").status_code == 415
+    # `queue` belongs to requests that enqueue an operation (the fuzzer's negative cases).
+    for method, path in (("POST", "/tokens"), ("GET", "/tokens"), ("GET", "/workspaces")):
+        r = svc.call(method, f"{API}{path}?queue=true", svc.admin, json={})
+        assert r.status_code == 400, (method, path)
     assert _ids(svc, svc.admin) == before
