@@ -65,9 +65,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.before_request
     def _check_query() -> None:
-        # `queue` is for requests that enqueue an operation: no GET does.
-        unknown = set(request.args) - ({"owner"} if request.method == "GET"
-                                       else {"queue", "owner"})
+        # `queue` is for requests that enqueue an operation: no GET does (a
+        # method a path does not take still gets its 405).
+        get = request.method == "GET" and request.routing_exception is None
+        unknown = set(request.args) - ({"owner"} if get else {"queue", "owner"})
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")

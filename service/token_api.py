@@ -78,7 +78,8 @@ def register(app: Flask, store: Store, authed: Callable[..., Any], prefix: str) 
     @app.before_request
     def _no_queue() -> None:
         # `queue` (accepted by the app for operations) means nothing here.
-        if request.path.startswith(f"{prefix}/tokens") and "queue" in request.args:
+        if request.path.startswith(f"{prefix}/tokens") and "queue" in request.args \
+                and request.routing_exception is None:  # else its 404/405
             raise Problem("bad-request", "unknown query parameter(s): queue")
 
     @app.get(f"{prefix}/tokens")
