@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import files_api, lifecycle, openapi
+from service import files_api, lifecycle, openapi, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
@@ -68,7 +68,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.before_request
     def _check_query() -> None:
-        unknown = set(request.args) - {"queue", "owner", "format"}
+        # `queue` is for requests that enqueue an operation: no GET does (a
+        # method a path does not take still gets its 405).
+        get = request.method in ("GET", "HEAD") and request.routing_exception is None
+        unknown = set(request.args) - ({"owner", "format"} if get else {"queue", "owner", "format"})
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")
@@ -309,6 +312,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
         return Response(stream(), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
+
+    token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 
     # --- service --------------------------------------------------------------
     @app.get("/healthz")

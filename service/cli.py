@@ -19,6 +19,7 @@ import click
 from proxy.logs import setup_logging
 from service import files_cli, sdk
 from service.config import load_config
+from service.token_cli import token as token_command
 
 log = logging.getLogger("stackspace")
 
@@ -30,7 +31,9 @@ def main() -> None:
 
 # --- server side ---------------------------------------------------------------
 
-def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
+def _serve(config: str | None, data_dir: str | None, listen: str | None,
+           retention: str | None = None) -> None:
+    from service import tokens
     from service.api import create_app
     from service.db import DatabaseUnavailable
     from service.runner import OperationRunner
@@ -41,15 +44,16 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
 
     setup_logging()
     try:
-        cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+        cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen,
+                          retention=retention)
         store = open_store(cfg)
     except (ValueError, DatabaseUnavailable, SecretUnavailable) as e:
         raise click.ClickException(str(e)) from None  # names the setting, no traceback
-    admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
-    token = store.add_user("admin", admin=True, token=admin_token)
+    new_admin_token = tokens.ensure_admin(store, os.environ.get("STACKSPACE_ADMIN_TOKEN"))
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
-                             replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds)
+                             replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds,
+                             retention=cfg.retention)
     try:
         runner.start()
     except BackendUnavailable as e:
@@ -59,8 +63,8 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None
     host, _, port = cfg.listen.rpartition(":")
     click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
     click.echo(f"data dir: {cfg.data_dir}")
-    if not admin_token:
-        click.echo(f"admin token (shown once): {token}")
+    if new_admin_token:  # made once; `stackspace token rotate-admin` replaces it
+        click.echo(f"admin token (shown once): {new_admin_token}")
     from werkzeug.serving import make_server
 
     server = make_server(host, int(port), app, threaded=True)
@@ -102,17 +106,26 @@ def server_options(listen_help: str) -> Any:
     return decorate
 
 
+RETENTION_OPTION = click.option(
+    "--retention", help="prune ended operations and events older than this "
+    "(seconds, or 90m, 12h, 30d; default 30d) [STACKSPACE_RETENTION]")
+
+
 @main.command()
 @server_options("HOST:PORT (default 127.0.0.1:8080)")
-def serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
+@RETENTION_OPTION
+def serve(config: str | None, data_dir: str | None, listen: str | None,
+          retention: str | None) -> None:
     """Run one service replica: the HTTP API and an operation runner, no exec
     proxy. Several replicas may share one store (SPEC §9)."""
-    _serve(config, data_dir, listen)
+    _serve(config, data_dir, listen, retention)
 
 
 @main.command()
 @server_options("HOST:PORT (default 127.0.0.1:8080)")
-def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
+@RETENTION_OPTION
+def run(config: str | None, data_dir: str | None, listen: str | None,
+        retention: str | None) -> None:
     """Run the service and the exec proxy (a separate process) with embedded defaults."""
     args = [sys.executable, "-m", "service.cli", "proxy"]  # the proxy is its own process
     if config:
@@ -124,7 +137,7 @@ def run(config: str | None, data_dir: str | None, listen: str | None) -> None:
     stop_on_signals()
     proxy = subprocess.Popen(args, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
     try:
-        _serve(config, data_dir, listen)
+        _serve(config, data_dir, listen, retention)
     except Stopped:
         pass
     finally:
@@ -157,21 +170,7 @@ def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str
               announce=lambda url: click.echo(f"exec proxy listening on {url}"))
 
 
-@main.command()
-@click.argument("user")
-@click.option("--admin", is_flag=True)
-@click.option("--data-dir", type=click.Path(file_okay=False))
-def token(user: str, admin: bool, data_dir: str | None) -> None:
-    """Create USER if needed and print a new API token for it."""
-    from service.store import open_store
-    from stacks.naming import validate_owner
-
-    try:
-        validate_owner(user)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from e
-    cfg = load_config(data_dir=data_dir)
-    click.echo(open_store(cfg).add_user(user, admin=admin))
+main.add_command(token_command)  # service.token_cli: create, list, revoke, rotate-admin
 
 
 @main.command(name="stack", context_settings={"ignore_unknown_options": True})

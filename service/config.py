@@ -19,6 +19,8 @@
                                            this long after its last renewal)
     storage_scan_seconds STACKSPACE_STORAGE_SCAN_SECONDS 60 (Docker storage use is
                                            measured again when older; service.storage_usage)
+    retention     STACKSPACE_RETENTION     30d: ended operations and their events older than
+                                           this are pruned (seconds, or 90m, 12h, 30d, 2w)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
 """
 
@@ -38,6 +40,8 @@ import yaml
 
 from components.runtime import Runtime, parse_runtime
 from service.db import is_postgres_url
+from service.durations import parse_duration
+from service.retention import DEFAULT_RETENTION
 from service.secret_files import read_or_create
 from stacks.settings import PulumiSettings
 
@@ -72,8 +76,10 @@ class ServiceConfig:
     database_url: str | None = None  # None: the embedded SQLite store
     secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
     replica_id: str = field(default_factory=default_replica_id)
+    retention: float = DEFAULT_RETENTION  # seconds (a duration text is parsed)
 
     def __post_init__(self) -> None:
+        self.retention = parse_duration(self.retention, "retention")
         if self.secrets_dir is None:
             self.secrets_dir = self.data_dir
         if self.database_url is not None and not is_postgres_url(self.database_url):
@@ -157,6 +163,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         replica_id=env.get("STACKSPACE_REPLICA_ID", data.get("replica_id"))
         or default_replica_id(),
         public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
+        retention=env.get("STACKSPACE_RETENTION", data.get("retention", DEFAULT_RETENTION)),
     )
     for key, value in overrides.items():
         if value is not None:

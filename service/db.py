@@ -304,3 +304,26 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def has_object(db: Database, name: str) -> bool:
+    """Whether a table, index or trigger named `name` exists (in the current schema)."""
+    if db.dialect == "sqlite":
+        sql = "SELECT 1 FROM sqlite_master WHERE name = ?"
+    else:
+        sql = ("SELECT 1 FROM pg_class WHERE relname = ? AND relnamespace ="
+               " current_schema()::regnamespace UNION ALL SELECT 1 FROM pg_trigger"
+               " WHERE tgname = ?")
+    params = (name,) if db.dialect == "sqlite" else (name, name)
+    return db.execute(sql, params).fetchone() is not None
+
+
+@contextmanager
+def schema_change(db: Database) -> Iterator[Tx]:
+    """A transaction for DDL that replicas starting at once must run only once:
+    on PostgreSQL it holds the schema lock (ensure_schema's); SQLite's
+    BEGIN IMMEDIATE already serialises it. Check again inside before changing."""
+    with db.tx() as tx:
+        if db.dialect == "postgresql":
+            tx.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        yield tx

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service import token_api
+
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
@@ -88,6 +90,7 @@ def document() -> dict[str, Any]:
                                  "responses": {"200": {"description": "metrics", "content": {
                                      "text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": _op("This document", "200", auth=False)},
+            **token_api.paths(_op, PROBLEM),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

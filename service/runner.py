@@ -46,6 +46,7 @@ from service.config import default_replica_id
 from service.metrics import metrics_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
+from service.retention import Pruner
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
 from stacks.config import StackConfig
@@ -74,8 +75,11 @@ class OperationRunner:
     def __init__(self, store: Store, settings: PulumiSettings, pool_size: int | None = None,
                  timeout: float = 1800.0, idle_stop_after: float | None = None,
                  runtimes: list[Runtime] | None = None, cancel_grace: float = CANCEL_GRACE,
-                 replica_id: str | None = None, lease_seconds: float = LEASE_SECONDS):
+                 replica_id: str | None = None, lease_seconds: float = LEASE_SECONDS,
+                 retention: float | None = None):
         self.store = store
+        # Old operations and events are pruned by the dispatcher (None: never).
+        self._pruner = Pruner(store, retention) if retention else None
         self.settings = settings
         self.timeout = timeout
         self.idle_stop_after = idle_stop_after
@@ -169,6 +173,8 @@ class OperationRunner:
                 self._dispatch()
                 self._watch_running()
                 self._stop_idle()
+                if self._pruner is not None:
+                    self._pruner.tick()
             except Exception:  # noqa: BLE001 - keep dispatching whatever happens
                 log.exception("dispatcher error")
 

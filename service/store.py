@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import secrets
 import time
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet
 
 from components.spec import SPEC_VERSION
-from service import lifecycle
+from service import lifecycle, op_counts, tokens
 from service.db import Database, Tx, connect, is_postgres_url
 from service.secret_files import read_or_create
 
@@ -41,10 +40,14 @@ CREATE TABLE IF NOT EXISTS users (
   admin INTEGER NOT NULL DEFAULT 0,
   created REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tokens (
+CREATE TABLE IF NOT EXISTS tokens (  -- service.tokens
   hash TEXT PRIMARY KEY,
   "user" TEXT NOT NULL REFERENCES users(name),  -- quoted: a keyword in PostgreSQL
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  id TEXT,                       -- what lists and revocation name it by
+  name TEXT,                     -- the owner's note
+  expires REAL,                  -- unix s; NULL: never
+  bootstrap INTEGER NOT NULL DEFAULT 0  -- an admin token the service made
 );
 CREATE TABLE IF NOT EXISTS workspaces (
   owner TEXT NOT NULL,
@@ -149,6 +152,11 @@ ADDED_COLUMNS = [
     # update: the PATCH body itself, applied to the spec the operation before it
     # produced when the update starts (queued PATCHes compose).
     ("operations", "patch", "TEXT"),
+    # Tokens listed, named, expiring and revoked by id (service.tokens).
+    ("tokens", "id", "TEXT"),
+    ("tokens", "name", "TEXT"),
+    ("tokens", "expires", "REAL"),
+    ("tokens", "bootstrap", "INTEGER NOT NULL DEFAULT 0"),
 ]
 META_INSTALLATION = "installation"
 
@@ -169,10 +177,6 @@ _NEWEST_OPS = ("SELECT o.* FROM operations o JOIN (SELECT owner, workspace, MAX(
                " FROM operations {} GROUP BY owner, workspace) newest"
                " ON o.owner = newest.owner AND o.workspace = newest.workspace"
                " AND o.seq = newest.seq")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class Store:
                                      else self.path.parent / "store.key")
         self.db: Database = connect(self.path)
         self.db.ensure_schema(SCHEMA, ADDED_COLUMNS)
+        tokens.migrate(self.db)
+        op_counts.install(self.db)
         self.installation_id: str = self._installation_id()
         if key_file is not None:
             self._box  # noqa: B018 - the service: a missing, unmakeable key fails at start
@@ -248,20 +254,14 @@ class Store:
     # --- users and tokens ---------------------------------------------------
     def add_user(self, name: str, admin: bool = False, token: str | None = None) -> str:
         """Create (or keep) a user and give it a new token; returns the token."""
-        token = token or f"ssp_{secrets.token_urlsafe(32)}"
-        with self.tx() as db:
-            db.execute("INSERT INTO users(name, admin, created) VALUES (?,?,?) "
-                       "ON CONFLICT(name) DO UPDATE SET admin=excluded.admin",
-                       (name, int(admin), time.time()))
-            db.execute('INSERT INTO tokens(hash, "user", created) VALUES (?,?,?)'
-                       " ON CONFLICT DO NOTHING",
-                       (hash_token(token), name, time.time()))
-        return token
+        return tokens.mint(self, name, admin=admin, value=token)[0]
 
     def user_for_token(self, token: str) -> User | None:
+        """The user of a live token: None for an unknown, revoked or expired one."""
         row = self.db.execute(
             'SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t."user" '
-            "WHERE t.hash = ?", (hash_token(token),)).fetchone()
+            "WHERE t.hash = ? AND (t.expires IS NULL OR t.expires > ?)",
+            (tokens.hash_token(token), time.time())).fetchone()
         return User(row["name"], bool(row["admin"])) if row else None
 
     # --- workspaces ---------------------------------------------------------
