@@ -37,14 +37,16 @@ def read_key(key_file: str | None) -> bytes:
 @click.option("--idle-timeout", type=float, default=1800.0, show_default=True)
 @click.option("--max-sessions-per-user", type=int, default=10, show_default=True)
 @click.option("--max-sessions-per-workspace", type=int, default=5, show_default=True)
+@click.option("--session-idle-timeout", type=float, default=3600.0, show_default=True,
+              help="seconds a session lives with no client attached")
 @click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "
                    "then single-use across all proxy replicas on it [STACKSPACE_DATABASE_URL]")
 def main(listen: str, key_file: str | None, activity_url: str | None,
          activity_interval: float, idle_timeout: float, max_sessions_per_user: int,
-         max_sessions_per_workspace: int, max_frame_bytes: int,
-         database_url: str | None) -> None:
+         max_sessions_per_workspace: int, session_idle_timeout: float,
+         max_frame_bytes: int, database_url: str | None) -> None:
     """Run the exec proxy."""
     from proxy.logs import setup_logging
 
@@ -55,6 +57,7 @@ def main(listen: str, key_file: str | None, activity_url: str | None,
         activity_url=activity_url, activity_interval=activity_interval,
         idle_timeout=idle_timeout, max_sessions_per_user=max_sessions_per_user,
         max_sessions_per_workspace=max_sessions_per_workspace,
+        session_idle_timeout=session_idle_timeout,
         max_frame_bytes=max_frame_bytes, database_url=database_url),
         announce=lambda url: print(f"exec proxy listening on {url}", flush=True))
 

@@ -75,6 +75,10 @@ class ProxyConfig:
     # The service's database: tickets are then single-use across every proxy
     # replica on it (proxy.replay); None keeps the in-memory guard (one proxy).
     database_url: str | None = None
+    # Sessions (proxy.sessions) end after this long with no client attached;
+    # a workspace keeps at most this many (running or ended, not yet collected).
+    session_idle_timeout: float = 3600.0
+    max_sessions_per_workspace_kept: int = 32
 
 
 def ticket_from_headers(request: Request) -> str | None:
@@ -234,7 +238,11 @@ class ExecProxy:
             await conn.close(code, reason)
             return
         try:
-            await Session(self, conn, claims).run()
+            if claims.session:  # kept in the workspace, outlives this connection
+                from proxy.sessions import run_session
+                await run_session(Session(self, conn, claims))
+            else:
+                await Session(self, conn, claims).run()
         finally:
             self.limiter.release(claims)
 

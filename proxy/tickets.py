@@ -56,6 +56,9 @@ class TicketClaims:
     env: dict[str, str] = field(default_factory=dict)
     issued_at: float = 0.0
     expires_at: float = 0.0
+    # A session request (proxy.sessions): {"mode": "start"|"attach"|"list"|"kill",
+    # "id": ...}; empty for a plain exec that ends with its connection.
+    session: dict[str, Any] = field(default_factory=dict)
 
 
 def _b64(data: bytes) -> str:
@@ -81,7 +84,7 @@ def _sign(key: bytes, signed: str) -> str:
 
 
 def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: Any,
-                     env: Any) -> None:
+                     env: Any, session: Any = None) -> None:
     if not isinstance(user, str) or not user:
         raise ValueError("user must be a non-empty string")
     if not isinstance(workspace, str) or not workspace:
@@ -96,15 +99,19 @@ def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: 
     if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("env must map strings to strings")
+    if session is not None and (not isinstance(session, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in session.items())):
+        raise ValueError("session must map strings to strings")
 
 
 def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any],
                 command: list[str], tty: bool, env: dict[str, str] | None = None,
-                ttl: float = DEFAULT_TTL, now: float | None = None) -> tuple[str, float]:
+                ttl: float = DEFAULT_TTL, now: float | None = None,
+                session: dict[str, str] | None = None) -> tuple[str, float]:
     """Return ``(ticket, expires_at)``; expires_at is epoch seconds."""
     _check_key(key)
     env = dict(env or {})
-    _validate_claims(user, workspace, target, command, tty, env)
+    _validate_claims(user, workspace, target, command, tty, env, session)
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be in (0, {MAX_TTL}] seconds")
     issued = time.time() if now is None else now
@@ -112,6 +119,8 @@ def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any]
     payload = {"jti": secrets.token_urlsafe(16), "sub": user, "ws": workspace,
                "target": target, "cmd": list(command), "tty": tty, "env": env,
                "iat": issued, "exp": expires}
+    if session:
+        payload["ses"] = dict(session)
     body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
     signed = f"{VERSION}.{key_id(key)}.{body}"
     return f"{signed}.{_sign(key, signed)}", expires
@@ -136,9 +145,9 @@ def verify_ticket(key: bytes, ticket: str, now: float | None = None) -> TicketCl
         claims = TicketClaims(
             ticket_id=p["jti"], user=p["sub"], workspace=p["ws"], target=p["target"],
             command=p["cmd"], tty=p["tty"], env=p["env"],
-            issued_at=float(p["iat"]), expires_at=float(p["exp"]))
+            issued_at=float(p["iat"]), expires_at=float(p["exp"]), session=p.get("ses") or {})
         _validate_claims(claims.user, claims.workspace, claims.target, claims.command,
-                         claims.tty, claims.env)
+                         claims.tty, claims.env, claims.session)
         if not isinstance(claims.ticket_id, str) or not claims.ticket_id:
             raise ValueError("jti")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
