@@ -88,7 +88,8 @@ def check_killed_client_then_reattach(url: str, mint: Mint,
     mine = [s for s in list_sessions(url, mint) if marker in " ".join(s["command"])]
     assert len(mine) == 1, mine
     session = mine[0]
-    assert session["running"] is True and session["exit_code"] is None
+    # running still, or (a slow host) ended on its own with its code kept
+    assert (session["running"], session["exit_code"]) in ((True, None), (False, 3)), session
     code, out, err = run(url, mint(["attach"], session={"mode": "attach", "id": session["id"]}))
     assert (code, err) == (3, b"")
     assert out == b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
