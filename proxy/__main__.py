@@ -38,7 +38,9 @@ def read_key(key_file: str | None) -> bytes:
 @click.option("--max-sessions-per-user", type=int, default=10, show_default=True)
 @click.option("--max-sessions-per-workspace", type=int, default=5, show_default=True)
 @click.option("--session-idle-timeout", type=float, default=3600.0, show_default=True,
-              help="seconds a session lives with no client attached")
+              envvar="STACKSPACE_SESSION_IDLE_TIMEOUT",
+              help="seconds a session lives with no client attached "
+                   "[STACKSPACE_SESSION_IDLE_TIMEOUT]")
 @click.option("--max-frame-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "

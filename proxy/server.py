@@ -159,6 +159,8 @@ class ExecProxy:
     def __init__(self, config: ProxyConfig) -> None:
         if len(config.key) < 32:
             raise ValueError("proxy key must be at least 32 bytes")
+        if config.session_idle_timeout <= 0:
+            raise ValueError("session_idle_timeout must be positive")
         self.config = config
         self.replay = ReplayGuard()
         self.shared = SharedReplayGuard(config.database_url) if config.database_url else None

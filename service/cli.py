@@ -154,7 +154,8 @@ def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str
     host, _, port = cfg.proxy_listen.rpartition(":")
     run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
                           activity_url=f"http://{api or cfg.listen}/internal/activity",
-                          database_url=database_url or cfg.database_url),
+                          database_url=database_url or cfg.database_url,
+                          session_idle_timeout=cfg.session_idle_timeout),
               announce=lambda url: click.echo(f"exec proxy listening on {url}"))
 
 

@@ -15,6 +15,8 @@
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
+    session_idle_timeout STACKSPACE_SESSION_IDLE_TIMEOUT  3600 (seconds a terminal or
+                                           command session lives with no client attached)
     lease_seconds STACKSPACE_LEASE_SECONDS 30 (a dead replica's operation is taken over
                                            this long after its last renewal)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
@@ -63,6 +65,7 @@ class ServiceConfig:
     quota: int = 10
     operation_timeout: float = 1800.0
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
+    session_idle_timeout: float = 3600.0
     lease_seconds: float = 30.0
     runtimes: list[Runtime] = field(default_factory=list)
     public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
@@ -146,6 +149,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         idle_stop_after=float(env["STACKSPACE_IDLE_STOP_AFTER"])
         if "STACKSPACE_IDLE_STOP_AFTER" in env else data.get("idle_stop_after"),
         lease_seconds=float(env.get("STACKSPACE_LEASE_SECONDS", data.get("lease_seconds", 30))),
+        session_idle_timeout=float(env.get("STACKSPACE_SESSION_IDLE_TIMEOUT",
+                                           data.get("session_idle_timeout", 3600))),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
         database_url=env.get("STACKSPACE_DATABASE_URL", data.get("database_url")) or None,
         secrets_dir=secrets_dir,

@@ -177,6 +177,12 @@ class _Stdin:
         self.task.cancel()
 
 
+def _retryable(code: int | None, reason: str | None) -> bool:
+    """A drop, a restarting or busy proxy; or a proxy restarted since our ticket
+    was minted (the next try mints a new one). Not a refusal."""
+    return code in RETRY_CLOSE_CODES or "issued before the proxy started" in (reason or "")
+
+
 def _with_offset(url: str, offset: int) -> str:
     return f"{url}{'&' if '?' in url else '?'}offset={offset}" if offset else url
 
@@ -259,7 +265,7 @@ async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryI
                                        "dropped while disconnected\n".encode())
                     return exit_code_of(progress.status, ws.close_code)
                 if (reconnect is None or progress.session is None
-                        or ws.close_code not in RETRY_CLOSE_CODES):
+                        or not _retryable(ws.close_code, ws.close_reason)):
                     reason = ws.close_reason or "connection closed without an exit status"
                     raise ExecClientError(reason, ws.close_code)
                 if attached or dropped_at is None:  # a new drop: a fresh deadline

@@ -34,15 +34,20 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
 
 
 class ClientProcess:
-    """`run_exec` in its own process (as `stackspace exec` runs), stdout collected."""
+    """A client in its own process (to be SIGKILLed), its stdout collected."""
 
-    def __init__(self, url: str, ticket: str) -> None:
-        env = {**os.environ, "STACKSPACE_URL": url, "STACKSPACE_TICKET": ticket,
-               "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-c", CLIENT], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE)
         self.out = bytearray()
         threading.Thread(target=self._read, daemon=True).start()
+
+    @classmethod
+    def exec(cls, url: str, ticket: str) -> ClientProcess:
+        """`run_exec` on a ticket, as `stackspace exec` runs it."""
+        return cls([sys.executable, "-c", CLIENT], {
+            **os.environ, "STACKSPACE_URL": url, "STACKSPACE_TICKET": ticket,
+            "PYTHONPATH": str(REPO)})
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -81,7 +86,7 @@ def check_killed_client_then_reattach(url: str, mint: Mint,
     reattaching by id gives the whole output and the exit code; its file exists.
     Returns the session id."""
     marker = f"session-{os.urandom(4).hex()}"
-    client = ClientProcess(url, mint(loop_command(marker), session={"mode": "start"}))
+    client = ClientProcess.exec(url, mint(loop_command(marker), session={"mode": "start"}))
     wait_for("the first lines", lambda: b"line 2\n" in client.out)
     client.kill()
     assert b"line 6" not in client.out and not file_exists(marker)
