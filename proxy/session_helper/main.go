@@ -243,7 +243,8 @@ func cmdDaemon(args []string) {
 		fmt.Fprint(ready, err.Error())
 		os.Exit(2)
 	}
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	// Caught, not ignored: an ignored signal would stay ignored in the command.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
 	dir := filepath.Join(baseDir(), o.id)
 	ln, err := net.Listen("unix", filepath.Join(dir, "sock"))
 	if err != nil {
