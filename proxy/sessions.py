@@ -269,7 +269,8 @@ class SessionBridge(Session):
                 outcome = "idle timeout"
                 with contextlib.suppress(ConnectionClosed):
                     await self.send_status(status_failure(
-                        "Timeout", f"no activity for {self.config.idle_timeout:g}s"))
+                        "Timeout", f"no activity for {self.config.idle_timeout:g}s; session "
+                        f"{self.session_id} goes on (stackspace term --attach)"))
                     await self.conn.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
             else:
                 outcome = "client gone (detached)" if exc is None or isinstance(

@@ -30,9 +30,14 @@ def terminal(grant: Grant, attach: str | None = None) -> int:
     body: dict[str, Any] = {"tty": True}
     if attach:
         body["session"] = {"attach": attach}
+        # A command without a pty (exec, exec --detach) keeps the local terminal
+        # cooked: ^C ends this client, not the command.
+        on_tty = sys.stdin.isatty() and any(
+            s["id"] == attach and s.get("tty") for s in sessions(grant))
+        if not on_tty:
+            g = grant(body)
+            return run_exec(g["url"], g["ticket"], reconnect=reconnector(grant))
     g = grant(body)
-    if attach and not sys.stdin.isatty():  # e.g. reattaching a background command
-        return run_exec(g["url"], g["ticket"], reconnect=reconnector(grant))
     return run_terminal(g["url"], g["ticket"], reconnect=reconnector(grant))
 
 
