@@ -63,6 +63,7 @@ INSTALL = ["/bin/sh", "-c",
            '|| { rm -f "$t"; exit 96; }', "sh"]
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 UPLOAD_CHUNK = 256 * 1024
+HELLO_WAIT = 60.0  # seconds for the helper to start or attach (a first install included)
 
 
 class HelperMissing(ExecError):
@@ -201,18 +202,17 @@ class SessionBridge(Session):
             await proc.start()
             reader = sf.FrameReader()
             errors: list[bytes] = []
-            with contextlib.suppress(OSError, ConnectionError):
-                await proc.write(sf.encode_json(sf.ATTACH, {"offset": self.offset}))
-            while (chunk := await proc.read()) is not None:
-                channel, data = chunk
-                if channel == STDERR:
-                    errors.append(data)
-                    continue
-                frames = reader.feed(data)
-                if frames and frames[0][0] == sf.HELLO:
-                    return proc, json.loads(frames[0][1]), frames[1:], reader
-                if frames:
-                    raise ExecError("session helper sent no hello")
+            try:
+                with contextlib.suppress(OSError, ConnectionError):
+                    await proc.write(sf.encode_json(sf.ATTACH, {"offset": self.offset}))
+                hello = await asyncio.wait_for(self._hello(proc, reader, errors), HELLO_WAIT)
+            except BaseException as exc:
+                await proc.close()
+                if isinstance(exc, TimeoutError):
+                    raise ExecError("the session helper did not answer") from exc
+                raise
+            if hello is not None:
+                return proc, json.loads(hello[0][1]), hello[1:], reader
             code = await proc.wait()
             await proc.close()
             if code == MISSING and attempt == 0:
@@ -222,6 +222,22 @@ class SessionBridge(Session):
             message = message.removeprefix("stackspace-session: ")
             raise ExecError(message or f"session helper exited with {code}")
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _hello(proc: ExecProcess, reader: sf.FrameReader, errors: list[bytes]
+                     ) -> list[tuple[bytes, bytes]] | None:
+        """The helper's first frames (hello first), or None if it ended without any."""
+        while (chunk := await proc.read()) is not None:
+            channel, data = chunk
+            if channel == STDERR:
+                errors.append(data)
+                continue
+            frames = reader.feed(data)
+            if frames and frames[0][0] == sf.HELLO:
+                return frames
+            if frames:
+                raise ExecError("session helper sent no hello")
+        return None
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -319,7 +335,8 @@ class SessionBridge(Session):
             self.touch()
             if channel == STDIN:
                 self.bytes_in += len(data)
-                await proc.write(sf.encode(sf.STDIN, data))
+                for frame in sf.split(data, sf.STDIN):  # the helper takes <= 1 MiB a frame
+                    await proc.write(frame)
             elif channel == RESIZE:
                 await proc.write(sf.encode(sf.RESIZE, data))
             elif channel == CLOSE and data[:1] == bytes([STDIN]):
