@@ -12,6 +12,7 @@ Kubernetes ``Status`` JSON, sent once before a normal close), 4 resize
 ``{"Width": w, "Height": h}``, 255 close (``[255, 0]``: the client half-closes stdin).
 A session (proxy.sessions) adds channel 6 from the proxy, before any output:
 ``{"session": id, "offset": N, "tty": bool}``; reattach with ``?offset=N`` on the URL.
+The client acknowledges a session's exit status with ``[255, 3]`` (the session ends).
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ INSTALL = ["/bin/sh", "-c",
            '|| { rm -f "$t"; exit 96; }', "sh"]
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 UPLOAD_CHUNK = 256 * 1024
+STATUS_ACK_WAIT = 5.0  # seconds for the client to acknowledge the exit status
 HELLO_WAIT = 60.0  # seconds for the helper to start or attach (a first install included)
 
 
@@ -269,10 +270,12 @@ class SessionBridge(Session):
             await asyncio.gather(*tasks, return_exceptions=True)
             if name == "output" and exc is None and self.exit_code is not None:
                 outcome = "exited"
+                acked = False
                 with contextlib.suppress(ConnectionClosed):
                     await self.send_status(status_exit(self.exit_code))
+                    acked = await self.status_acked()
                     await self.conn.close(CloseCode.NORMAL_CLOSURE)
-                    # The status reached the client: the session may end now.
+                if acked:  # the client has the exit status: the session may end now
                     with contextlib.suppress(Exception):
                         await proc.write(sf.encode(sf.DONE))
             elif name == "output":
@@ -299,6 +302,18 @@ class SessionBridge(Session):
                 **self.fields, "outcome": outcome, "exit_code": self.exit_code,
                 "duration": round(time.monotonic() - started, 3),
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+
+    async def status_acked(self) -> bool:
+        """Whether the client acknowledges the exit status (``[255, 3]``) in time.
+        Without it (a client that detached meanwhile, a plain v5 client) the ended
+        session stays, its exit code listed, until its idle time runs out."""
+        deadline = time.monotonic() + STATUS_ACK_WAIT
+        with contextlib.suppress(TimeoutError):
+            while (left := deadline - time.monotonic()) > 0:
+                message = await asyncio.wait_for(self.conn.recv(), left)
+                if message == bytes([CLOSE, STATUS]):
+                    return True
+        return False
 
     async def relay_output(self, proc: ExecProcess, early: list[tuple[bytes, bytes]],
                            reader: sf.FrameReader) -> None:

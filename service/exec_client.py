@@ -216,6 +216,8 @@ async def _one_connection(ws: ClientConnection, stdin: _Stdin, progress: _Progre
                 progress.received += len(data)
             elif channel == STATUS:
                 progress.status = json.loads(data)
+                if progress.session is not None:  # we have it: the session may end
+                    await ws.send(bytes([CLOSE, STATUS]))
             elif channel == SESSION:
                 info = json.loads(data)
                 if progress.session is not None:

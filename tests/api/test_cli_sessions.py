@@ -39,6 +39,7 @@ def test_sessions_through_the_cli(tmp_path, docker_host, pulumi_settings, docker
             check_killed_exec(svc, name)
             check_detach(svc, name)
             check_terminal_reconnects(svc, name)
+            check_sessions_end_with_the_workspace(svc, name)
         finally:
             cli(svc, "delete", name, "--wait")
 
@@ -54,7 +55,8 @@ def check_killed_exec(svc, name: str) -> None:
     r = cli(svc, "term", name, "--attach", sid, stdin="")
     assert (r.returncode, r.stdout) == (3, "".join(f"line {i}\n" for i in range(1, 7)))
     assert stackspace_exec(svc, name, "cat", "/workspace/t2").stdout == b"t2\n"
-    assert sid not in sessions(svc, name)  # its exit reached a client: collected
+    wait_for("the session whose exit reached a client to be collected",
+             lambda: sid not in sessions(svc, name))
 
 
 def check_detach(svc, name: str) -> None:
@@ -67,6 +69,14 @@ def check_detach(svc, name: str) -> None:
     assert (r.returncode, r.stdout) == (4, "in-the-background\n")
     r = cli(svc, "term", name, "--attach", "no-such-session", stdin="")
     assert r.returncode != 0 and "no session" in r.stderr
+
+
+def check_sessions_end_with_the_workspace(svc, name: str) -> None:
+    r = cli(svc, "exec", name, "--detach", "--", "sleep", "9876")
+    assert r.returncode == 0 and r.stdout.strip() in sessions(svc, name)
+    assert cli(svc, "stop", name, "--wait").returncode == 0
+    assert cli(svc, "start", name, "--wait").returncode == 0
+    assert sessions(svc, name) == {}
 
 
 def check_terminal_reconnects(svc, name: str) -> None:

@@ -99,6 +99,7 @@ def check_killed_client_then_reattach(url: str, mint: Mint,
     assert (code, err) == (3, b"")
     assert out == b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
     assert file_exists(marker)
-    # the exit reached a client: the session is gone from the list
-    assert session["id"] not in [s["id"] for s in list_sessions(url, mint)]
+    # the exit reached a client (it acknowledged it): the session is collected
+    wait_for("the session to be collected",
+             lambda: session["id"] not in [s["id"] for s in list_sessions(url, mint)])
     return str(session["id"])
