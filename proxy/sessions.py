@@ -71,6 +71,19 @@ class HelperMissing(ExecError):
     """The helper binary was not built on the proxy's host."""
 
 
+UNUSABLE_FOR = 600.0  # seconds a workspace where the helper cannot run gets plain execs
+_unusable: dict[str, float] = {}
+
+
+def target_key(target: dict[str, Any]) -> str:
+    return json.dumps(target, sort_keys=True)
+
+
+class HelperUnusable(ExecError):
+    """The helper cannot run in this workspace (an unknown architecture, /tmp not
+    writable or mounted noexec): a new command runs as a plain exec instead."""
+
+
 def helper_dir() -> Path:
     """Where scripts/toolchain/session-helper.sh puts the builds."""
     if os.environ.get("STACKSPACE_SESSION_HELPER"):
@@ -148,13 +161,13 @@ async def install(target: dict[str, Any]) -> None:
     arch = await run_once(target, ["uname", "-m"])
     name = ARCHES.get(arch.stdout.decode(errors="replace").strip())
     if arch.code != 0 or name is None:
-        raise ExecError(f"cannot run sessions on this architecture: {arch.stdout!r}")
+        raise HelperUnusable(f"cannot run sessions on this architecture: {arch.stdout!r}")
     binary = helper_binary(name)
     for _ in range(3):  # a cut upload is refused by INSTALL's size check: try again
         done = await run_once(target, [*INSTALL, remote_path(), str(len(binary))], binary)
         if done.code == 0:
             return
-    raise ExecError(f"could not copy the session helper into the workspace "
+    raise HelperUnusable(f"could not copy the session helper into the workspace "
                     f"(exit {done.code}): {done.stderr.decode(errors='replace')[:200]}")
 
 
@@ -219,6 +232,8 @@ class SessionBridge(Session):
             if code == MISSING and attempt == 0:
                 await install(target)
                 continue
+            if code in (MISSING, 126):  # still missing, or not executable (noexec)
+                raise HelperUnusable(f"the session helper cannot run here (exit {code})")
             message = b"".join(errors).decode(errors="replace").strip()
             message = message.removeprefix("stackspace-session: ")
             raise ExecError(message or f"session helper exited with {code}")
@@ -245,6 +260,15 @@ class SessionBridge(Session):
         try:
             proc, hello, early, reader = await self.open()
         except ExecError as exc:
+            if isinstance(exc, HelperUnusable) and self.mode == "start":
+                now = time.monotonic()
+                for key in [k for k, until in _unusable.items() if until <= now]:
+                    del _unusable[key]
+                _unusable[target_key(self.claims.target)] = now + UNUSABLE_FOR
+                log.warning("sessions unavailable here, plain exec",
+                            extra={**self.fields, "error": str(exc)})
+                await Session.run(self)  # the command runs, ending with its connection
+                return
             log.warning("session failed to open", extra={**self.fields, "error": str(exc)})
             with contextlib.suppress(ConnectionClosed):
                 await self.send_status(status_failure("InternalError", str(exc)))
@@ -396,6 +420,9 @@ async def run_session(session: Any) -> None:
         except HelperMissing as exc:  # e.g. a proxy image without it: a plain exec
             log.warning("sessions unavailable, plain exec", extra={"error": str(exc)})
             await session.run()
+            return
+        if _unusable.get(target_key(session.claims.target), 0) > time.monotonic():
+            await session.run()  # not again the install that failed a moment ago
             return
     if mode in ("list", "kill"):
         await run_control(session)

@@ -190,3 +190,25 @@ def test_detached_command_and_idle_end(config, mint, workspace):
         wait_for("the command to be killed", lambda: "sleep 4321" not in ps(workspace))
         wait_for("the session to be gone",
                  lambda: sid not in [s["id"] for s in list_sessions(proxy.url, mint)])
+
+
+def test_a_workspace_whose_tmp_is_noexec_gets_plain_execs(docker_client, docker_host, config):
+    """The helper cannot run from a noexec /tmp: commands still run (ending with
+    their connection, as before sessions), the first and the next."""
+    container = docker_client.containers.run(
+        "stackspace/workspace:bookworm", ["sleep", "infinity"], user="1000", init=True,
+        detach=True, network_mode="none", tmpfs={"/tmp": "rw,noexec,mode=1777"},
+        labels={"stackspace.dev/test": "exec-proxy"})
+    try:
+        def mint(command: list[str]) -> str:
+            return mint_ticket(KEY, user="alice", workspace="alice/noexec",
+                               target=docker_target(docker_host, container), command=command,
+                               tty=False, session={"mode": "start"})[0]
+        with ProxyProcess.running(config) as proxy:
+            for _ in range(2):
+                out, err = io.BytesIO(), io.BytesIO()
+                code = run_exec(proxy.url, mint(["sh", "-c", "echo plain; exit 5"]),
+                                io.BytesIO(), out, err)
+                assert (code, out.getvalue()) == (5, b"plain\n")
+    finally:
+        container.remove(force=True)
