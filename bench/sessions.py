@@ -42,7 +42,7 @@ KEY = b"k" * 32
 def open_ws(url: str, ticket: str, offset: int = 0):
     return connect(f"{url}?offset={offset}" if offset else url,
                    subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
-                   max_size=2**20, compression=None, open_timeout=30)
+                   max_size=2**20, compression=None, legacy=True, open_timeout=30)
 
 
 def first_output(ws) -> tuple[dict, bytes]:

@@ -76,7 +76,7 @@ class RawSession:
     def __init__(self, url: str, ticket: str, offset: int = 0) -> None:
         self.ws = connect(f"{url}?offset={offset}" if offset else url,
                           subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
-                          max_size=2**20, compression=None)
+                          max_size=2**20, compression=None, legacy=True)
         self.out = bytearray()
         self.info: dict = {}
         threading.Thread(target=self._read, daemon=True).start()
