@@ -274,7 +274,12 @@ func (s *session) status() []byte {
 }
 
 func (s *session) kill() {
-	if s.proc != nil {
+	s.mu.Lock()
+	exited := s.exited
+	s.mu.Unlock()
+	// Once the command was reaped its pid may belong to another process: an
+	// ended session only goes away (what it left running in the background stays).
+	if s.proc != nil && !exited {
 		killSession(s.proc.Pid)
 	}
 	s.mu.Lock()
