@@ -46,6 +46,10 @@ def read_key(key_file: str | None) -> bytes:
               help="open port-forward connections (counted apart from sessions)")
 @click.option("--max-forwards-per-workspace", type=int,
               default=_D.max_forwards_per_workspace, show_default=True)
+@click.option("--session-idle-timeout", type=float, default=_D.session_idle_timeout,
+              show_default=True, envvar="STACKSPACE_SESSION_IDLE_TIMEOUT",
+              help="seconds a session lives with no client attached "
+                   "[STACKSPACE_SESSION_IDLE_TIMEOUT]")
 @click.option("--max-frame-bytes", type=int, default=_D.max_frame_bytes, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "
@@ -53,7 +57,7 @@ def read_key(key_file: str | None) -> bytes:
 def main(listen: str, key_file: str | None, activity_url: str | None,
          activity_interval: float, idle_timeout: float, max_sessions_per_user: int,
          max_sessions_per_workspace: int, max_forwards_per_user: int,
-         max_forwards_per_workspace: int, max_frame_bytes: int,
+         max_forwards_per_workspace: int, session_idle_timeout: float, max_frame_bytes: int,
          database_url: str | None) -> None:
     """Run the exec proxy."""
     from proxy.logs import setup_logging
@@ -67,7 +71,8 @@ def main(listen: str, key_file: str | None, activity_url: str | None,
         max_sessions_per_workspace=max_sessions_per_workspace,
         max_frame_bytes=max_frame_bytes, database_url=database_url,
         max_forwards_per_user=max_forwards_per_user,
-        max_forwards_per_workspace=max_forwards_per_workspace),
+        max_forwards_per_workspace=max_forwards_per_workspace,
+        session_idle_timeout=session_idle_timeout),
         announce=lambda url: print(f"exec proxy listening on {url}", flush=True))
 
 

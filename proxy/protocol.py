@@ -10,6 +10,9 @@ subprotocols.)
 Binary messages, first byte = channel: 0 stdin, 1 stdout, 2 stderr, 3 status (a
 Kubernetes ``Status`` JSON, sent once before a normal close), 4 resize
 ``{"Width": w, "Height": h}``, 255 close (``[255, 0]``: the client half-closes stdin).
+A session (proxy.sessions) adds channel 6 from the proxy, before any output:
+``{"session": id, "offset": N, "tty": bool}``; reattach with ``?offset=N`` on the URL.
+The client acknowledges a session's exit status with ``[255, 3]`` (the session ends).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 SUBPROTOCOL = "v5.channel.k8s.io"
 BEARER_PREFIX = "base64url.bearer.authorization.k8s.io."
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+SESSION = 6
 PATH = "/exec"
 FORWARD_PATH = "/forward"  # port forwarding: proxy.forward
 MAX_MESSAGE = 1 << 20  # default largest frame either side accepts

@@ -80,6 +80,10 @@ class ProxyConfig:
     # Forwarded TCP connections have their own caps (proxy.forward).
     max_forwards_per_user: int = 100
     max_forwards_per_workspace: int = 100
+    # Sessions (proxy.sessions) end after this long with no client attached;
+    # a workspace keeps at most this many (running or ended, not yet collected).
+    session_idle_timeout: float = 3600.0
+    max_sessions_per_workspace_kept: int = 32
 
 
 def ticket_from_headers(request: Request) -> str | None:
@@ -160,6 +164,8 @@ class ExecProxy:
     def __init__(self, config: ProxyConfig) -> None:
         if len(config.key) < 32:
             raise ValueError("proxy key must be at least 32 bytes")
+        if config.session_idle_timeout <= 0:
+            raise ValueError("session_idle_timeout must be positive")
         self.config = config
         self.replay = ReplayGuard()
         self.shared = SharedReplayGuard(config.database_url) if config.database_url else None
@@ -248,6 +254,9 @@ class ExecProxy:
         try:
             if claims.kind == "forward":
                 await ForwardSession(self, conn, claims).run()
+            elif claims.session:  # kept in the workspace, outlives this connection
+                from proxy.sessions import run_session
+                await run_session(Session(self, conn, claims))
             else:
                 await Session(self, conn, claims).run()
         finally:

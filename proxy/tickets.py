@@ -63,6 +63,9 @@ class TicketClaims:
     expires_at: float = 0.0
     kind: str = "exec"
     port: int = 0  # the workspace port of a "forward" ticket
+    # A session request (proxy.sessions): {"mode": "start"|"attach"|"list"|"kill",
+    # "id": ...}; empty for a plain exec that ends with its connection.
+    session: dict[str, Any] = field(default_factory=dict)
 
 
 def _b64(data: bytes) -> str:
@@ -88,7 +91,8 @@ def _sign(key: bytes, signed: str) -> str:
 
 
 def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: Any,
-                     env: Any, kind: Any = "exec", port: Any = 0) -> None:
+                     env: Any, kind: Any = "exec", port: Any = 0,
+                     session: Any = None) -> None:
     if not isinstance(user, str) or not user:
         raise ValueError("user must be a non-empty string")
     if not isinstance(workspace, str) or not workspace:
@@ -108,17 +112,20 @@ def _validate_claims(user: Any, workspace: Any, target: Any, command: Any, tty: 
     if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("env must map strings to strings")
+    if session is not None and (not isinstance(session, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in session.items())):
+        raise ValueError("session must map strings to strings")
 
 
 def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any],
                 command: list[str], tty: bool, env: dict[str, str] | None = None,
                 ttl: float = DEFAULT_TTL, now: float | None = None, kind: str = "exec",
-                port: int = 0) -> tuple[str, float]:
+                port: int = 0, session: dict[str, str] | None = None) -> tuple[str, float]:
     """Return ``(ticket, expires_at)``; expires_at is epoch seconds. A "forward"
     ticket has an empty command, no tty and the workspace ``port``."""
     _check_key(key)
     env = dict(env or {})
-    _validate_claims(user, workspace, target, command, tty, env, kind, port)
+    _validate_claims(user, workspace, target, command, tty, env, kind, port, session)
     if not 0 < ttl <= MAX_TTL:
         raise ValueError(f"ttl must be in (0, {MAX_TTL}] seconds")
     issued = time.time() if now is None else now
@@ -128,6 +135,8 @@ def mint_ticket(key: bytes, *, user: str, workspace: str, target: dict[str, Any]
                "iat": issued, "exp": expires}
     if kind != "exec":  # exec tickets keep their original shape
         payload.update(kind=kind, port=port)
+    if session:
+        payload["ses"] = dict(session)
     body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
     signed = f"{VERSION}.{key_id(key)}.{body}"
     return f"{signed}.{_sign(key, signed)}", expires
@@ -153,9 +162,9 @@ def verify_ticket(key: bytes, ticket: str, now: float | None = None) -> TicketCl
             ticket_id=p["jti"], user=p["sub"], workspace=p["ws"], target=p["target"],
             command=p["cmd"], tty=p["tty"], env=p["env"],
             issued_at=float(p["iat"]), expires_at=float(p["exp"]),
-            kind=p.get("kind", "exec"), port=p.get("port", 0))
+            kind=p.get("kind", "exec"), port=p.get("port", 0), session=p.get("ses") or {})
         _validate_claims(claims.user, claims.workspace, claims.target, claims.command,
-                         claims.tty, claims.env, claims.kind, claims.port)
+                         claims.tty, claims.env, claims.kind, claims.port, claims.session)
         if not isinstance(claims.ticket_id, str) or not claims.ticket_id:
             raise ValueError("jti")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:

@@ -166,7 +166,8 @@ def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str
     host, _, port = cfg.proxy_listen.rpartition(":")
     run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
                           activity_url=f"http://{api or cfg.listen}/internal/activity",
-                          database_url=database_url or cfg.database_url),
+                          database_url=database_url or cfg.database_url,
+                          session_idle_timeout=cfg.session_idle_timeout),
               announce=lambda url: click.echo(f"exec proxy listening on {url}"))
 
 
@@ -434,41 +435,60 @@ def update(name: str, patch_file: Any, wait: bool, url: str, token: str, as_json
                wait, as_json)
 
 
-def _ticket(client: Client, name: str, command: list[str] | None, tty: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"tty": tty}
-    if command:
-        body["command"] = command
-    return client.call("POST", f"/workspaces/{name}/terminals", body)
+def _grant(client: Client, name: str) -> Any:
+    """Ticket requests for workspace NAME (service.session_cli.Grant)."""
+    return lambda body: client.call("POST", f"/workspaces/{name}/terminals", body)
 
 
 @main.command()
 @click.argument("name")
+@click.option("--list", "list_", is_flag=True, help="list the workspace's sessions")
+@click.option("--attach", metavar="ID", help="reattach session ID (output replayed)")
+@click.option("--kill", metavar="ID", help="end session ID")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable --list")
 @connection_options
-def term(name: str, url: str, token: str) -> None:
-    """An interactive terminal in workspace NAME (exit code passed through)."""
-    from service.exec_client import ExecClientError, run_terminal
+def term(name: str, list_: bool, attach: str | None, kill: str | None, as_json: bool,
+         url: str, token: str) -> None:
+    """An interactive terminal in workspace NAME (exit code passed through). It
+    outlives its connection: a drop reattaches by itself; `--attach ID` later."""
+    from service import session_cli
+    from service.exec_client import ExecClientError
 
-    grant = _ticket(Client(url, token), name, None, tty=True)
+    grant = _grant(Client(url, token), name)
     try:
-        sys.exit(run_terminal(grant["url"], grant["ticket"]))
-    except ExecClientError as e:
+        if list_:
+            items = session_cli.sessions(grant)
+            _emit(items, as_json, session_cli.format_sessions(items))
+            return
+        if kill:
+            sys.exit(session_cli.kill(grant, kill))
+        sys.exit(session_cli.terminal(grant, attach))
+    except (ExecClientError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
+@click.option("--detach", is_flag=True, help="start in the background, print the session id")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @connection_options
-def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
+def exec_(name: str, detach: bool, command: tuple[str, ...], url: str, token: str) -> None:
     """Run COMMAND in workspace NAME: `stackspace exec NAME -- CMD ARGS...`.
-    stdin/stdout are raw byte pipes; exits with the command's exit code."""
-    from service.exec_client import ExecClientError, run_exec
+    stdin/stdout are raw byte pipes; exits with the command's exit code. A dropped
+    connection reattaches by itself; `--detach` leaves the command running
+    (`stackspace term NAME --attach ID` gets its output and exit code)."""
+    from service import session_cli
+    from service.exec_client import ExecClientError
 
-    grant = _ticket(Client(url, token), name, list(command), tty=False)
     try:
-        sys.exit(run_exec(grant["url"], grant["ticket"]))
+        result = session_cli.command(_grant(Client(url, token), name), list(command),
+                                     detach=detach)
     except ExecClientError as e:
         raise click.ClickException(str(e)) from e
+    if detach:
+        click.echo(result)
+        return
+    sys.exit(result)
 
 
 files_cli.register(main, connection_options, Client)

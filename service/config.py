@@ -15,6 +15,8 @@
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
+    session_idle_timeout STACKSPACE_SESSION_IDLE_TIMEOUT  3600 (seconds a terminal or
+                                           command session lives with no client attached)
     lease_seconds STACKSPACE_LEASE_SECONDS 30 (a dead replica's operation is taken over
                                            this long after its last renewal)
     storage_scan_seconds STACKSPACE_STORAGE_SCAN_SECONDS 60 (Docker storage use is
@@ -69,6 +71,7 @@ class ServiceConfig:
     quota: int = 10
     operation_timeout: float = 1800.0
     idle_stop_after: float | None = None  # seconds; None keeps idle workspaces running
+    session_idle_timeout: float = 3600.0
     lease_seconds: float = 30.0
     storage_scan_seconds: float = 60.0
     runtimes: list[Runtime] = field(default_factory=list)
@@ -157,6 +160,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         lease_seconds=float(env.get("STACKSPACE_LEASE_SECONDS", data.get("lease_seconds", 30))),
         storage_scan_seconds=float(env.get("STACKSPACE_STORAGE_SCAN_SECONDS",
                                            data.get("storage_scan_seconds", 60))),
+        session_idle_timeout=float(env.get("STACKSPACE_SESSION_IDLE_TIMEOUT",
+                                           data.get("session_idle_timeout", 3600))),
         runtimes=[parse_runtime(r) for r in data.get("runtimes", [])],
         database_url=env.get("STACKSPACE_DATABASE_URL", data.get("database_url")) or None,
         secrets_dir=secrets_dir,

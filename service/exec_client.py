@@ -19,7 +19,10 @@ import signal
 import stat
 import sys
 import termios
+import time
 import tty
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,6 +32,7 @@ from proxy.protocol import (
     CLOSE,
     MAX_MESSAGE,
     RESIZE,
+    SESSION,
     STATUS,
     STDERR,
     STDIN,
@@ -125,70 +129,204 @@ def _write(out: BinaryIO | int, data: bytes) -> None:
         out.flush()
 
 
-async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryIO | int,
-                   stderr: BinaryIO | int, *, half_close: bool,
-                   on_open: Any = None) -> int:
+Reconnect = Callable[[str], tuple[str, str]]  # session id -> (url, ticket) to attach
+RECONNECT_FOR = 300.0  # seconds a dropped session keeps trying to reattach
+RETRY_CLOSE_CODES = (None, 1001, 1006, 1011, 1012, 1013, 1014)  # not a refusal
+
+
+@dataclass
+class _Progress:
+    """What one logical session has seen across its connections."""
+
+    session: str | None = None
+    received: int = 0  # output offset: bytes of stdout + stderr written so far
     status: dict[str, Any] | None = None
+    lost: int = 0  # bytes the helper no longer had when we reattached
+
+
+class _Stdin:
+    """Reads stdin once into a small queue; a chunk is dropped only once a
+    connection took it, so a reconnect resends what the broken one did not."""
+
+    def __init__(self, source: _Input) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
+        self.head: bytes | None = None
+        self.has_head = False
+        self.task = asyncio.create_task(self._read(source))
+
+    async def _read(self, source: _Input) -> None:
+        while True:
+            try:
+                data = await source.read()
+            except OSError:  # an unreadable stdin counts as empty
+                data = b""
+            await self.queue.put(data or None)
+            if not data:
+                return
+
+    async def peek(self) -> bytes | None:
+        if not self.has_head:
+            self.head, self.has_head = await self.queue.get(), True
+        return self.head
+
+    def pop(self) -> None:
+        if self.head is not None:  # EOF stays: every new connection half-closes again
+            self.has_head = False
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+def _retryable(code: int | None, reason: str | None) -> bool:
+    """A drop, a restarting or busy proxy; or a proxy restarted since our ticket
+    was minted (the next try mints a new one). Not a refusal."""
+    return code in RETRY_CLOSE_CODES or "issued before the proxy started" in (reason or "")
+
+
+def _with_offset(url: str, offset: int) -> str:
+    return f"{url}{'&' if '?' in url else '?'}offset={offset}" if offset else url
+
+
+async def _connect(url: str, ticket: str, offset: int) -> ClientConnection:
     try:
-        ws = await connect(url, subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
-                           max_size=MAX_MESSAGE, compression=None, open_timeout=30,
-                           ping_interval=20)
+        return await connect(_with_offset(url, offset),
+                             subprotocols=subprotocols(ticket),  # type: ignore[arg-type]
+                             max_size=MAX_MESSAGE, compression=None, open_timeout=30,
+                             ping_interval=20, ping_timeout=20)
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         raise ExecClientError(f"cannot reach the exec proxy: {exc}") from exc
-    async with ws:
-        if on_open is not None:
-            await on_open(ws)
-        sender = asyncio.create_task(_send_input(ws, _Input(stdin), half_close))
-        try:
-            async for message in ws:
-                if isinstance(message, str) or not message:
-                    continue
-                channel, data = message[0], message[1:]
-                if channel == STDOUT:
-                    _write(stdout, data)
-                elif channel == STDERR:
-                    _write(stderr, data)
-                elif channel == STATUS:
-                    status = json.loads(data)
-        except ConnectionClosed:
-            pass
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
-    if status is not None:
-        return exit_code_of(status, ws.close_code)
-    reason = ws.close_reason or "connection closed without an exit status"
-    raise ExecClientError(reason, ws.close_code)
 
 
-async def _send_input(ws: ClientConnection, source: _Input, half_close: bool) -> None:
+async def _one_connection(ws: ClientConnection, stdin: _Stdin, progress: _Progress,
+                          stdout: BinaryIO | int, stderr: BinaryIO | int, *,
+                          half_close: bool, detach: bool) -> bool:
+    """Carry one connection; True if the proxy attached it to a session."""
+    attached = False
+    sender = asyncio.create_task(_send_input(ws, stdin, half_close))
+    try:
+        async for message in ws:
+            if isinstance(message, str) or not message:
+                continue
+            channel, data = message[0], message[1:]
+            if channel == STDOUT:
+                _write(stdout, data)
+                progress.received += len(data)
+            elif channel == STDERR:
+                _write(stderr, data)
+                progress.received += len(data)
+            elif channel == STATUS:
+                progress.status = json.loads(data)
+                if progress.session is not None:  # we have it: the session may end
+                    await ws.send(bytes([CLOSE, STATUS]))
+            elif channel == SESSION:
+                info = json.loads(data)
+                if progress.session is not None:
+                    progress.lost += max(0, int(info["offset"]) - progress.received)
+                progress.session, progress.received = info["session"], int(info["offset"])
+                attached = True
+                if detach:
+                    break
+    except ConnectionClosed:
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await sender
+    return attached
+
+
+async def _session(url: str, ticket: str, stdin: BinaryIO | int, stdout: BinaryIO | int,
+                   stderr: BinaryIO | int, *, half_close: bool, on_open: Any = None,
+                   reconnect: Reconnect | None = None, detach: bool = False) -> Any:
+    """One logical session: on a dropped connection (no exit status, no refusal)
+    it fetches a new ticket with ``reconnect`` and reattaches where it left off."""
+    progress = _Progress()
+    source = _Stdin(_Input(stdin)) if not detach else None
+    dropped_at: float | None = None
+    delay = 0.2
+    try:
+        while True:
+            try:
+                ws = await _connect(url, ticket, progress.received)
+            except ExecClientError:
+                if (reconnect is None or progress.session is None or dropped_at is None
+                        or time.monotonic() - dropped_at > RECONNECT_FOR):
+                    raise
+            else:
+                async with ws:
+                    if on_open is not None:
+                        await on_open(ws)
+                    attached = await _one_connection(
+                        ws, source or _Stdin(_Input(io.BytesIO())), progress, stdout, stderr,
+                        half_close=half_close, detach=detach)
+                if detach and progress.session:
+                    return progress.session
+                if progress.status is not None:
+                    if progress.lost:
+                        _write(stderr, f"stackspace: {progress.lost} bytes of output were "
+                                       "dropped while disconnected\n".encode())
+                    return exit_code_of(progress.status, ws.close_code)
+                if (reconnect is None or progress.session is None
+                        or not _retryable(ws.close_code, ws.close_reason)):
+                    reason = ws.close_reason or "connection closed without an exit status"
+                    raise ExecClientError(reason, ws.close_code)
+                if attached or dropped_at is None:  # a new drop: a fresh deadline
+                    dropped_at, delay = time.monotonic(), 0.2
+            await asyncio.sleep(delay)  # back off: the proxy may be restarting
+            delay = min(delay * 2, 5.0)
+            assert reconnect is not None and progress.session is not None
+            assert dropped_at is not None
+            try:
+                url, ticket = await asyncio.to_thread(reconnect, progress.session)
+            except Exception as exc:  # noqa: BLE001 - the service may be away too: retry
+                if time.monotonic() - dropped_at > RECONNECT_FOR:
+                    raise ExecClientError(f"cannot reattach: {exc}") from exc
+    finally:
+        if source is not None:
+            source.close()
+
+
+async def _send_input(ws: ClientConnection, stdin: _Stdin, half_close: bool) -> None:
     while True:
-        try:
-            data = await source.read()
-        except OSError:  # an unreadable stdin counts as empty, it never costs the exit code
-            data = b""
-        if not data:
+        data = await stdin.peek()
+        if data is None:
             break
         await ws.send(bytes([STDIN]) + data)  # awaits drain: a slow proxy slows us
+        stdin.pop()
     if half_close:
         await ws.send(bytes([CLOSE, STDIN]))
 
 
 def run_exec(url: str, ticket: str, stdin: BinaryIO | int | None = None,
              stdout: BinaryIO | int | None = None,
-             stderr: BinaryIO | int | None = None) -> int:
-    """Run the ticket's command with raw byte pipes; return its exit code."""
+             stderr: BinaryIO | int | None = None, *,
+             reconnect: Reconnect | None = None) -> int:
+    """Run the ticket's command with raw byte pipes; return its exit code. With
+    ``reconnect`` a session ticket's dropped connection is reattached."""
     if stdin is None:  # no stdin at all (fd 0 closed) reads as empty
         stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
     return asyncio.run(_session(
         url, ticket, stdin,
         sys.stdout.buffer if stdout is None else stdout,
-        sys.stderr.buffer if stderr is None else stderr, half_close=True))
+        sys.stderr.buffer if stderr is None else stderr, half_close=True,
+        reconnect=reconnect))
 
 
-def run_terminal(url: str, ticket: str, fd_in: int = 0, fd_out: int = 1) -> int:
-    """Interactive TTY session on the local terminal; return the remote exit code."""
+def start_detached(url: str, ticket: str) -> str:
+    """Start a session ticket's command and leave it running; return the session id."""
+    sink = io.BytesIO()
+    sid = asyncio.run(_session(url, ticket, io.BytesIO(), sink, sink, half_close=False,
+                               detach=True))
+    if not isinstance(sid, str):
+        raise ExecClientError("the proxy did not start a session")
+    return sid
+
+
+def run_terminal(url: str, ticket: str, fd_in: int = 0, fd_out: int = 1, *,
+                 reconnect: Reconnect | None = None) -> int:
+    """Interactive TTY session on the local terminal; return the remote exit code.
+    With ``reconnect`` a dropped connection is reattached (the screen's missed
+    output replayed)."""
 
     async def on_open(ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -208,7 +346,7 @@ def run_terminal(url: str, ticket: str, fd_in: int = 0, fd_out: int = 1) -> int:
         if saved is not None:
             tty.setraw(fd_in)
         return asyncio.run(_session(url, ticket, fd_in, fd_out, fd_out, half_close=False,
-                                    on_open=on_open))
+                                    on_open=on_open, reconnect=reconnect))
     finally:
         if saved is not None:
             termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)

@@ -11,11 +11,33 @@ from typing import Any
 
 from components.runtime import DockerRuntime, Runtime, runtime_dict
 from proxy.protocol import forward_url, is_port
+from proxy.session_frames import is_session_id
 from proxy.tickets import mint_ticket
 from service.problems import Problem
 from service.store import User
 
 DEFAULT_COMMAND = ["/bin/bash", "-l"]
+
+
+def session_claim(value: Any) -> dict[str, str]:
+    """The ticket's session claim (proxy.sessions) from the request's ``session``:
+    absent: a new session for the command; ``{"attach": ID}``, ``{"kill": ID}`` or
+    ``{"list": true}``."""
+    if value is None:
+        return {"mode": "start"}
+    if not isinstance(value, dict) or len(value) != 1:
+        raise Problem("validation", "bad session", {
+            "session": 'one of {"attach": ID}, {"kill": ID}, {"list": true}'})
+    (mode, arg), = value.items()
+    if mode == "list" and arg is True:
+        return {"mode": "list"}
+    if mode in ("attach", "kill"):
+        if isinstance(arg, str) and is_session_id(arg):
+            return {"mode": mode, "id": arg}
+        raise Problem("validation", "bad session id",
+                      {f"session.{mode}": "1-64 letters, digits, '-' or '_'"})
+    raise Problem("validation", "bad session", {
+        "session": 'one of {"attach": ID}, {"kill": ID}, {"list": true}'})
 
 
 class Terminals:
@@ -47,9 +69,10 @@ class Terminals:
     def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         if "port" in body:
             return self.mint_forward(user, ws, body)
-        unknown = set(body) - {"command", "tty"}
+        unknown = set(body) - {"command", "tty", "session"}
         if unknown:
             raise Problem("validation", "unknown fields", {k: "unknown field" for k in unknown})
+        session = session_claim(body.get("session"))
         command = body.get("command", DEFAULT_COMMAND)
         tty = body.get("tty", "command" not in body)
         if (not isinstance(command, list) or not command or len(command) > 64
@@ -62,7 +85,7 @@ class Terminals:
         # exec'd process, and values in a pods/exec argv land in audit logs.
         ticket, expires = mint_ticket(
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
-            target=self.target(ws), command=command, tty=tty, env={})
+            target=self.target(ws), command=command, tty=tty, env={}, session=session)
         return {"url": self.proxy_url, "ticket": ticket, "expires_at": expires}
 
     def mint_forward(self, user: User, ws: dict[str, Any],

@@ -77,6 +77,10 @@ cat >"$s/usr/local/bin/stackspace" <<'WRAP'
 exec /opt/stackspace/app/.venv/bin/python -m service.cli "$@"
 WRAP
 chmod 0755 "$s/usr/local/bin/stackspace"
+# The session helper the proxy copies into workspaces (proxy/sessions.py).
+helper=$(bash "$here/session-helper.sh" | tail -1)
+mkdir -p "$s/opt/stackspace/session-helper"
+cp "${helper%-amd64}"-amd64 "${helper%-amd64}"-arm64 "$s/opt/stackspace/session-helper/"
 source_tar=$work/source.tar
 # Code is root's and read-only to the service: each run works in a private
 # directory of its own (stacks' settings live in the store, not the checkout).
@@ -84,7 +88,7 @@ tarx() { tar -C "$s" --numeric-owner --mtime=@0 --sort=name --mode=go-w "$@"; }
 tarx --owner=0 --group=0 --no-recursion -cf "$source_tar" usr usr/local usr/local/bin opt \
   opt/stackspace "${APP#/}"
 tarx --owner=0 --group=0 -rf "$source_tar" usr/local/bin/stackspace \
-  $(cd "$s" && ls -d "${APP#/}"/*)
+  opt/stackspace/session-helper $(cd "$s" && ls -d "${APP#/}"/*)
 
 # --- image ----------------------------------------------------------------------
 src_sum=$(sha256sum "$source_tar" | cut -c1-16)
@@ -97,6 +101,7 @@ if [[ ! -s $out ]]; then
     --env "PATH=/usr/local/bin:$APP/.venv/bin:/opt/stackspace/pulumi/bin:/usr/bin:/bin" \
     --env HOME=/home/stackspace --env PULUMI_HOME=/home/stackspace/.pulumi \
     --env STACKSPACE_PULUMI_BIN=/opt/stackspace/pulumi/bin \
+    --env STACKSPACE_SESSION_HELPER=/opt/stackspace/session-helper/stackspace-session-linux-amd64 \
     --env PULUMI_SKIP_UPDATE_CHECK=true --env PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
     --env PYTHONUNBUFFERED=1 \
     --user "$UID_:$UID_" --workdir "$APP" --entrypoint /usr/local/bin/stackspace --cmd serve \

@@ -98,9 +98,10 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
                   admin=store.add_user("root", admin=True), alice=store.add_user("alice"),
                   bob=store.add_user("bob"), runner=runner, app=app)
     svc.terminals = terminals
+    svc.proxy = proxy
     yield svc
     server.shutdown()
-    proxy.stop()
+    svc.proxy.stop()  # a test may have restarted it
     runner.shutdown()
     store.close()
 

@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def workspace_container(docker_client: Any, name: str | None = None) -> Iterator[Any]:
+def workspace_container(docker_client: Any, name: str | None = None,
+                        image: str = IMAGE) -> Iterator[Any]:
     """A running workspace like the Docker backend makes: uid 1000, init, no capabilities."""
     name = name or f"stackspace-exec-test-{secrets.token_hex(4)}"
     container = docker_client.containers.run(
-        IMAGE, ["sleep", "infinity"], name=name, user="1000", init=True, cap_drop=["ALL"],
+        image, ["sleep", "infinity"], name=name, user="1000", init=True, cap_drop=["ALL"],
         security_opt=["no-new-privileges"], network_mode="none", working_dir="/workspace",
         detach=True, labels={"stackspace.dev/test": "exec-proxy"})
     try:
@@ -46,7 +47,8 @@ class ProxyProcess:
                 "--idle-timeout", str(config.idle_timeout),
                 "--max-sessions-per-user", str(config.max_sessions_per_user),
                 "--max-sessions-per-workspace", str(config.max_sessions_per_workspace),
-                "--max-frame-bytes", str(config.max_frame_bytes)]
+                "--max-frame-bytes", str(config.max_frame_bytes),
+                "--session-idle-timeout", str(config.session_idle_timeout)]
         if config.activity_url:
             args += ["--activity-url", config.activity_url]
         env = {**os.environ, "STACKSPACE_TICKET_KEY": config.key.hex(),  # never in argv

@@ -1,0 +1,3 @@
+module stackspace.dev/session-helper
+
+go 1.25
