@@ -352,6 +352,28 @@ def run_terminal(url: str, ticket: str, fd_in: int = 0, fd_out: int = 1, *,
             termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)
 
 
+def run_pty(url: str, ticket: str, fd_in: int, out: BinaryIO, size: Callable[[], tuple[int, int]],
+            on_open: Callable[[asyncio.AbstractEventLoop, Callable[[], None]], None], *,
+            reconnect: Reconnect | None = None) -> int:
+    """A TTY session driven by a program (the SDK's pty): input from ``fd_in``,
+    output to ``out``; ``size()`` gives (cols, rows), sent at every (re)connect
+    and whenever the caller invokes the resend function ``on_open`` hands it."""
+
+    async def opened(ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+
+        def send_size() -> None:
+            cols, rows = size()
+            msg = json.dumps({"Width": cols, "Height": rows}).encode()
+            loop.create_task(_send_quietly(ws, bytes([RESIZE]) + msg))
+
+        send_size()
+        on_open(loop, send_size)
+
+    return asyncio.run(_session(url, ticket, fd_in, out, out, half_close=False,
+                                on_open=opened, reconnect=reconnect))
+
+
 async def _send_quietly(ws: ClientConnection, message: bytes) -> None:
     with contextlib.suppress(ConnectionClosed):
         await ws.send(message)

@@ -34,8 +34,9 @@ from urllib.parse import quote
 
 import requests
 
-from service.exec_client import CHUNK, ExecClientError, run_exec
+from service.exec_client import CHUNK, ExecClientError, run_exec, run_pty, start_detached
 from service.forward_client import TicketSource, forward_connection
+from service.session_cli import reconnector, sessions
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 ACTIVE = ("queued", "running")
@@ -232,6 +233,11 @@ class Workspace:
                timeout: float | None = None) -> dict[str, Any]:
         return self._mutate("DELETE", "", None, wait, queue, timeout)
 
+    def pty(self, *, cols: int = 80, rows: int = 24, on_data: Callable[[bytes], Any],
+            command: Sequence[str] | None = None) -> Pty:
+        """An interactive terminal (a login shell, or `command` on a pty)."""
+        return Pty(self.commands, cols, rows, on_data, command)
+
     def forward(self, port: int, *, local: int = 0, host: str = "127.0.0.1") -> Forward:
         """Reach `port` inside the workspace at `Forward.address` on this machine
         (E2B: `get_host(port)`), until the Forward is closed."""
@@ -378,32 +384,153 @@ class WorkspaceFiles:
 
 
 class Commands:
-    """Commands in a workspace (E2B: `sandbox.commands`)."""
+    """Commands in a workspace (E2B: `sandbox.commands`). Each runs in a session
+    kept inside the workspace: it outlives this client's connection, a dropped
+    connection is reattached by itself (output replayed), and a background
+    command can be reattached later by its id."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
-    def run(self, cmd: str | Sequence[str], *, on_stdout: OutputCallback | None = None,
+    def _grant(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.workspace.client.call("POST", self.workspace._path("/terminals"), body,
+                                          params={"owner": self.workspace.owner})
+
+    def run(self, cmd: str | Sequence[str], *, background: bool = False,
+            on_stdout: OutputCallback | None = None,
             on_stderr: OutputCallback | None = None, stdin: bytes | BinaryIO | None = None,
-            cwd: str | None = None, envs: dict[str, str] | None = None) -> CommandResult:
-        """Run a command to its end: a string goes to `sh -c`, a list is the
-        argv. Output streams to the callbacks as it comes and is returned
-        whole with the exit code (a non-zero exit is a result, not an error)."""
+            cwd: str | None = None, envs: dict[str, str] | None = None
+            ) -> CommandResult | CommandHandle:
+        """Run a command: a string goes to `sh -c`, a list is the argv. To its
+        end: output streams to the callbacks as it comes and is returned whole
+        with the exit code (a non-zero exit is a result, not an error). With
+        `background`, start it and return a handle at once."""
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         if cwd is not None or envs:
             # POSIX sh only, and every value passes as an argument, never code.
             assigns = [f"{k}={v}" for k, v in (envs or {}).items()]
             argv = ["sh", "-c", 'cd "$1" && shift && exec env "$@"', "sh",
                     cwd or ".", *assigns, *argv]
-        ticket = self.workspace.ticket(argv)
-        out, err = _Sink(on_stdout), _Sink(on_stderr)
+        grant = self._grant({"command": argv, "tty": False})
+        if background:
+            try:
+                return CommandHandle(self, start_detached(grant["url"], grant["ticket"]))
+            except ExecClientError as e:
+                raise ExecError(str(e)) from e
         source = io.BytesIO(stdin or b"") if stdin is None or isinstance(stdin, bytes) \
             else stdin
+        return self._follow(grant, source, on_stdout, on_stderr)
+
+    def _follow(self, grant: dict[str, Any], stdin: BinaryIO,
+                on_stdout: OutputCallback | None,
+                on_stderr: OutputCallback | None) -> CommandResult:
+        out, err = _Sink(on_stdout), _Sink(on_stderr)
         try:
-            code = run_exec(ticket["url"], ticket["ticket"], source, out, err)  # type: ignore[arg-type]
+            code = run_exec(grant["url"], grant["ticket"], stdin, out, err,  # type: ignore[arg-type]
+                            reconnect=reconnector(self._grant))
         except ExecClientError as e:
             raise ExecError(str(e)) from e
         return CommandResult(code, out.text(), err.text())
+
+    def connect(self, session_id: str) -> CommandHandle:
+        """A handle on a command started earlier (by anyone with this token)."""
+        return CommandHandle(self, session_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        """The workspace's sessions: id, command, started, running or exit code,
+        attached clients."""
+        try:
+            return sessions(self._grant)
+        except (ExecClientError, RuntimeError) as e:
+            raise ExecError(str(e)) from e
+
+
+class Pty:
+    """An interactive terminal driven by a program (E2B: `sandbox.pty`): a login
+    shell on a pseudo-terminal, in a session that outlives its connection
+    (a drop is reattached by itself, missed output replayed). Output goes to
+    `on_data` (bytes) on a background thread."""
+
+    def __init__(self, commands: Commands, cols: int, rows: int,
+                 on_data: Callable[[bytes], Any], command: Sequence[str] | None) -> None:
+        self.size = (cols, rows)
+        body: dict[str, Any] = {"tty": True}
+        if command is not None:
+            body["command"] = list(command)
+        grant = commands._grant(body)
+        read_end, self._input = os.pipe()
+        self._resend: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.exit_code: int | None = None
+        self.error: Exception | None = None
+
+        class Out(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: bytes) -> int:  # type: ignore[override]
+                on_data(bytes(data))
+                return len(data)
+
+        def opened(loop: asyncio.AbstractEventLoop, resend: Callable[[], None]) -> None:
+            self._loop, self._resend = loop, resend
+
+        def run() -> None:
+            try:
+                self.exit_code = run_pty(grant["url"], grant["ticket"], read_end, Out(),
+                                         lambda: self.size, opened,
+                                         reconnect=reconnector(commands._grant))
+            except Exception as e:  # noqa: BLE001 - handed to wait()
+                self.error = e
+            finally:
+                os.close(read_end)
+
+        self._thread = threading.Thread(target=run, name="pty", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes | str) -> None:
+        """Type into the terminal (b"\x03" is ^C, b"\x04" ^D)."""
+        os.write(self._input, data.encode() if isinstance(data, str) else data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.size = (cols, rows)
+        if self._loop is not None and self._resend is not None:
+            with contextlib.suppress(RuntimeError):  # the session has just ended
+                self._loop.call_soon_threadsafe(self._resend)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The shell's exit code, once it ended (raises ExecError if it broke off)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the terminal is still open")
+        with contextlib.suppress(OSError):
+            os.close(self._input)
+        if self.error is not None:
+            raise ExecError(str(self.error)) from self.error
+        assert self.exit_code is not None
+        return self.exit_code
+
+
+@dataclass
+class CommandHandle:
+    """A command running (or ended) in a session inside the workspace."""
+
+    commands: Commands
+    id: str
+
+    def wait(self, *, on_stdout: OutputCallback | None = None,
+             on_stderr: OutputCallback | None = None) -> CommandResult:
+        """Attach, replay what it printed so far, follow it to its end; the
+        output and exit code, even if it ended long ago (while kept)."""
+        grant = self.commands._grant({"session": {"attach": self.id}, "tty": False})
+        return self.commands._follow(grant, io.BytesIO(), on_stdout, on_stderr)
+
+    def kill(self) -> None:
+        grant = self.commands._grant({"session": {"kill": self.id}, "tty": False})
+        try:
+            run_exec(grant["url"], grant["ticket"], io.BytesIO(), io.BytesIO(), io.BytesIO())
+        except ExecClientError as e:
+            raise ExecError(str(e)) from e
 
 
 class FilesError(Exception):

@@ -66,13 +66,17 @@ class Terminals:
                 "workspace": ws["name"], "installation": ws.get("installation") or "",
                 "container": "workspace"}
 
-    def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any], *,
+             kept: bool = True) -> dict[str, Any]:
+        """A ticket for the request ``body``. A command runs in a session kept
+        in the workspace (it outlives its connection) unless ``kept`` is false:
+        the service's own short execs (the file API) end with their connection."""
         if "port" in body:
             return self.mint_forward(user, ws, body)
         unknown = set(body) - {"command", "tty", "session"}
         if unknown:
             raise Problem("validation", "unknown fields", {k: "unknown field" for k in unknown})
-        session = session_claim(body.get("session"))
+        session = session_claim(body.get("session")) if kept else None
         command = body.get("command", DEFAULT_COMMAND)
         tty = body.get("tty", "command" not in body)
         if (not isinstance(command, list) or not command or len(command) > 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 
 import pytest
 
@@ -12,6 +13,13 @@ from service import sdk
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)]
+
+
+def _until(done, screen: bytearray, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, bytes(screen)
+        time.sleep(0.05)
 
 
 def test_an_agent_loop_through_the_sdk(service, docker_client):
@@ -31,6 +39,28 @@ def test_an_agent_loop_through_the_sdk(service, docker_client):
         result = ws.commands.run('echo "$A $B" && cat f', cwd="/workspace/sub",
                                  envs={"A": "x y", "B": "$(not run)"})
         assert result.stdout == "x y $(not run)\nfrom stdin"
+
+        # A background command outlives this client; its output and exit code
+        # are there for whoever reattaches.
+        handle = ws.commands.run("for i in 1 2 3; do echo $i; sleep 0.2; done; exit 5",
+                                 background=True)
+        assert handle.id in [s["id"] for s in ws.commands.list()]
+        done = ws.commands.connect(handle.id).wait()
+        assert (done.exit_code, done.stdout) == (5, "1\n2\n3\n")
+        forever = ws.commands.run(["sleep", "300"], background=True)
+        forever.kill()
+        assert all(s["id"] != forever.id or not s.get("running")
+                   for s in ws.commands.list())
+
+        screen = bytearray()
+        term = ws.pty(cols=100, rows=30, on_data=screen.extend)
+        term.send("stty size; tty >/dev/null && echo on-a-tty\n")
+        _until(lambda: b"30 100" in screen and b"on-a-tty" in screen, screen)
+        term.resize(120, 40)
+        term.send("stty size\n")
+        _until(lambda: b"40 120" in screen, screen)
+        term.send("exit 7\n")
+        assert term.wait(timeout=60) == 7
 
         with pytest.raises(sdk.ApiError) as e:
             ws.update({"env": {"bad name": "1"}})
