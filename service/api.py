@@ -21,6 +21,7 @@ from service.metrics import metrics_for
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.store import Conflict, QuotaExceeded, Store
+from service.streams import StreamGate
 from service.terminals import Terminals
 from stacks.naming import stack_name
 
@@ -34,8 +35,9 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
-               terminals: Terminals | None = None) -> Flask:
+               terminals: Terminals | None = None, streams: StreamGate | None = None) -> Flask:
     app = Flask("stackspace")
+    streams = streams or StreamGate(limit=256)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # Refused with 413 before it is read whole (the activity endpoint, unauthenticated
     # until its signature is checked, included).
@@ -282,27 +284,31 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         except ValueError as e:
             raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
-        def stream() -> Iterator[str]:
-            after = last
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:
-                # Status first: every event written before it ended is then read below.
-                op = store.operation(op_id)
-                for seq, event in store.events(op_id, after):
-                    after = seq
-                    yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                    if event["type"] == "end":
-                        return
-                if op and op["status"] in ("succeeded", "failed", "cancelled"):
-                    end = json.dumps({"type": "end", "status": op["status"],
-                                      "at": op["ended"] or time.time()})
-                    yield f"event: end\ndata: {end}\n\n"
-                    return
-                yield ": keep-alive\n\n"
-                time.sleep(0.5)
+        # Streams have threads of their own, so many: beyond them, a retry later.
+        if not streams.enter():
+            raise Problem("unavailable", "too many open event streams; retry shortly",
+                          headers={"Retry-After": "5"})
 
-        return Response(stream(), mimetype="text/event-stream",
+        return Response(streams.hold(events(op_id, last)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
+
+    def events(op_id: str, after: int) -> Iterator[str]:
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and not streams.stopping.is_set():
+            # Status first: every event written before it ended is then read below.
+            op = store.operation(op_id)
+            for seq, event in store.events(op_id, after):
+                after = seq
+                yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if event["type"] == "end":
+                    return
+            if op and op["status"] in ("succeeded", "failed", "cancelled"):
+                end = json.dumps({"type": "end", "status": op["status"],
+                                  "at": op["ended"] or time.time()})
+                yield f"event: end\ndata: {end}\n\n"
+                return
+            yield ": keep-alive\n\n"
+            streams.stopping.wait(0.5)
 
     # --- service --------------------------------------------------------------
     @app.get("/healthz")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +33,58 @@ def main() -> None:
 # --- server side ---------------------------------------------------------------
 
 def _serve(config: str | None, data_dir: str | None, listen: str | None) -> None:
-    from service.api import create_app
     from service.db import DatabaseUnavailable
-    from service.runner import OperationRunner
+    from service.http_server import HttpSettings, serve
     from service.secret_files import SecretUnavailable
     from service.store import open_store
-    from service.terminals import Terminals
-    from stacks.settings import BackendUnavailable
+    from stacks.settings import BackendUnavailable, prepare_backend
 
     setup_logging()
     try:
         cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+        http = HttpSettings.parse(cfg.http)
         store = open_store(cfg)
     except (ValueError, DatabaseUnavailable, SecretUnavailable) as e:
         raise click.ClickException(str(e)) from None  # names the setting, no traceback
     admin_token = os.environ.get("STACKSPACE_ADMIN_TOKEN")
     token = store.add_user("admin", admin=True, token=admin_token)
+    try:
+        prepare_backend(cfg.pulumi_settings())  # fail here, clearly, not in the worker
+    except BackendUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()  # the server's worker process opens its own, after the fork
+
+    def announce() -> None:
+        click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
+        click.echo(f"data dir: {cfg.data_dir}")
+        if not admin_token:
+            click.echo(f"admin token (shown once): {token}")
+
+    serve(cfg.listen, http, partial(_build_service, cfg), announce)
+
+
+def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
+    """In the HTTP server's worker process: the store, the one operation runner
+    and the app; and what stops them."""
+    from service.api import create_app
+    from service.runner import OperationRunner
+    from service.store import open_store
+    from service.terminals import Terminals
+
+    store = open_store(cfg)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
                              replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds)
-    try:
-        runner.start()
-    except BackendUnavailable as e:
-        raise click.ClickException(str(e)) from None
+    runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
-    app = create_app(cfg, store, runner, terminals)
-    host, _, port = cfg.listen.rpartition(":")
-    click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
-    click.echo(f"data dir: {cfg.data_dir}")
-    if not admin_token:
-        click.echo(f"admin token (shown once): {token}")
-    from werkzeug.serving import make_server
 
-    server = make_server(host, int(port), app, threaded=True)
-    stop_on_signals()
-    try:
-        server.serve_forever()
-    except Stopped:
-        log.info("stopping on signal")
-    finally:
-        server.server_close()
+    def stop() -> None:
+        log.info("stopping")
         runner.shutdown()
+        store.close()
+
+    return create_app(cfg, store, runner, terminals, streams=gate), stop
 
 
 class Stopped(Exception):

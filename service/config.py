@@ -18,6 +18,7 @@
     lease_seconds STACKSPACE_LEASE_SECONDS 30 (a dead replica's operation is taken over
                                            this long after its last renewal)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
+    http          (file only)              the HTTP server's limits (service.http_server)
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class ServiceConfig:
     database_url: str | None = None  # None: the embedded SQLite store
     secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
     replica_id: str = field(default_factory=default_replica_id)
+    http: dict[str, Any] = field(default_factory=dict)  # service.http_server.HttpSettings
 
     def __post_init__(self) -> None:
         if self.secrets_dir is None:
@@ -152,6 +154,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         replica_id=env.get("STACKSPACE_REPLICA_ID", data.get("replica_id"))
         or default_replica_id(),
         public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
+        http=data.get("http") or {},
     )
     for key, value in overrides.items():
         if value is not None:

@@ -21,6 +21,7 @@ TITLES = {
     "unsupported-media-type": (415, "Send application/json"),
     "too-large": (413, "Request body too large"),
     "internal": (500, "Internal error"),
+    "unavailable": (503, "Service unavailable"),  # saturated: retry after Retry-After
 }
 
 
