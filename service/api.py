@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial, wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import lifecycle, openapi
+from service import lifecycle, openapi, pagination
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
@@ -67,7 +68,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
 
     @app.before_request
     def _check_query() -> None:
-        unknown = set(request.args) - {"queue", "owner"}
+        unknown = set(request.args) - {"queue", "owner", "limit", "cursor"}
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")
@@ -190,10 +191,22 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         owner = request.args.get("owner")
         if not g.user.admin:
             owner = g.user.name
-        rows = store.workspaces(owner or None)
-        last = store.last_operations(owner or None)
+        try:
+            limit = pagination.parse_limit(request.args.get("limit"))
+            after = pagination.decode_cursor(request.args.get("cursor"))
+        except pagination.PageError as e:
+            raise Problem("bad-request", f"bad {e.field}", {e.field: str(e)}) from e
+        rows, last = store.workspace_page(owner or None, after, limit)
         items = [ws_view(w, last.get((w["owner"], w["name"]))) for w in rows]
-        return app.response_class(json.dumps({"items": items}), mimetype="application/json")
+        cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
+            if len(rows) == limit else None
+        resp = app.response_class(json.dumps({"items": items, "next": cursor}),
+                                  mimetype="application/json")
+        if cursor:
+            query = {k: v for k, v in request.args.items() if k != "cursor"}
+            resp.headers["Link"] = f'<{request.path}?{urlencode({**query, "cursor": cursor})}>' \
+                '; rel="next"'
+        return resp
 
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
@@ -249,8 +262,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         """Signed reports from the exec proxy (terminal activity, for idle auto-stop)."""
         if terminals is None:
             raise Problem("not-found", "the exec proxy is not configured")
+        # Authenticated from its headers before a byte of the body is read.
         owner, name, at = terminals.verify_activity(
-            request.get_data(), request.headers.get("X-Stackspace-Signature", ""))
+            request.headers, request.content_length, request.get_data)
         store.touch_workspace(owner, name, at)
         return Response(status=204)
 

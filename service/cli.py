@@ -396,8 +396,14 @@ def create(spec_file: Any, wait: bool, url: str, token: str, as_json: bool) -> N
 @client_options
 def list_(url: str, token: str, as_json: bool) -> None:
     """List your workspaces."""
-    data = Client(url, token).call("GET", "/workspaces")
-    text = "\n".join(f"{w['name']:<24} {w['state']:<12} {w['runtime']}" for w in data["items"])
+    client = Client(url, token)
+    data = client.call("GET", "/workspaces")
+    items = data["items"]
+    while data.get("next"):  # every page, following the cursors
+        data = client.call("GET", f"/workspaces?cursor={data['next']}")
+        items += data["items"]
+    data = {"items": items}
+    text = "\n".join(f"{w['name']:<24} {w['state']:<12} {w['runtime']}" for w in items)
     _emit(data, as_json, text or "no workspaces")
 
 

@@ -354,6 +354,31 @@ class Store:
                                    (owner,))
         return [_ws(r) for r in rows]
 
+    def workspace_page(self, owner: str | None, after: tuple[str, str] | None, limit: int
+                       ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+        """Up to `limit` workspaces (of `owner`) after the key `after` in
+        (owner, name) order (service.pagination), and the newest operation of
+        each: two queries, whatever the size of the page or of the table."""
+        where, params = ["1=1"], []
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
+        if after is not None:
+            where.append("(owner > ? OR (owner = ? AND name > ?))")
+            params += [after[0], after[0], after[1]]
+        rows = [_ws(r) for r in self.db.execute(
+            f"SELECT * FROM workspaces WHERE {' AND '.join(where)}"  # noqa: S608 - fixed parts
+            " ORDER BY owner, name LIMIT ?", (*params, limit))]
+        if not rows:
+            return rows, {}
+        first, last = rows[0], rows[-1]
+        ops = self.db.execute(_NEWEST_OPS.format(
+            "WHERE (owner > ? OR (owner = ? AND workspace >= ?))"
+            " AND (owner < ? OR (owner = ? AND workspace <= ?))"),
+            (first["owner"], first["owner"], first["name"],
+             last["owner"], last["owner"], last["name"]))
+        return rows, {(r["owner"], r["workspace"]): _op(r) for r in ops}
+
     def last_operations(self, owner: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest operation of every workspace (of `owner`), in one query:
         a listing must not cost one query per workspace."""
