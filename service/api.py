@@ -61,6 +61,12 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         return Problem(kind, e.description or kind, headers=headers).response()
 
+    @app.errorhandler(ConnectionError)
+    def _gone(e: ConnectionError) -> Response:
+        # The server cut off a client that stalled (service.http_server): no bug.
+        log.info("client stalled or went away", extra={"path": request.path})
+        return Problem("bad-request", "the request body did not arrive in time").response()
+
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.path})
