@@ -68,10 +68,16 @@ def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
     """In the HTTP server's worker process: the store, the one operation runner
     and the app; and what stops them."""
     from service.api import create_app
+    from service.config import default_replica_id
+    from service.replica import is_default_id
     from service.runner import OperationRunner
     from service.store import open_store
     from service.terminals import Terminals
 
+    if is_default_id(cfg.replica_id, os.getppid()):
+        # The runner's process names the replica: once it is gone (a new worker,
+        # a restarted container), its leases are known dead on this host.
+        cfg.replica_id = default_replica_id()
     store = open_store(cfg)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,

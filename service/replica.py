@@ -37,6 +37,12 @@ def dead_here(owner: str | None, me: str) -> bool:
     return bool(found) and not pid_alive(int(found.group(1)))
 
 
+def is_default_id(replica_id: str, pid: int) -> bool:
+    """Whether `replica_id` is the default id made by process `pid` of this host."""
+    return re.fullmatch(rf"{re.escape(socket.gethostname())}-{pid}-[0-9a-f]+",
+                        replica_id) is not None
+
+
 def engine_tag_prefix(instance: str, nonce: str) -> str:
     """What the engine processes of this replica carry (service.pool.ENGINE_TAG):
     ``<instance>:<pid>-<nonce>``, so a later replica on this host can tell a

@@ -48,3 +48,15 @@ def test_engine_tags_of_dead_replicas_of_this_store_only():
         finally:
             live.kill()
     assert not left_by_dead_replica(f"other:{_gone_pid()}-run0:0:0", "inst")
+
+
+def test_a_default_id_is_recognised_by_the_process_that_made_it():
+    import os
+
+    from service.config import default_replica_id
+    from service.replica import is_default_id
+
+    made = default_replica_id()
+    assert is_default_id(made, os.getpid())
+    assert not is_default_id(made, os.getpid() + 1)
+    assert not is_default_id("pod-a", os.getpid())
