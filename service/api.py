@@ -19,6 +19,7 @@ from components.spec import SpecError, WorkspaceSpec
 from service import lifecycle, openapi, pagination
 from service.config import ServiceConfig
 from service.metrics import metrics_for
+from service.notify import EventFeed
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.store import Conflict, QuotaExceeded, Store
@@ -33,6 +34,8 @@ PREFIX = "/api/v1"
 # The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
 # of the worst case stays well under this.
 MAX_BODY_BYTES = 1024 * 1024
+# An idle event stream gets a comment this often (proxies keep it open).
+KEEPALIVE = 15.0
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
@@ -312,9 +315,14 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         return Response(streams.hold(events(op_id, last)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
 
+    feed: list[EventFeed] = []  # one watcher per process, started by the first stream
+
     def events(op_id: str, after: int) -> Iterator[str]:
+        if not feed:
+            feed.append(EventFeed(store.path, streams.stopping))
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline and not streams.stopping.is_set():
+            seen = feed[0].version(op_id)  # before reading: a later event wakes the wait
             # Status first: every event written before it ended is then read below.
             op = store.operation(op_id)
             for seq, event in store.events(op_id, after):
@@ -328,7 +336,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                 yield f"event: end\ndata: {end}\n\n"
                 return
             yield ": keep-alive\n\n"
-            streams.stopping.wait(0.5)
+            feed[0].wait(op_id, seen, KEEPALIVE)
 
     # --- service --------------------------------------------------------------
     @app.get("/healthz")

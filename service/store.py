@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet
 
 from service import lifecycle
 from service.db import Database, Tx, connect, is_postgres_url
+from service.notify import notify_sql
 from service.secret_files import read_or_create
 
 if TYPE_CHECKING:
@@ -607,6 +608,8 @@ class Store:
                              (op_id,)).fetchone()[0]
             db.execute("INSERT INTO events(op, seq, at, body) VALUES (?,?,?,?)",
                        (op_id, seq, time.time(), json.dumps(body)))
+            if announce := notify_sql(self.db.dialect):  # SSE streams wake (service.notify)
+                db.execute(announce, (op_id,))
 
     def events(self, op_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
         """(seq, event) pairs; each event carries `at`, when it was recorded (unix s)."""
