@@ -55,7 +55,7 @@ class HttpSettings:
 
     threads: int = 16  # request threads
     backlog: int = 64  # requests waiting for a request thread before 503
-    streams: int = 256  # concurrent SSE streams, each on its own thread
+    streams: int = 1024  # concurrent SSE streams, each on its own thread
     header_timeout: float = 10.0  # seconds for a request's whole head to arrive
     io_timeout: float = 30.0  # seconds a body read or a response write may stall
     keepalive: int = 5  # seconds an idle kept-alive connection stays open
