@@ -171,3 +171,55 @@ def test_activity_reports_are_judged_on_their_headers_before_the_body(served):
                       timeout=5, headers={"Content-Type": "application/json",
                                           **activity.sign(key, body.encode(), time.time())})
     assert r.status_code == 401
+
+
+def test_event_streams_have_their_own_capped_threads_and_are_pushed(served):
+    from service.store import Store
+
+    r = served.call("POST", "/workspaces", json={"name": "streamed"})
+    assert r.status_code == 202, r.text
+    op_id = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while served.op(op_id)["status"] in ("queued", "running"):  # no engine here: it fails
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # Running again, leased to a live replica elsewhere: its stream stays open.
+    store = Store(served.data_dir / "stackspace.db", key_file=served.data_dir / "store.key")
+    with store.tx() as db:
+        db.execute("UPDATE operations SET status='running', ended=NULL, lease_owner=?,"
+                   " lease_until=? WHERE id=?", ("elsewhere-1-abcdef", time.time() + 3600, op_id))
+        db.execute("DELETE FROM events WHERE op=?", (op_id,))  # its end, too
+    request = (f"GET /api/v1/operations/{op_id}/events HTTP/1.1\r\nHost: x\r\n"
+               f"Authorization: Bearer {served.token}\r\n\r\n").encode()
+    first = connect(served)
+    first.sendall(request)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += first.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    try:
+        # One stream is all this server allows (streams: 1): the next is refused...
+        second = connect(served)
+        second.sendall(request)
+        status, headers, body = response(second)
+        second.close()
+        assert status == 503 and headers["content-type"] == "application/problem+json", body
+        assert int(headers["retry-after"]) >= 1
+        # ... while the API keeps its threads.
+        healthy_fast(served, 5)
+        # An event written by another process reaches the open stream at once.
+        first.settimeout(5)
+        start = time.monotonic()
+        store.add_event(op_id, {"type": "diagnostic", "message": "pushed-now"})
+        got = b""
+        while b"pushed-now" not in got:
+            chunk = first.recv(65536)
+            assert chunk, "the stream closed"
+            got += chunk
+        assert time.monotonic() - start < 1.0
+    finally:
+        first.close()
+        with store.tx() as db:
+            db.execute("UPDATE operations SET status='failed', ended=? WHERE id=?",
+                       (time.time(), op_id))
+        store.close()
