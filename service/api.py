@@ -321,12 +321,13 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         if not feed:
             feed.append(EventFeed(store.path, streams.stopping))
         deadline = time.monotonic() + 3600
+        sent = float("-inf")  # something goes out at once: the response starts
         while time.monotonic() < deadline and not streams.stopping.is_set():
             seen = feed[0].version(op_id)  # before reading: a later event wakes the wait
             # Status first: every event written before it ended is then read below.
             op = store.operation(op_id)
             for seq, event in store.events(op_id, after):
-                after = seq
+                after, sent = seq, time.monotonic()
                 yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
                 if event["type"] == "end":
                     return
@@ -335,7 +336,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                                   "at": op["ended"] or time.time()})
                 yield f"event: end\ndata: {end}\n\n"
                 return
-            yield ": keep-alive\n\n"
+            if time.monotonic() - sent >= KEEPALIVE:
+                sent = time.monotonic()
+                yield ": keep-alive\n\n"
             feed[0].wait(op_id, seen, KEEPALIVE)
 
     # --- service --------------------------------------------------------------
