@@ -38,8 +38,9 @@ def sign(key: bytes, body: bytes, now: float) -> dict[str, str]:
 def check_headers(key: bytes, headers: Mapping[str, str], now: float) -> str:
     """The body digest a correctly signed, fresh report promises; raises
     ActivityRejected otherwise. Needs no byte of the body."""
-    timestamp, digest = headers.get(TIMESTAMP, ""), headers.get(DIGEST, "")
-    if not hmac.compare_digest(_mac(key, timestamp, digest), headers.get(SIGNATURE, "")):
+    named = {k.lower(): v for k, v in headers.items()}  # header names have no case
+    timestamp, digest = named.get(TIMESTAMP.lower(), ""), named.get(DIGEST.lower(), "")
+    if not hmac.compare_digest(_mac(key, timestamp, digest), named.get(SIGNATURE.lower(), "")):
         raise ActivityRejected("bad activity signature")
     try:
         sent = float(timestamp)

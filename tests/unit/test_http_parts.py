@@ -77,6 +77,9 @@ def test_activity_signature_is_checked_from_headers_then_the_body_by_digest():
     body = b'{"workspace": "alice/ws"}'
     headers = activity.sign(KEY, body, now=1000.0)
     digest = activity.check_headers(KEY, headers, now=1001.0)
+    # urllib sends "X-stackspace-signature": names are matched without case
+    assert activity.check_headers(KEY, {k.capitalize(): v for k, v in headers.items()},
+                                  now=1001.0) == digest
     activity.check_body(digest, body)
     with pytest.raises(activity.ActivityRejected):
         activity.check_body(digest, body + b" ")
