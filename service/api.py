@@ -41,7 +41,7 @@ KEEPALIVE = 15.0
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
                terminals: Terminals | None = None, streams: StreamGate | None = None) -> Flask:
     app = Flask("stackspace")
-    streams = streams or StreamGate(limit=256)
+    streams = streams or StreamGate()
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # Refused with 413 before it is read whole (the activity endpoint, unauthenticated
     # until its signature is checked, included).

@@ -43,7 +43,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from service.problems import BASE, TITLES
-from service.streams import StreamGate
+from service.streams import DEFAULT_LIMIT, StreamGate
 
 # The most a request's head (request line and headers) may take.
 MAX_HEAD_BYTES = 64 * 1024
@@ -55,7 +55,7 @@ class HttpSettings:
 
     threads: int = 16  # request threads
     backlog: int = 64  # requests waiting for a request thread before 503
-    streams: int = 1024  # concurrent SSE streams, each on its own thread
+    streams: int = DEFAULT_LIMIT  # concurrent SSE streams, each on its own thread
     header_timeout: float = 10.0  # seconds for a request's whole head to arrive
     io_timeout: float = 30.0  # seconds a body read or a response write may stall
     keepalive: int = 5  # seconds an idle kept-alive connection stays open

@@ -12,9 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+DEFAULT_LIMIT = 1024  # open streams per server process
+
 
 class StreamGate:
-    def __init__(self, limit: int):
+    def __init__(self, limit: int = DEFAULT_LIMIT):
         self.limit = limit
         self.stopping = threading.Event()
         self._active = 0
