@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -33,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from proxy import activity as activity_signature
 from proxy.backends import ExecError, ExecProcess, ExecRequest, make_process
 from proxy.forward import ForwardSession
 from proxy.protocol import (
@@ -119,8 +118,8 @@ class SessionLimiter:
 class ActivityReporter:
     """Tells the service a terminal is in use (for idle auto-stop), rate-limited.
 
-    The HTTP report is a JSON POST signed like tickets: header
-    ``X-Stackspace-Signature: sha256=<hex HMAC of the body>``.
+    The HTTP report is a JSON POST whose headers carry its signature
+    (proxy.activity), so the service checks it before reading the body.
     """
 
     def __init__(self, config: ProxyConfig) -> None:
@@ -152,8 +151,8 @@ class ActivityReporter:
         if not url.startswith(("http://", "https://")):
             raise ValueError("activity_url must be http(s)")
         body = json.dumps(activity).encode()
-        sig = hmac.new(self.config.key, body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Stackspace-Signature": f"sha256={sig}"}
+        headers = {"Content-Type": "application/json",
+                   **activity_signature.sign(self.config.key, body, time.time())}
         req = urllib.request.Request(url, data=body, method="POST",  # noqa: S310 - checked
                                      headers=headers)
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - scheme checked

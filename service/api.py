@@ -9,19 +9,22 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial, wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import files_api, lifecycle, openapi, token_api
+from service import files_api, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
+from service.notify import EventFeed
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.storage_usage import StorageUsage
 from service.store import Conflict, QuotaExceeded, Store
+from service.streams import StreamGate
 from service.terminals import Terminals
 from stacks.naming import stack_name
 
@@ -32,11 +35,14 @@ PREFIX = "/api/v1"
 # The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
 # of the worst case stays well under this.
 MAX_BODY_BYTES = 1024 * 1024
+# An idle event stream gets a comment this often (proxies keep it open).
+KEEPALIVE = 15.0
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
-               terminals: Terminals | None = None) -> Flask:
+               terminals: Terminals | None = None, streams: StreamGate | None = None) -> Flask:
     app = Flask("stackspace")
+    streams = streams or StreamGate()
     app.json.sort_keys = False  # type: ignore[attr-defined]
     # Refused with 413 before it is read whole (the activity endpoint, unauthenticated
     # until its signature is checked, included).
@@ -61,6 +67,12 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         headers = {k: v for k, v in e.get_headers() if k.lower() == "allow"}
         return Problem(kind, e.description or kind, headers=headers).response()
 
+    @app.errorhandler(ConnectionError)
+    def _gone(e: ConnectionError) -> Response:
+        # The server cut off a client that stalled (service.http_server): no bug.
+        log.info("client stalled or went away", extra={"path": request.path})
+        return Problem("bad-request", "the request body did not arrive in time").response()
+
     @app.errorhandler(Exception)
     def _internal(e: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.path})
@@ -71,7 +83,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         # `queue` is for requests that enqueue an operation: no GET does (a
         # method a path does not take still gets its 405).
         get = request.method in ("GET", "HEAD") and request.routing_exception is None
-        unknown = set(request.args) - ({"owner", "format"} if get else {"queue", "owner", "format"})
+        unknown = set(request.args) - ({"owner", "format", "limit", "cursor"} if get
+                                      else {"queue", "owner", "format"})
         if unknown:
             names = ", ".join(sorted(unknown))
             raise Problem("bad-request", f"unknown query parameter(s): {names}")
@@ -194,10 +207,22 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         owner = request.args.get("owner")
         if not g.user.admin:
             owner = g.user.name
-        rows = store.workspaces(owner or None)
-        last = store.last_operations(owner or None)
+        try:
+            limit = pagination.parse_limit(request.args.get("limit"))
+            after = pagination.decode_cursor(request.args.get("cursor"))
+        except pagination.PageError as e:
+            raise Problem("bad-request", f"bad {e.field}", {e.field: str(e)}) from e
+        rows, last = store.workspace_page(owner or None, after, limit)
         items = [ws_view(w, last.get((w["owner"], w["name"]))) for w in rows]
-        return app.response_class(json.dumps({"items": items}), mimetype="application/json")
+        cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
+            if len(rows) == limit else None
+        resp = app.response_class(json.dumps({"items": items, "next": cursor}),
+                                  mimetype="application/json")
+        if cursor:
+            query = {k: v for k, v in request.args.items() if k != "cursor"}
+            resp.headers["Link"] = f'<{request.path}?{urlencode({**query, "cursor": cursor})}>' \
+                '; rel="next"'
+        return resp
 
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
@@ -256,8 +281,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         """Signed reports from the exec proxy (terminal activity, for idle auto-stop)."""
         if terminals is None:
             raise Problem("not-found", "the exec proxy is not configured")
+        # Authenticated from its headers before a byte of the body is read.
         owner, name, at = terminals.verify_activity(
-            request.get_data(), request.headers.get("X-Stackspace-Signature", ""))
+            request.headers, request.content_length, request.get_data)
         store.touch_workspace(owner, name, at)
         return Response(status=204)
 
@@ -291,27 +317,39 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         except ValueError as e:
             raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
-        def stream() -> Iterator[str]:
-            after = last
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:
-                # Status first: every event written before it ended is then read below.
-                op = store.operation(op_id)
-                for seq, event in store.events(op_id, after):
-                    after = seq
-                    yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                    if event["type"] == "end":
-                        return
-                if op and op["status"] in ("succeeded", "failed", "cancelled"):
-                    end = json.dumps({"type": "end", "status": op["status"],
-                                      "at": op["ended"] or time.time()})
-                    yield f"event: end\ndata: {end}\n\n"
-                    return
-                yield ": keep-alive\n\n"
-                time.sleep(0.5)
+        # Streams have threads of their own, so many: beyond them, a retry later.
+        if not streams.enter():
+            raise Problem("unavailable", "too many open event streams; retry shortly",
+                          headers={"Retry-After": "5"})
 
-        return Response(stream(), mimetype="text/event-stream",
+        return Response(streams.hold(events(op_id, last)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache"})
+
+    feed: list[EventFeed] = []  # one watcher per process, started by the first stream
+
+    def events(op_id: str, after: int) -> Iterator[str]:
+        if not feed:
+            feed.append(EventFeed(store.path, streams.stopping))
+        deadline = time.monotonic() + 3600
+        sent = float("-inf")  # something goes out at once: the response starts
+        while time.monotonic() < deadline and not streams.stopping.is_set():
+            seen = feed[0].version(op_id)  # before reading: a later event wakes the wait
+            # Status first: every event written before it ended is then read below.
+            op = store.operation(op_id)
+            for seq, event in store.events(op_id, after):
+                after, sent = seq, time.monotonic()
+                yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if event["type"] == "end":
+                    return
+            if op and op["status"] in ("succeeded", "failed", "cancelled"):
+                end = json.dumps({"type": "end", "status": op["status"],
+                                  "at": op["ended"] or time.time()})
+                yield f"event: end\ndata: {end}\n\n"
+                return
+            if time.monotonic() - sent >= KEEPALIVE:
+                sent = time.monotonic()
+                yield ": keep-alive\n\n"
+            feed[0].wait(op_id, seen, KEEPALIVE)
 
     token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 

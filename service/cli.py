@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,48 +35,65 @@ def main() -> None:
 def _serve(config: str | None, data_dir: str | None, listen: str | None,
            retention: str | None = None) -> None:
     from service import tokens
-    from service.api import create_app
     from service.db import DatabaseUnavailable
-    from service.runner import OperationRunner
+    from service.http_server import HttpSettings, serve
     from service.secret_files import SecretUnavailable
     from service.store import open_store
-    from service.terminals import Terminals
-    from stacks.settings import BackendUnavailable
+    from stacks.settings import BackendUnavailable, prepare_backend
 
     setup_logging()
     try:
         cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen,
                           retention=retention)
+        http = HttpSettings.parse(cfg.http)
         store = open_store(cfg)
     except (ValueError, DatabaseUnavailable, SecretUnavailable) as e:
         raise click.ClickException(str(e)) from None  # names the setting, no traceback
     new_admin_token = tokens.ensure_admin(store, os.environ.get("STACKSPACE_ADMIN_TOKEN"))
+    try:
+        prepare_backend(cfg.pulumi_settings())  # fail here, clearly, not in the worker
+    except BackendUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()  # the server's worker process opens its own, after the fork
+
+    def announce() -> None:
+        click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
+        click.echo(f"data dir: {cfg.data_dir}")
+        if new_admin_token:  # made once; `stackspace token rotate-admin` replaces it
+            click.echo(f"admin token (shown once): {new_admin_token}")
+
+    serve(cfg.listen, http, partial(_build_service, cfg), announce)
+
+
+def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
+    """In the HTTP server's worker process: the store, the one operation runner
+    and the app; and what stops them."""
+    from service.api import create_app
+    from service.config import default_replica_id
+    from service.replica import is_default_id
+    from service.runner import OperationRunner
+    from service.store import open_store
+    from service.terminals import Terminals
+
+    if is_default_id(cfg.replica_id, os.getppid()):
+        # The runner's process names the replica: once it is gone (a new worker,
+        # a restarted container), its leases are known dead on this host.
+        cfg.replica_id = default_replica_id()
+    store = open_store(cfg)
     runner = OperationRunner(store, cfg.pulumi_settings(), cfg.pool_size,
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
                              replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds,
                              retention=cfg.retention)
-    try:
-        runner.start()
-    except BackendUnavailable as e:
-        raise click.ClickException(str(e)) from None
+    runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
-    app = create_app(cfg, store, runner, terminals)
-    host, _, port = cfg.listen.rpartition(":")
-    click.echo(f"stackspace listening on http://{cfg.listen} (exec proxy {cfg.proxy_url})")
-    click.echo(f"data dir: {cfg.data_dir}")
-    if new_admin_token:  # made once; `stackspace token rotate-admin` replaces it
-        click.echo(f"admin token (shown once): {new_admin_token}")
-    from werkzeug.serving import make_server
 
-    server = make_server(host, int(port), app, threaded=True)
-    stop_on_signals()
-    try:
-        server.serve_forever()
-    except Stopped:
-        log.info("stopping on signal")
-    finally:
-        server.server_close()
+    def stop() -> None:
+        log.info("stopping")
         runner.shutdown()
+        store.close()
+
+    return create_app(cfg, store, runner, terminals, streams=gate), stop
 
 
 class Stopped(Exception):
@@ -391,8 +409,14 @@ def create(spec_file: Any, wait: bool, url: str, token: str, as_json: bool) -> N
 @client_options
 def list_(url: str, token: str, as_json: bool) -> None:
     """List your workspaces."""
-    data = Client(url, token).call("GET", "/workspaces")
-    text = "\n".join(f"{w['name']:<24} {w['state']:<12} {w['runtime']}" for w in data["items"])
+    client = Client(url, token)
+    data = client.call("GET", "/workspaces")
+    items = data["items"]
+    while data.get("next"):  # every page, following the cursors
+        data = client.call("GET", f"/workspaces?cursor={data['next']}")
+        items += data["items"]
+    data = {"items": items}
+    text = "\n".join(f"{w['name']:<24} {w['state']:<12} {w['runtime']}" for w in items)
     _emit(data, as_json, text or "no workspaces")
 
 

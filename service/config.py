@@ -24,6 +24,7 @@
     retention     STACKSPACE_RETENTION     30d: ended operations and their events older than
                                            this are pruned (seconds, or 90m, 12h, 30d, 2w)
     runtimes      (file only)              [{name: local, type: docker, host: $DOCKER_HOST}]
+    http          (file only)              the HTTP server's limits (service.http_server)
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class ServiceConfig:
     secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
     replica_id: str = field(default_factory=default_replica_id)
     retention: float = DEFAULT_RETENTION  # seconds (a duration text is parsed)
+    http: dict[str, Any] = field(default_factory=dict)  # service.http_server.HttpSettings
 
     def __post_init__(self) -> None:
         self.retention = parse_duration(self.retention, "retention")
@@ -169,6 +171,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         or default_replica_id(),
         public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
         retention=env.get("STACKSPACE_RETENTION", data.get("retention", DEFAULT_RETENTION)),
+        http=data.get("http") or {},
     )
     for key, value in overrides.items():
         if value is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service import token_api
+from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -42,6 +43,14 @@ def _op(summary: str, ok: str, schema: str | None = None, body: str | None = Non
     return op
 
 
+# Pagination of lists (service.pagination); the next page is also in a Link header.
+_PAGE = [{"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                     "default": DEFAULT_LIMIT}},
+         {"name": "cursor", "in": "query", "required": False,
+          "description": "`next` of the previous page, as given", "schema": {"type": "string"}}]
+
+
 def document() -> dict[str, Any]:
     ws = ["name"]
     op = ["op_id"]
@@ -54,7 +63,9 @@ def document() -> dict[str, Any]:
                 "post": {**(create := _op("Create a workspace", "202", "Operation",
                                           "WorkspaceSpec")),
                          "responses": {**create["responses"], "403": PROBLEM}},
-                "get": _op("List workspaces", "200", "WorkspaceList"),
+                "get": {**(listing := _op("List workspaces, a page at a time (follow `next`)",
+                                          "200", "WorkspaceList")),
+                        "parameters": [*listing["parameters"], *_PAGE]},
             },
             "/api/v1/workspaces/{name}": {
                 "get": _op("Show a workspace", "200", "Workspace", params=ws),
@@ -79,12 +90,13 @@ def document() -> dict[str, Any]:
                 "get": {**_op("Engine events as Server-Sent Events", "200", params=op),
                         "responses": {"200": {"description": "event stream", "content": {
                             "text/event-stream": {"schema": {"type": "string"}}}},
-                            "400": PROBLEM, "401": PROBLEM, "404": PROBLEM}}},
+                            "400": PROBLEM, "401": PROBLEM, "404": PROBLEM,
+                            "503": PROBLEM}}},
             "/internal/activity": {"post": {
-                **_op("Terminal activity from the exec proxy (HMAC-signed body)", "204",
+                **_op("Terminal activity from the exec proxy (signed in its headers)", "204",
                       auth=False),
                 "responses": {"204": {"description": "recorded"}, "400": PROBLEM,
-                              "401": PROBLEM, "404": PROBLEM}}},
+                              "401": PROBLEM, "404": PROBLEM, "413": PROBLEM}}},
             "/healthz": {"get": _op("Health", "200", auth=False)},
             "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
                                  "responses": {"200": {"description": "metrics", "content": {
@@ -212,8 +224,10 @@ SCHEMAS: dict[str, Any] = {
                        "properties": {**_MUTABLE, "repository": _REPOSITORY}},
     "Operation": _OPERATION,
     "Workspace": _WORKSPACE,
-    "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
-        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},
+    "WorkspaceList": {"type": "object", "required": ["items", "next"], "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}},
+        "next": {"type": ["string", "null"],
+                 "description": "the cursor of the next page; null on the last"}}},
     "FileInfo": _FILE_INFO,
     "Ticket": {"type": "object", "required": ["url", "ticket", "expires_at"], "properties": {
         "url": {"type": "string"}, "ticket": {"type": "string"},

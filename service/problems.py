@@ -22,6 +22,7 @@ TITLES = {
     "too-large": (413, "Request body too large"),
     "internal": (500, "Internal error"),
     "proxy-unavailable": (503, "The exec proxy or the workspace is unavailable"),
+    "unavailable": (503, "Service unavailable"),  # saturated: retry after Retry-After
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from pathlib import Path
 
 from stacks.settings import process_alive
 
@@ -24,7 +25,17 @@ from stacks.settings import process_alive
 def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # the id names an earlier process that had our pid (a container's pid 1)
-    return process_alive(pid)
+    return process_alive(pid) and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped: e.g. the HTTP worker of a killed service,
+    orphaned to an init that reaps slowly."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def dead_here(owner: str | None, me: str) -> bool:
@@ -35,6 +46,12 @@ def dead_here(owner: str | None, me: str) -> bool:
         return False
     found = re.fullmatch(rf"{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]+", owner)
     return bool(found) and not pid_alive(int(found.group(1)))
+
+
+def is_default_id(replica_id: str, pid: int) -> bool:
+    """Whether `replica_id` is the default id made by process `pid` of this host."""
+    return re.fullmatch(rf"{re.escape(socket.gethostname())}-{pid}-[0-9a-f]+",
+                        replica_id) is not None
 
 
 def engine_tag_prefix(instance: str, nonce: str) -> str:

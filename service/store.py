@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet
 from components.spec import SPEC_VERSION
 from service import lifecycle, op_counts, tokens
 from service.db import Database, Tx, connect, is_postgres_url
+from service.notify import notify_sql
 from service.secret_files import read_or_create
 
 if TYPE_CHECKING:
@@ -388,6 +389,31 @@ class Store:
                                    (owner,))
         return [_ws(r) for r in rows]
 
+    def workspace_page(self, owner: str | None, after: tuple[str, str] | None, limit: int
+                       ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+        """Up to `limit` workspaces (of `owner`) after the key `after` in
+        (owner, name) order (service.pagination), and the newest operation of
+        each: two queries, whatever the size of the page or of the table."""
+        where, params = ["1=1"], []
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
+        if after is not None:
+            where.append("(owner > ? OR (owner = ? AND name > ?))")
+            params += [after[0], after[0], after[1]]
+        rows = [_ws(r) for r in self.db.execute(
+            f"SELECT * FROM workspaces WHERE {' AND '.join(where)}"  # noqa: S608 - fixed parts
+            " ORDER BY owner, name LIMIT ?", (*params, limit))]
+        if not rows:
+            return rows, {}
+        first, last = rows[0], rows[-1]
+        ops = self.db.execute(_NEWEST_OPS.format(
+            "WHERE (owner > ? OR (owner = ? AND workspace >= ?))"
+            " AND (owner < ? OR (owner = ? AND workspace <= ?))"),
+            (first["owner"], first["owner"], first["name"],
+             last["owner"], last["owner"], last["name"]))
+        return rows, {(r["owner"], r["workspace"]): _op(r) for r in ops}
+
     def last_operations(self, owner: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest operation of every workspace (of `owner`), in one query:
         a listing must not cost one query per workspace."""
@@ -635,6 +661,8 @@ class Store:
                              (op_id,)).fetchone()[0]
             db.execute("INSERT INTO events(op, seq, at, body) VALUES (?,?,?,?)",
                        (op_id, seq, time.time(), json.dumps(body)))
+            if announce := notify_sql(self.db.dialect):  # SSE streams wake (service.notify)
+                db.execute(announce, (op_id,))
 
     def events(self, op_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
         """(seq, event) pairs; each event carries `at`, when it was recorded (unix s)."""

@@ -3,13 +3,13 @@ workspace, and take the proxy's signed activity reports."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from components.runtime import DockerRuntime, Runtime, runtime_dict
+from proxy import activity
 from proxy.protocol import forward_url, is_port
 from proxy.session_frames import is_session_id
 from proxy.tickets import mint_ticket
@@ -108,11 +108,21 @@ class Terminals:
             target=self.target(ws), command=[], tty=False, kind="forward", port=port)
         return {"url": forward_url(self.proxy_url), "ticket": ticket, "expires_at": expires}
 
-    def verify_activity(self, body: bytes, signature: str) -> tuple[str, str, float]:
-        """Check the proxy's signature; return (owner, workspace name, timestamp)."""
-        expected = "sha256=" + hmac.new(self.key, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signature):
-            raise Problem("unauthorized", "bad activity signature")
+    def verify_activity(self, headers: Mapping[str, str], content_length: int | None,
+                        read: Callable[[], bytes]) -> tuple[str, str, float]:
+        """Check the proxy's signed report: its size and signature from the
+        headers first, and only then `read()` the body. Returns (owner,
+        workspace name, timestamp)."""
+        if content_length is None:
+            raise Problem("bad-request", "send the report with a Content-Length")
+        if content_length > activity.MAX_BODY:
+            raise Problem("too-large", f"an activity report is at most {activity.MAX_BODY} bytes")
+        try:
+            digest = activity.check_headers(self.key, headers, time.time())
+            body = read()
+            activity.check_body(digest, body)
+        except activity.ActivityRejected as e:
+            raise Problem("unauthorized", str(e)) from e
         try:
             report = json.loads(body)
             owner, _, name = str(report["workspace"]).partition("/")

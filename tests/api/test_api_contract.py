@@ -38,7 +38,7 @@ def test_validation_errors_name_fields_and_change_nothing(offline_service):
     fields = {e["field"] for e in r.json()["errors"]}
     assert fields == {"name", "colour", "files[0].path"}
     assert offline_service.call("GET", "/api/v1/workspaces", offline_service.alice
-                                ).json() == {"items": []}
+                                ).json() == {"items": [], "next": None}
     r = offline_service.call("POST", "/api/v1/workspaces", offline_service.alice,
                              data="not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400

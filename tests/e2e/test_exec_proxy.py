@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import io
 import json
 import os
@@ -23,6 +22,7 @@ import pexpect
 import pytest
 from websockets.sync.client import connect
 
+from proxy import activity
 from proxy.protocol import subprotocols
 from proxy.server import ProxyConfig
 from proxy.tickets import mint_ticket
@@ -267,14 +267,14 @@ def test_closed_terminal_kills_jobs_but_not_detached_daemons(proxy, ticket, work
 
 
 @contextmanager
-def activity_receiver() -> Iterator[tuple[str, list[tuple[bytes, str]]]]:
+def activity_receiver() -> Iterator[tuple[str, list[tuple[bytes, dict[str, str]]]]]:
     """An HTTP endpoint on loopback collecting the proxy's activity reports."""
-    got: list[tuple[bytes, str]] = []
+    got: list[tuple[bytes, dict[str, str]]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server API
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((body, self.headers["X-Stackspace-Signature"]))
+            got.append((body, dict(self.headers)))
             self.send_response(204)
             self.end_headers()
 
@@ -303,8 +303,11 @@ def test_activity_is_reported_rate_limited_and_signed(config, ticket):
         wait_for(got, 1)
         time.sleep(0.5)  # a second report would have arrived by now
     assert len(got) == 1
-    body, signature = got[0]
+    body, headers = got[0]
     report = json.loads(body)
     assert report["user"] == "carol" and report["workspace"] == "carol/ws"
     assert abs(report["timestamp"] - time.time()) < 60
-    assert signature == "sha256=" + hmac.new(KEY, body, hashlib.sha256).hexdigest()
+    # Signed in its headers (checked before the body is read), the body by its digest.
+    activity.check_body(activity.check_headers(KEY, headers, time.time()), body)
+    with pytest.raises(activity.ActivityRejected):
+        activity.check_headers(b"k" * 32, headers, time.time())

@@ -48,3 +48,40 @@ def test_engine_tags_of_dead_replicas_of_this_store_only():
         finally:
             live.kill()
     assert not left_by_dead_replica(f"other:{_gone_pid()}-run0:0:0", "inst")
+
+
+def test_a_default_id_is_recognised_by_the_process_that_made_it():
+    import os
+
+    from service.config import default_replica_id
+    from service.replica import is_default_id
+
+    made = default_replica_id()
+    assert is_default_id(made, os.getpid())
+    assert not is_default_id(made, os.getpid() + 1)
+    assert not is_default_id("pod-a", os.getpid())
+
+
+def test_a_dead_process_not_yet_reaped_counts_as_dead():
+    """A killed service's HTTP worker lingers as a zombie until init reaps it:
+    its leases are known dead at once all the same."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from service.replica import pid_alive
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 5
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not pid_alive(child.pid)  # a zombie: not reaped yet
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
