@@ -105,7 +105,7 @@ class StorageUsage:
 
     def report(self, ws: dict[str, Any]) -> StorageReport:
         """The workspace's storage use as last measured (never waits for a measurement)."""
-        requested = requested_bytes(WorkspaceSpec.parse(ws["spec"]).resources.storage)
+        requested = requested_bytes(WorkspaceSpec.stored(ws["spec"]).resources.storage)
         rt = self._runtime(ws)
         if not isinstance(rt, DockerRuntime):
             return StorageReport(requested)
