@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import lifecycle, openapi
+from service import fleet_api, lifecycle, openapi
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.problems import Problem
@@ -41,6 +41,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     # until its signature is checked, included).
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = metrics_for(store)
+    fleet_api.register_fleet(app, store, runner)
 
     @app.before_request
     def _clock() -> None:
@@ -334,6 +335,7 @@ def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
         "last_error": ws["last_error"],
         "spec": spec.to_dict(redact=True),
         "outputs": ws["outputs"],
+        **fleet_api.code_state(ws["outputs"]),
         "last_operation": op_view(last) if last else None,
     }
 

@@ -142,6 +142,10 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
                        "deleting", "failed"]},
     "last_error": {"type": ["string", "null"]}, "spec": {"type": "object"},
     "outputs": {"type": "object"},
+    "code_version": {"type": ["string", "null"],
+                     "description": "component code the last run applied: digest[@commit]"},
+    "outdated": {"type": "boolean",
+                 "description": "the service's own component code differs"},
     "last_operation": {"anyOf": [{"$ref": "#/components/schemas/Operation"},
                                  {"type": "null"}]}}}
 SCHEMAS: dict[str, Any] = {
