@@ -465,5 +465,9 @@ def exec_(name: str, command: tuple[str, ...], url: str, token: str) -> None:
         raise click.ClickException(str(e)) from e
 
 
+from service.fleet_cli import fleet  # noqa: E402 - `stackspace fleet` (SPEC §10)
+
+main.add_command(fleet)
+
 if __name__ == "__main__":
     main()

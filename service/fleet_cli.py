@@ -1,0 +1,71 @@
+"""`stackspace fleet`: review component code against every workspace (SPEC §10)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from service.config import load_config
+
+
+@click.group()
+def fleet() -> None:
+    """Review and roll out component code across every workspace."""
+
+
+@fleet.command()
+@click.option("--program", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="checkout whose program is previewed")
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--owner", help="only this owner's workspaces")
+@click.option("--runtime", help="only workspaces on this runtime")
+@click.option("--concurrency", type=click.IntRange(min=1), help="stacks at once [cores]")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--markdown", is_flag=True, help="a table for a pull-request comment")
+@click.option("--save-plans", type=click.Path(file_okay=False),
+              help="keep each workspace's plan here (for `fleet rollout --plans`)")
+def preview(program: str, data_dir: str | None, config: str | None, owner: str | None,
+            runtime: str | None, concurrency: int | None, as_json: bool, markdown: bool,
+            save_plans: str | None) -> None:
+    """Preview a checkout's program against every workspace stack, writing
+    nothing. Exit 0: nothing at risk; 1: some storage at risk; 2: error."""
+    from service.fleet import ProgramError, check_program, preview_fleet
+    from service.store import Store
+    from stacks.fleet_report import exit_code, to_json, to_markdown
+
+    if as_json and markdown:
+        fail("--json and --markdown: choose one")
+    try:
+        checkout = check_program(Path(program))
+        cfg = load_config(Path(config) if config else None, data_dir=data_dir)
+        # Opened without its key: only plain columns are read.
+        store = Store(cfg.database_url or cfg.store_path)
+        reports = preview_fleet(store, cfg.pulumi_settings(), checkout, owner=owner,
+                                runtime=runtime, concurrency=concurrency,
+                                plans=Path(save_plans) if save_plans else None)
+    except (ProgramError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(to_json(reports), indent=2))
+    elif markdown:
+        click.echo(to_markdown(reports))
+    else:
+        for r in reports:
+            steps = " ".join(f"{k}={n}" for k, n in r.steps.items() if n) or "no changes"
+            flags = [f for f, on in (("RESTART", r.restart), ("STORAGE AT RISK",
+                                                              r.storage_at_risk)) if on]
+            extra = "; ".join(x for x in (r.error, r.busy, r.note) if x)
+            click.echo(f"{r.workspace}: {r.outcome}: {steps}"
+                       + (f" [{', '.join(flags)}]" if flags else "")
+                       + (f" ({extra})" if extra else ""))
+    sys.exit(exit_code(reports))
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
