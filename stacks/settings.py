@@ -94,12 +94,13 @@ class StackFiles:
     the directory and the selection file Pulumi keeps for it in PULUMI_HOME."""
 
     def __init__(self, pulumi_home: Path, stack: str | None = None,
-                 text: str | None = None, project: Path = PROJECT_DIR) -> None:
+                 text: str | None = None, project: Path | None = None) -> None:
         self.pulumi_home = pulumi_home
         self.stack = stack
         # The pid in the name lets a later process sweep what a killed one left.
         self.path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-"))
         # `project`: another checkout's program (a fleet preview of a PR).
+        project = project or PROJECT_DIR
         for entry in project.iterdir():
             if entry.name == "Pulumi.yaml":
                 shutil.copyfile(entry, self.path / entry.name)
