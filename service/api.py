@@ -41,7 +41,6 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     # until its signature is checked, included).
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = metrics_for(store)
-    fleet_api.register_fleet(app, store, runner)
 
     @app.before_request
     def _clock() -> None:
@@ -315,6 +314,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     def metrics_endpoint() -> Response:
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
+
+    fleet_api.register_fleet(app, store, runner, authed)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:

@@ -1,13 +1,21 @@
 """The fleet's side of the HTTP API (SPEC §6, §10): which component code each
-workspace runs, against the service's own."""
+workspace runs against the service's own, and rollouts of the service's code
+(admin only)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, g, request
 
+from service.problems import Problem
+from service.rollout_plan import OptionsError, parse_options
+from service.rollouts import Rollouts
 from stacks import code_version
+
+PREFIX = "/api/v1"
 
 
 def code_state(outputs: dict[str, Any]) -> dict[str, Any]:
@@ -18,7 +26,56 @@ def code_state(outputs: dict[str, Any]) -> dict[str, Any]:
             "outdated": code_version.outdated(recorded, code_version.current())}
 
 
-def register_fleet(app: Flask, store: Any, runner: Any) -> None:
-    """Fleet routes on the service's app. The service's own code version is
-    computed here, once, at start."""
+def register_fleet(app: Flask, store: Any, runner: Any,
+                   authed: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Rollouts:
+    """Rollout routes on the service's app. The service's own code version is
+    computed here, once, at start; rollouts a restart interrupted resume."""
     code_version.current()
+    rollouts = Rollouts(store, runner)
+    if rollouts.running():
+        rollouts.wake()
+
+    def admin() -> None:
+        if not g.user.admin:
+            raise Problem("not-found", "no such endpoint")  # as for any other user's object
+
+    def found(rid: str) -> dict[str, Any]:
+        admin()
+        rollout = rollouts.get(rid)
+        if rollout is None:
+            raise Problem("not-found", "no such rollout")
+        return rollout
+
+    def answer(data: dict[str, Any], status: int = 200) -> Response:
+        resp = app.response_class(json.dumps(data), status=status, mimetype="application/json")
+        if status == 201:
+            resp.headers["Location"] = f"{PREFIX}/rollouts/{data['id']}"
+        return resp
+
+    @app.post(f"{PREFIX}/rollouts")
+    @authed
+    def create_rollout() -> Response:
+        admin()
+        data = request.get_json(silent=True) if request.content_length else {}
+        if data is None:
+            raise Problem("bad-request", "the body is not valid JSON")
+        try:
+            options = parse_options(data)
+        except OptionsError as e:
+            raise Problem("validation", "the rollout options are not valid", e.errors) from e
+        return answer(rollouts.create(options), 201)
+
+    @app.get(f"{PREFIX}/rollouts/<rid>")
+    @authed
+    def get_rollout(rid: str) -> Response:
+        return answer(found(rid))
+
+    @app.post(f"{PREFIX}/rollouts/<rid>/cancel")
+    @authed
+    def cancel_rollout(rid: str) -> Response:
+        rollout = found(rid)
+        if not rollouts.cancel(rid):
+            raise Problem("conflict", f"rollout is already {rollout['status']}")
+        return answer(rollouts.get(rid) or rollout)
+
+    return rollouts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -69,3 +70,47 @@ def preview(program: str, data_dir: str | None, config: str | None, owner: str |
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+@fleet.command()
+@click.option("--batch", default="10%", show_default=True, help="N workspaces, or P%")
+@click.option("--max-failures", type=click.IntRange(min=1), default=1, show_default=True,
+              help="stop after K failed updates")
+@click.option("--skip-active", "skip_active", type=click.FloatRange(min=0), default=0,
+              help="a workspace with terminal activity in the last MINUTES waits")
+@click.option("--stopped-too", is_flag=True, help="update stopped workspaces now (they stay "
+              "stopped); else they get the code at their next start")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--url", help="service URL (STACKSPACE_URL)")
+@click.option("--token", help="admin token (STACKSPACE_TOKEN)")
+@click.option("--json", "as_json", is_flag=True)
+def rollout(batch: str, max_failures: int, skip_active: float, stopped_too: bool, wait: bool,
+            url: str | None, token: str | None, as_json: bool) -> None:
+    """Roll the service's own component code out to every outdated workspace,
+    through its operation queue, in batches (POST /api/v1/rollouts). Exit 0
+    when every update succeeded; 1 when one failed or was refused."""
+    from service.cli import Client
+
+    client = Client(url, token)
+    body = {"batch": int(batch) if batch.isdigit() else batch, "max_failures": max_failures,
+            "skip_active_minutes": skip_active, "stopped_too": stopped_too}
+    data = client.call("POST", "/rollouts", body)
+    shown: dict[str, str] = {}
+    while True:
+        if not as_json:
+            for item in data["items"]:
+                line = f"{item['status']}" + (f" ({item['detail']})" if item["detail"] else "")
+                if shown.get(item["workspace"]) != line:
+                    shown[item["workspace"]] = line
+                    click.echo(f"{item['workspace']}: {line}")
+        if not wait or data["status"] != "running":
+            break
+        time.sleep(1)
+        data = client.call("GET", f"/rollouts/{data['id']}")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"rollout {data['id']}: {data['status']} "
+                   + ", ".join(f"{n} {k}" for k, n in data["counts"].items() if n))
+    bad = data["counts"].get("failed", 0) + data["counts"].get("refused", 0)
+    sys.exit(1 if wait and (bad or data["status"] != "finished") else 0)

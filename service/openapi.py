@@ -76,6 +76,13 @@ def document() -> dict[str, Any]:
                         "responses": {"200": {"description": "event stream", "content": {
                             "text/event-stream": {"schema": {"type": "string"}}}},
                             "400": PROBLEM, "401": PROBLEM, "404": PROBLEM}}},
+            "/api/v1/rollouts": {"post": _op("Roll the service's code out to outdated "
+                                             "workspaces (admin)", "201", "Rollout",
+                                             "RolloutOptions")},
+            "/api/v1/rollouts/{rid}": {"get": _op("Show a rollout (admin)", "200", "Rollout",
+                                                  params=["rid"])},
+            "/api/v1/rollouts/{rid}/cancel": {"post": _op("Cancel a rollout (admin)", "200",
+                                                          "Rollout", params=["rid"])},
             "/internal/activity": {"post": {
                 **_op("Terminal activity from the exec proxy (HMAC-signed body)", "204",
                       auth=False),
@@ -156,6 +163,22 @@ SCHEMAS: dict[str, Any] = {
     "WorkspacePatch": {"type": "object", "additionalProperties": False,
                        "properties": {**_MUTABLE, "repository": _REPOSITORY}},
     "Operation": _OPERATION,
+    "RolloutOptions": {"type": "object", "additionalProperties": False, "properties": {
+        "batch": {"type": ["integer", "string"], "pattern": "^[1-9][0-9]*%?$",
+                  "description": "workspaces per batch: N or P%"},
+        "max_failures": {"type": "integer", "minimum": 1},
+        "skip_active_minutes": {"type": "number", "minimum": 0, "maximum": 1440},
+        "stopped_too": {"type": "boolean"}}},
+    "Rollout": {"type": "object", "required": ["id", "status", "items"], "properties": {
+        "id": {"type": "string"},
+        "status": {"enum": ["running", "finished", "stopped", "cancelled"]},
+        "options": {"type": "object"}, "code_version": {"type": "string"},
+        "created": {"type": "number"}, "updated": {"type": "number"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "workspace": {"type": "string"}, "status": {"type": "string"},
+            "operation": {"type": ["string", "null"]},
+            "detail": {"type": ["string", "null"]}}}}}},
     "Workspace": _WORKSPACE,
     "WorkspaceList": {"type": "object", "required": ["items"], "properties": {
         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}}}},

@@ -163,3 +163,60 @@ def test_preview_flags_a_change_that_would_replace_storage(fleet: Fleet, tmp_pat
     assert all("| refused |" in row and "**YES**" in row for row in rows), r.stdout
     assert f"{len(fleet.names)} refused" in r.stdout
     assert snapshot(fleet) == before
+
+
+def test_rollout_updates_outdated_running_workspaces_through_the_queue(
+        fleet: Fleet, docker_client) -> None:
+    svc = fleet.svc
+    (alice, a_name), (bob, b_name) = fleet.names
+    # Admin only; options are checked field by field and change nothing.
+    assert svc.call("POST", "/api/v1/rollouts", svc.alice, json={}).status_code == 404
+    bad = svc.call("POST", "/api/v1/rollouts", svc.admin, json={"batch": "0", "nope": 1})
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json()["errors"]} == {"batch", "nope"}
+
+    # Both workspaces as older code left them; bob's is stopped.
+    stop = svc.call("POST", f"/api/v1/workspaces/{b_name}/stop", svc.bob)
+    assert wait_op(svc, svc.bob, stop.json()["id"])["status"] == "succeeded"
+    old = "0123456789abcdef@0123456789ab"
+    for owner, name in fleet.names:
+        outputs = svc.store.workspace(owner, name)["outputs"]
+        svc.store.update_workspace(owner, name, outputs={**outputs, code_version.OUTPUT: old})
+    shown = svc.call("GET", f"/api/v1/workspaces/{a_name}", svc.alice).json()
+    assert shown["outdated"] is True and shown["code_version"] == old
+    container = docker_client.containers.get(shown["outputs"]["container"])
+    marker = container.exec_run(["sh", "-c", "echo kept > marker && cat marker"],
+                                user="1000")
+    assert marker.exit_code == 0, marker.output
+
+    env = {**os.environ, "STACKSPACE_URL": svc.url, "STACKSPACE_TOKEN": svc.admin}
+    r = subprocess.run([sys.executable, "-m", "service.cli", "fleet", "rollout", "--batch", "1",
+                        "--json"], env=env, capture_output=True, text=True, timeout=900,
+                       check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rollout = json.loads(r.stdout)
+    assert rollout["status"] == "finished" and rollout["code_version"] == code_version.current()
+    items = {i["workspace"]: i for i in rollout["items"]}
+    assert items[f"{alice}/{a_name}"]["status"] == "succeeded"
+    # A stopped workspace gets the code at its next start.
+    assert items[f"{bob}/{b_name}"]["status"] == "skipped"
+    assert "next start" in items[f"{bob}/{b_name}"]["detail"]
+    op = svc.call("GET", f"/api/v1/operations/{items[f'{alice}/{a_name}']['operation']}",
+                  svc.alice).json()
+    assert op["kind"] == "update" and op["status"] == "succeeded"
+    after = svc.call("GET", f"/api/v1/workspaces/{a_name}", svc.alice).json()
+    assert after["code_version"] == code_version.current() and after["outdated"] is False
+    assert after["state"] == "running"
+    kept = docker_client.containers.get(after["outputs"]["container"]).exec_run(
+        ["cat", "marker"], user="1000")
+    assert kept.output.strip() == b"kept"
+    # The rollout is kept in the store: GET shows it; cancel after its end is a conflict.
+    got = svc.call("GET", f"/api/v1/rollouts/{rollout['id']}", svc.admin).json()
+    assert got["items"] == rollout["items"]
+    late = svc.call("POST", f"/api/v1/rollouts/{rollout['id']}/cancel", svc.admin)
+    assert late.status_code == 409
+    bob_ws = svc.call("GET", f"/api/v1/workspaces/{b_name}", svc.bob).json()
+    assert bob_ws["outdated"] is True and bob_ws["state"] == "stopped"
+    start = svc.call("POST", f"/api/v1/workspaces/{b_name}/start", svc.bob)
+    assert wait_op(svc, svc.bob, start.json()["id"])["status"] == "succeeded"
+    assert svc.call("GET", f"/api/v1/workspaces/{b_name}", svc.bob).json()["outdated"] is False
