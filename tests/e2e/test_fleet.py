@@ -11,16 +11,17 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from service.store import Store
 from stacks import code_version
-from stacks.settings import PROJECT_DIR, PulumiSettings
-from tests.api.conftest import Service, custom_service
-from tests.e2e.remote_helpers import wait_op
+from stacks.settings import PROJECT_DIR
+from tests.faults.harness import REPO, LiveService
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
 
@@ -29,37 +30,60 @@ PROGRAM_FILES = ("Pulumi.yaml", "__main__.py", "components", "stacks")
 
 @dataclass
 class Fleet:
-    svc: Service
-    data_dir: Path
-    settings: PulumiSettings
+    svc: LiveService  # `stackspace serve`, as deployed
+    store: Store  # the same store, read as the CLI reads it
+    tokens: dict[str, str]  # owner -> token
     names: list[tuple[str, str]]  # (owner, name)
+
+    def deploy(self, checkout: Path) -> None:
+        """Restart the service from another checkout (a merged change)."""
+        self.svc.stop()
+        self.svc.cwd = checkout
+        self.svc.start("serve")
+
+    def get(self, owner: str, name: str) -> dict:
+        r = self.svc.call("GET", f"/workspaces/{name}", self.tokens[owner])
+        assert r.status_code == 200, r.text
+        return r.json()
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, docker_host, pulumi_home, pulumi_bin) -> Iterator[Fleet]:
-    """Two Docker workspaces of two owners, made through the service, whose
-    backend and passphrase the CLI finds as `stackspace stack` does."""
-    data_dir = tmp_path_factory.mktemp("fleet")
-    (data_dir / "state").mkdir()
-    settings = PulumiSettings(backend_url=f"file://{data_dir / 'state'}",
-                              passphrase=secrets.token_hex(16), pulumi_home=pulumi_home,
-                              bin_dir=pulumi_bin, python=sys.executable)
+    """Three Docker workspaces of two owners, made through a running
+    `stackspace serve`, whose store, backend and passphrase the CLI finds as
+    `stackspace stack` does."""
+    runtimes = [{"name": "local", "type": "docker", "host": docker_host,
+                 "network_mode": "none"}]
+    svc = LiveService(tmp_path_factory.mktemp("fleet"), runtimes, pulumi_bin=pulumi_bin,
+                      pulumi_home=pulumi_home)
+    svc.start("serve")
+    store = Store(svc.data_dir / "stackspace.db")
+    tokens = {"alice": store.add_user("alice"), "bob": store.add_user("bob")}
     suffix = secrets.token_hex(3)
-    with custom_service(data_dir, docker_host, settings) as svc:
-        names = [("alice", f"fa-{suffix}"), ("bob", f"fb-{suffix}")]
-        tokens = {"alice": svc.alice, "bob": svc.bob}
+    names = [("alice", f"fa-{suffix}"), ("alice", f"fc-{suffix}"), ("bob", f"fb-{suffix}")]
+    fleet = Fleet(svc, store, tokens, names)
+    try:
         ops = []
         for owner, name in names:
-            r = svc.call("POST", "/api/v1/workspaces", tokens[owner], json={"name": name})
+            r = svc.call("POST", "/workspaces", tokens[owner], json={"name": name})
             assert r.status_code == 202, r.text
-            ops.append((owner, r.json()["id"]))
-        for owner, op_id in ops:
-            assert wait_op(svc, tokens[owner], op_id)["status"] == "succeeded"
-        yield Fleet(svc, data_dir, settings, names)
+            ops.append(r.json()["id"])
+        for op_id in ops:
+            assert svc.wait_op(op_id)["status"] == "succeeded", svc.op(op_id)
+        yield fleet
+    finally:
+        if svc.cwd != REPO:
+            fleet.deploy(REPO)
+        svc.ensure_running()
+        deletes = []
         for owner, name in names:
-            r = svc.call("DELETE", f"/api/v1/workspaces/{name}", tokens[owner])
+            r = svc.call("DELETE", f"/workspaces/{name}?queue=true", tokens[owner])
             if r.status_code == 202:
-                wait_op(svc, tokens[owner], r.json()["id"])
+                deletes.append(r.json()["id"])
+        for op_id in deletes:
+            svc.wait_op(op_id)
+        svc.stop()
+        store.close()
 
 
 def program_copy(tmp_path: Path) -> Path:
@@ -82,34 +106,51 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def fleet_preview(fleet: Fleet, program: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PULUMI_CONFIG_PASSPHRASE": fleet.settings.passphrase,
-           "PULUMI_HOME": str(fleet.settings.pulumi_home),
-           "STACKSPACE_PULUMI_BIN": str(fleet.settings.bin_dir)}
-    env.pop("PULUMI_BACKEND_URL", None)
-    env.pop("STACKSPACE_DATABASE_URL", None)
     return subprocess.run([sys.executable, "-m", "service.cli", "fleet", "preview",
-                           "--program", str(program), "--data-dir", str(fleet.data_dir),
+                           "--program", str(program), "--data-dir", str(fleet.svc.data_dir),
                            "--concurrency", "2", *args],
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
+                          env=fleet.svc.env, capture_output=True, text=True, timeout=900,
+                          check=False)
+
+
+def fleet_rollout(fleet: Fleet, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STACKSPACE_URL": fleet.svc.url, "STACKSPACE_TOKEN": fleet.svc.token}
+    return subprocess.run([sys.executable, "-m", "service.cli", "fleet", "rollout", "--json",
+                           *args], env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
 
 
 def snapshot(fleet: Fleet) -> tuple[dict[str, bytes], list[dict], dict]:
     """Every byte of the stack state, and every store row of the fleet."""
-    state = fleet.data_dir / "state"
+    state = fleet.svc.data_dir / "state"
     files = {str(p.relative_to(state)): p.read_bytes()
              for p in sorted(state.rglob("*")) if p.is_file()}
-    store = fleet.svc.store
+    store = fleet.store
     return files, store.workspaces(), {str(k): v for k, v in store.last_operations().items()}
 
 
+def service_checkout(tmp_path: Path) -> Path:
+    """A whole checkout of the service (a merge, deployed), sharing the venv."""
+    dest = tmp_path / "service"
+    shutil.copytree(REPO, dest, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "tests", "bench", "*.egg-info", ".ruff_cache"))
+    (dest / ".venv").symlink_to(REPO / ".venv")
+    return dest
+
+
+LABEL_OLD = 'labels=labels("workspace") + ['
+LABEL_NEW = 'labels=labels("workspace") + [{"label": "example.com/team", "value": "dev"}, '
+VOLUME_OLD = 'docker.Volume(\n            "storage",'
+VOLUME_NEW = 'docker.Volume(\n            "home",'
+
+
 def test_workspaces_record_the_code_version_they_run(fleet: Fleet) -> None:
-    svc = fleet.svc
-    listed = svc.call("GET", "/api/v1/workspaces?owner=", svc.admin).json()["items"]
+    listed = fleet.svc.call("GET", "/workspaces?owner=").json()["items"]
     mine = {(w["owner"], w["name"]): w for w in listed}
     for owner, name in fleet.names:
         assert mine[(owner, name)]["code_version"] == code_version.current()
         assert mine[(owner, name)]["outdated"] is False
-    shown = svc.call("GET", f"/api/v1/workspaces/{fleet.names[0][1]}", svc.alice).json()
+    shown = fleet.get(*fleet.names[0])
     assert shown["code_version"] == code_version.current() and shown["outdated"] is False
     # The digest covers the program, the commit says which checkout it came from.
     assert shown["code_version"].split("@")[0] == code_version.current_digest()
@@ -122,9 +163,7 @@ def test_preview_of_a_label_change_writes_nothing(fleet: Fleet, tmp_path: Path) 
     assert same.returncode == 0, same.stderr
     assert {w["outcome"] for w in json.loads(same.stdout)["workspaces"]} == {"unchanged"}
 
-    edit(program / "components" / "docker.py",
-         'labels=labels("workspace") + [',
-         'labels=labels("workspace") + [{"label": "example.com/team", "value": "dev"}, ')
+    edit(program / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
     before = snapshot(fleet)
     plans = tmp_path / "plans"
     r = fleet_preview(fleet, program, "--json", "--save-plans", str(plans))
@@ -146,15 +185,14 @@ def test_preview_of_a_label_change_writes_nothing(fleet: Fleet, tmp_path: Path) 
     # Another owner's workspaces are left out with --owner.
     only = fleet_preview(fleet, program, "--owner", "bob", "--json")
     assert [w["workspace"] for w in json.loads(only.stdout)["workspaces"]] == [
-        f"bob/{fleet.names[1][1]}"]
+        f"{o}/{n}" for o, n in fleet.names if o == "bob"]
 
 
 def test_preview_flags_a_change_that_would_replace_storage(fleet: Fleet, tmp_path: Path
                                                           ) -> None:
     program = program_copy(tmp_path)
     # The volume under a new resource name: the old one would be deleted.
-    edit(program / "components" / "docker.py", 'docker.Volume(\n            "storage",',
-         'docker.Volume(\n            "home",')
+    edit(program / "components" / "docker.py", VOLUME_OLD, VOLUME_NEW)
     before = snapshot(fleet)
     r = fleet_preview(fleet, program, "--markdown")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -165,58 +203,94 @@ def test_preview_flags_a_change_that_would_replace_storage(fleet: Fleet, tmp_pat
     assert snapshot(fleet) == before
 
 
-def test_rollout_updates_outdated_running_workspaces_through_the_queue(
-        fleet: Fleet, docker_client) -> None:
+def updates(fleet: Fleet, owner: str, name: str) -> int:
+    """Succeeded update operations of a workspace."""
+    return fleet.store.db.execute(
+        "SELECT COUNT(*) FROM operations WHERE owner=? AND workspace=? AND kind='update'"
+        " AND status='succeeded'", (owner, name)).fetchone()[0]
+
+
+def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path,
+                                                    docker_client) -> None:
     svc = fleet.svc
-    (alice, a_name), (bob, b_name) = fleet.names
-    # Admin only; options are checked field by field and change nothing.
-    assert svc.call("POST", "/api/v1/rollouts", svc.alice, json={}).status_code == 404
-    bad = svc.call("POST", "/api/v1/rollouts", svc.admin, json={"batch": "0", "nope": 1})
+    (a_owner, a1), (_, a2), (b_owner, b1) = fleet.names
+    # Admin only; options are checked field by field.
+    assert svc.call("POST", "/rollouts", fleet.tokens["alice"], json={}).status_code == 404
+    bad = svc.call("POST", "/rollouts", json={"batch": "0", "nope": 1})
     assert bad.status_code == 422
     assert {e["field"] for e in bad.json()["errors"]} == {"batch", "nope"}
+    stop = svc.call("POST", f"/workspaces/{b1}/stop", fleet.tokens[b_owner])
+    assert svc.wait_op(stop.json()["id"])["status"] == "succeeded"
+    container = docker_client.containers.get(fleet.get(a_owner, a1)["outputs"]["container"])
+    assert container.exec_run(["sh", "-c", "echo kept > marker"], user="1000").exit_code == 0
 
-    # Both workspaces as older code left them; bob's is stopped.
-    stop = svc.call("POST", f"/api/v1/workspaces/{b_name}/stop", svc.bob)
-    assert wait_op(svc, svc.bob, stop.json()["id"])["status"] == "succeeded"
-    old = "0123456789abcdef@0123456789ab"
-    for owner, name in fleet.names:
-        outputs = svc.store.workspace(owner, name)["outputs"]
-        svc.store.update_workspace(owner, name, outputs={**outputs, code_version.OUTPUT: old})
-    shown = svc.call("GET", f"/api/v1/workspaces/{a_name}", svc.alice).json()
-    assert shown["outdated"] is True and shown["code_version"] == old
-    container = docker_client.containers.get(shown["outputs"]["container"])
-    marker = container.exec_run(["sh", "-c", "echo kept > marker && cat marker"],
-                                user="1000")
-    assert marker.exit_code == 0, marker.output
+    # The merge: the service now runs the changed component code.
+    checkout = service_checkout(tmp_path)
+    edit(checkout / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
+    fleet.deploy(checkout)
+    new_version = code_version.version_at(checkout)
+    assert all(fleet.get(o, n)["outdated"] for o, n in fleet.names)
+    before = {n: updates(fleet, o, n) for o, n in fleet.names}
 
-    env = {**os.environ, "STACKSPACE_URL": svc.url, "STACKSPACE_TOKEN": svc.admin}
-    r = subprocess.run([sys.executable, "-m", "service.cli", "fleet", "rollout", "--batch", "1",
-                        "--json"], env=env, capture_output=True, text=True, timeout=900,
-                       check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    rollout = json.loads(r.stdout)
-    assert rollout["status"] == "finished" and rollout["code_version"] == code_version.current()
+    started = fleet_rollout(fleet, "--batch", "1", "--no-wait")
+    assert started.returncode == 0, started.stderr
+    rid = json.loads(started.stdout)["id"]
+    # kill -9 of the whole service while the first update is in the queue or running.
+    deadline = time.monotonic() + 120
+    while not any(i["operation"] for i in svc.call("GET", f"/rollouts/{rid}").json()["items"]):
+        assert time.monotonic() < deadline, "no update was requested"
+        time.sleep(0.2)
+    svc.restart_after_kill()
+    deadline = time.monotonic() + 600
+    while (rollout := svc.call("GET", f"/rollouts/{rid}").json())["status"] == "running":
+        assert time.monotonic() < deadline, rollout
+        time.sleep(1)
+
     items = {i["workspace"]: i for i in rollout["items"]}
-    assert items[f"{alice}/{a_name}"]["status"] == "succeeded"
-    # A stopped workspace gets the code at its next start.
-    assert items[f"{bob}/{b_name}"]["status"] == "skipped"
-    assert "next start" in items[f"{bob}/{b_name}"]["detail"]
-    op = svc.call("GET", f"/api/v1/operations/{items[f'{alice}/{a_name}']['operation']}",
-                  svc.alice).json()
-    assert op["kind"] == "update" and op["status"] == "succeeded"
-    after = svc.call("GET", f"/api/v1/workspaces/{a_name}", svc.alice).json()
-    assert after["code_version"] == code_version.current() and after["outdated"] is False
-    assert after["state"] == "running"
-    kept = docker_client.containers.get(after["outputs"]["container"]).exec_run(
-        ["cat", "marker"], user="1000")
-    assert kept.output.strip() == b"kept"
-    # The rollout is kept in the store: GET shows it; cancel after its end is a conflict.
-    got = svc.call("GET", f"/api/v1/rollouts/{rollout['id']}", svc.admin).json()
-    assert got["items"] == rollout["items"]
-    late = svc.call("POST", f"/api/v1/rollouts/{rollout['id']}/cancel", svc.admin)
+    assert rollout["status"] == "finished", rollout
+    assert rollout["code_version"] == new_version
+    for owner, name in fleet.names[:2]:
+        assert items[f"{owner}/{name}"]["status"] == "succeeded", items
+        ws = fleet.get(owner, name)
+        assert ws["code_version"] == new_version and ws["outdated"] is False
+        assert ws["state"] == "running"
+        labels = docker_client.containers.get(ws["outputs"]["container"]).labels
+        assert labels.get("example.com/team") == "dev"
+        # Applied once, whatever the kill cut off.
+        assert updates(fleet, owner, name) == before[name] + 1
+    new = docker_client.containers.get(fleet.get(a_owner, a1)["outputs"]["container"])
+    assert new.exec_run(["cat", "marker"], user="1000").output.strip() == b"kept"
+    # A stopped workspace gets the code at its next start, or now with --stopped-too.
+    assert items[f"{b_owner}/{b1}"]["status"] == "skipped"
+    assert "next start" in items[f"{b_owner}/{b1}"]["detail"]
+    assert fleet.get(b_owner, b1)["outdated"] is True
+    late = svc.call("POST", f"/rollouts/{rid}/cancel")
     assert late.status_code == 409
-    bob_ws = svc.call("GET", f"/api/v1/workspaces/{b_name}", svc.bob).json()
-    assert bob_ws["outdated"] is True and bob_ws["state"] == "stopped"
-    start = svc.call("POST", f"/api/v1/workspaces/{b_name}/start", svc.bob)
-    assert wait_op(svc, svc.bob, start.json()["id"])["status"] == "succeeded"
-    assert svc.call("GET", f"/api/v1/workspaces/{b_name}", svc.bob).json()["outdated"] is False
+
+    again = fleet_rollout(fleet, "--stopped-too")
+    assert again.returncode == 0, again.stdout + again.stderr
+    second = json.loads(again.stdout)
+    assert [i["workspace"] for i in second["items"]] == [f"{b_owner}/{b1}"]
+    ws = fleet.get(b_owner, b1)
+    assert ws["outdated"] is False and ws["state"] == "stopped"
+
+
+def test_rollout_refuses_storage_at_risk_and_touches_nothing(fleet: Fleet, tmp_path: Path,
+                                                             docker_client) -> None:
+    checkout = service_checkout(tmp_path)
+    edit(checkout / "components" / "docker.py", VOLUME_OLD, VOLUME_NEW)
+    running = fleet.names[:2]
+    containers = {n: docker_client.containers.get(fleet.get(o, n)["outputs"]["container"]).id
+                  for o, n in running}
+    fleet.deploy(checkout)
+    r = fleet_rollout(fleet, "--max-failures", "5")
+    assert r.returncode == 1, r.stdout + r.stderr
+    rollout = json.loads(r.stdout)
+    items = {i["workspace"]: i for i in rollout["items"]}
+    for owner, name in running:
+        assert items[f"{owner}/{name}"]["status"] == "refused", items
+        ws = fleet.get(owner, name)
+        assert ws["outdated"] is True and ws["state"] == "running"
+        now = docker_client.containers.get(ws["outputs"]["container"])
+        assert now.id == containers[name] and now.status == "running"
+        assert docker_client.volumes.get(ws["outputs"]["storage"])
