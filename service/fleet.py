@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.rollout_plan import review_digest
+from stacks import code_version
 from stacks.fleet_report import WorkspaceReport, summarise
 from stacks.settings import PulumiSettings, StackFiles, engine_environment
 
@@ -57,6 +59,26 @@ def plan_path(plans: Path, stack: str) -> Path:
     return plans / f"{stack}.plan.json"
 
 
+def review_path(plans: Path, stack: str) -> Path:
+    """What `fleet rollout --plans` checks each workspace against."""
+    return plans / f"{stack}.review.json"
+
+
+def save_review(plans: Path, program: Path, ws: dict[str, Any]) -> None:
+    review_path(plans, ws["stack"]).write_text(json.dumps({
+        "workspace": f"{ws['owner']}/{ws['name']}", "code": code_version.code_digest_at(program),
+        "state": review_digest(ws["spec"], ws.get("stack_settings"))}, indent=2) + "\n")
+
+
+def read_reviews(plans: Path) -> dict[str, dict[str, str]]:
+    """The reviews `--save-plans` left in `plans`: "owner/name" -> code, state."""
+    out = {}
+    for path in sorted(plans.glob("*.review.json")):
+        data = json.loads(path.read_text())
+        out[data["workspace"]] = {"code": data["code"], "state": data["state"]}
+    return out
+
+
 def preview_workspace(settings: PulumiSettings, program: Path, ws: dict[str, Any],
                       busy: dict[str, Any] | None, plans: Path | None = None
                       ) -> WorkspaceReport:
@@ -86,6 +108,8 @@ def preview_workspace(settings: PulumiSettings, program: Path, ws: dict[str, Any
                        proc.stderr if proc.returncode else "")
     if proc.returncode and report.error is None and not report.storage_at_risk:
         report.error = f"pulumi preview exited {proc.returncode}"
+    if plans is not None and report.error is None:
+        save_review(plans, program, ws)
     if busy is not None:
         report.busy = (f"{busy['kind']} {busy['status']}: previewed against the state "
                        "the stack had then")

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from service.problems import Problem
-from service.rollout_plan import OptionsError, parse_options
+from service.rollout_plan import OptionsError, parse_options, parse_reviews
 from service.rollouts import Rollouts
 from stacks import code_version
 
@@ -63,7 +63,7 @@ def register_fleet(app: Flask, store: Any, runner: Any,
             options = parse_options(data)
         except OptionsError as e:
             raise Problem("validation", "the rollout options are not valid", e.errors) from e
-        return answer(rollouts.create(options), 201)
+        return answer(rollouts.create(options, parse_reviews(data.get("reviews"))), 201)
 
     @app.get(f"{PREFIX}/rollouts/<rid>")
     @authed

@@ -80,20 +80,30 @@ def fail(message: str) -> NoReturn:
               help="a workspace with terminal activity in the last MINUTES waits")
 @click.option("--stopped-too", is_flag=True, help="update stopped workspaces now (they stay "
               "stopped); else they get the code at their next start")
+@click.option("--plans", type=click.Path(exists=True, file_okay=False),
+              help="the --save-plans dir of the reviewed preview: a workspace that changed "
+              "since (or was not reviewed) is not updated")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--url", help="service URL (STACKSPACE_URL)")
 @click.option("--token", help="admin token (STACKSPACE_TOKEN)")
 @click.option("--json", "as_json", is_flag=True)
-def rollout(batch: str, max_failures: int, skip_active: float, stopped_too: bool, wait: bool,
-            url: str | None, token: str | None, as_json: bool) -> None:
+def rollout(batch: str, max_failures: int, skip_active: float, stopped_too: bool,
+            plans: str | None, wait: bool, url: str | None, token: str | None,
+            as_json: bool) -> None:
     """Roll the service's own component code out to every outdated workspace,
     through its operation queue, in batches (POST /api/v1/rollouts). Exit 0
     when every update succeeded; 1 when one failed or was refused."""
     from service.cli import Client
+    from service.fleet import read_reviews
 
     client = Client(url, token)
-    body = {"batch": int(batch) if batch.isdigit() else batch, "max_failures": max_failures,
-            "skip_active_minutes": skip_active, "stopped_too": stopped_too}
+    body: dict = {"batch": int(batch) if batch.isdigit() else batch,
+                  "max_failures": max_failures, "skip_active_minutes": skip_active,
+                  "stopped_too": stopped_too}
+    if plans:
+        body["reviews"] = read_reviews(Path(plans))
+        if not body["reviews"]:
+            fail(f"--plans: no reviews in {plans} (made by fleet preview --save-plans)")
     data = client.call("POST", "/rollouts", body)
     shown: dict[str, str] = {}
     while True:
@@ -112,5 +122,5 @@ def rollout(batch: str, max_failures: int, skip_active: float, stopped_too: bool
     else:
         click.echo(f"rollout {data['id']}: {data['status']} "
                    + ", ".join(f"{n} {k}" for k, n in data["counts"].items() if n))
-    bad = data["counts"].get("failed", 0) + data["counts"].get("refused", 0)
+    bad = sum(data["counts"].get(k, 0) for k in ("failed", "refused", "stale"))
     sys.exit(1 if wait and (bad or data["status"] != "finished") else 0)

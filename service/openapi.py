@@ -168,7 +168,12 @@ SCHEMAS: dict[str, Any] = {
                   "description": "workspaces per batch: N or P%"},
         "max_failures": {"type": "integer", "minimum": 1},
         "skip_active_minutes": {"type": "number", "minimum": 0, "maximum": 1440},
-        "stopped_too": {"type": "boolean"}}},
+        "stopped_too": {"type": "boolean"},
+        "reviews": {"type": "object", "description": "owner/name -> {code, state} from "
+                    "fleet preview --save-plans: each workspace must still match its review",
+                    "additionalProperties": {"type": "object", "required": ["code", "state"],
+                                             "properties": {"code": {"type": "string"},
+                                                            "state": {"type": "string"}}}}}},
     "Rollout": {"type": "object", "required": ["id", "status", "items"], "properties": {
         "id": {"type": "string"},
         "status": {"enum": ["running", "finished", "stopped", "cancelled"]},

@@ -4,6 +4,8 @@ its item, and when the rollout is over. service.rollouts does the I/O."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -12,10 +14,11 @@ from typing import Any
 
 # Item states: waiting, its update queued or running, and the ends.
 PENDING, QUEUED = "pending", "queued"
-ENDED = ("succeeded", "failed", "refused", "skipped", "cancelled")
+# stale: it changed since the review it was to get (--plans); never updated.
+ENDED = ("succeeded", "failed", "refused", "stale", "skipped", "cancelled")
 # Rollout states.
 RUNNING, FINISHED, STOPPED, CANCELLED = "running", "finished", "stopped", "cancelled"
-OPTION_NAMES = ("batch", "max_failures", "skip_active_minutes", "stopped_too")
+OPTION_NAMES = ("batch", "max_failures", "skip_active_minutes", "stopped_too", "reviews")
 # An update cut off by a crash changed nothing for good: it runs again, once more.
 MAX_ATTEMPTS = 3
 
@@ -59,10 +62,46 @@ def parse_options(data: Any) -> Options:
     stopped = data.get("stopped_too", Options.stopped_too)
     if not isinstance(stopped, bool):
         errors["stopped_too"] = "true or false"
+    try:
+        parse_reviews(data.get("reviews"))
+    except OptionsError as e:
+        errors.update(e.errors)
     if errors:
         raise OptionsError(errors)
     return Options(batch=batch, max_failures=failures, skip_active_minutes=float(minutes),
                    stopped_too=stopped)
+
+
+def review_digest(spec: Mapping[str, Any], stack_settings: str | None) -> str:
+    """What a fleet preview saw of a workspace: its spec and its stack settings
+    (every `stackspace:*` config value, secrets encrypted, and the salt). Any
+    operation that changes what the program gets changes it."""
+    blob = json.dumps({"spec": spec, "settings": stack_settings or ""}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_reviews(data: Any) -> dict[str, dict[str, str]] | None:
+    """The reviews a rollout is bound to (`fleet preview --save-plans`): for
+    each "owner/name", the code digest and review digest it was previewed
+    with. None: not bound to a review."""
+    if data is None:
+        return None
+    ok = isinstance(data, dict) and data and all(
+        isinstance(k, str) and "/" in k and isinstance(v, dict)
+        and isinstance(v.get("code"), str) and isinstance(v.get("state"), str)
+        for k, v in data.items())
+    if not ok:
+        raise OptionsError({"reviews": 'an object of "owner/name": {"code": ..., "state": ...}'})
+    return {k: {"code": v["code"], "state": v["state"]} for k, v in data.items()}
+
+
+def review_mismatch(review: Mapping[str, str], code: str, state: str) -> str | None:
+    """Why a workspace no longer matches its review (None: it does)."""
+    if review.get("code") != code:
+        return "reviewed against other component code than the service runs"
+    if review.get("state") != state:
+        return "its config or state changed since the review"
+    return None
 
 
 def batch_size(batch: str, total: int) -> int:

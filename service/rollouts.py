@@ -33,6 +33,8 @@ from service.rollout_plan import (
     in_use,
     item_outcome,
     next_batch,
+    review_digest,
+    review_mismatch,
     rollout_state,
     skip_reason,
 )
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS rollout_items (
   status TEXT NOT NULL,          -- pending | queued | succeeded | failed | refused | ...
   op TEXT,                       -- its update operation
   attempt INTEGER NOT NULL DEFAULT 1,
+  review TEXT,                   -- JSON: the review it must still match (--plans)
   detail TEXT,
   PRIMARY KEY (rollout, seq)
 );
@@ -74,8 +77,11 @@ class Rollouts:
         self._thread: threading.Thread | None = None
 
     # --- rows -------------------------------------------------------------------
-    def create(self, options: Options) -> dict[str, Any]:
-        """A rollout of every outdated workspace, in the store's order."""
+    def create(self, options: Options, reviews: dict[str, dict[str, str]] | None = None
+               ) -> dict[str, Any]:
+        """A rollout of every outdated workspace, in the store's order. With
+        `reviews`, each gets its update only while it matches its review;
+        one without a review is skipped."""
         current = code_version.current()
         rid, now = uuid.uuid4().hex, time.time()
         items = [w for w in self.store.workspaces()
@@ -86,8 +92,15 @@ class Rollouts:
                        " VALUES (?,?,?,?,?,?)",
                        (rid, RUNNING, json.dumps(options.to_dict()), current, now, now))
             for seq, w in enumerate(items):
-                db.execute("INSERT INTO rollout_items(rollout, seq, owner, name, status)"
-                           " VALUES (?,?,?,?,?)", (rid, seq, w["owner"], w["name"], PENDING))
+                ref = f"{w['owner']}/{w['name']}"
+                review = None if reviews is None else reviews.get(ref)
+                status, detail = PENDING, None
+                if reviews is not None and review is None:
+                    status, detail = "skipped", "not in the reviewed plans"
+                db.execute("INSERT INTO rollout_items(rollout, seq, owner, name, status, review,"
+                           " detail) VALUES (?,?,?,?,?,?,?)",
+                           (rid, seq, w["owner"], w["name"], status,
+                            json.dumps(review) if review else None, detail))
         self.wake()
         return self.get(rid) or {}
 
@@ -189,8 +202,17 @@ class Rollouts:
             ws = workspaces[(item["owner"], item["name"])]
             recorded = (ws or {}).get("outputs", {}).get(code_version.OUTPUT)
             reason = skip_reason(ws, code_version.outdated(recorded, current), options)
+            stale = None
+            # Checked before the first request only: a retry after a crash is the
+            # same reviewed update, which may have written the config already.
+            if reason is None and ws is not None and item["review"] and item["attempt"] == 1:
+                stale = review_mismatch(json.loads(item["review"]),
+                                        code_version.current_digest(),
+                                        review_digest(ws["spec"], ws.get("stack_settings")))
             if reason is not None:
                 self._set_item(rid, item["seq"], status="skipped", detail=reason)
+            elif stale is not None:
+                self._set_item(rid, item["seq"], status="stale", detail=stale)
             else:
                 ready.append(item)
         busy = {f"{i['owner']}/{i['name']}" for i in ready

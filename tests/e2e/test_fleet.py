@@ -224,15 +224,23 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
     container = docker_client.containers.get(fleet.get(a_owner, a1)["outputs"]["container"])
     assert container.exec_run(["sh", "-c", "echo kept > marker"], user="1000").exit_code == 0
 
-    # The merge: the service now runs the changed component code.
+    # The pull request's preview, its plans kept; then a user's PATCH makes a2's stale.
     checkout = service_checkout(tmp_path)
     edit(checkout / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
+    plans = tmp_path / "plans"
+    reviewed = fleet_preview(fleet, checkout, "--json", "--save-plans", str(plans))
+    assert reviewed.returncode == 0, reviewed.stderr
+    patch = svc.call("PATCH", f"/workspaces/{a2}", fleet.tokens[a_owner],
+                     json={"env": {"TEAM": "dev"}})
+    assert svc.wait_op(patch.json()["id"])["status"] == "succeeded"
+
+    # The merge: the service now runs the changed component code.
     fleet.deploy(checkout)
     new_version = code_version.version_at(checkout)
     assert all(fleet.get(o, n)["outdated"] for o, n in fleet.names)
     before = {n: updates(fleet, o, n) for o, n in fleet.names}
 
-    started = fleet_rollout(fleet, "--batch", "1", "--no-wait")
+    started = fleet_rollout(fleet, "--batch", "1", "--plans", str(plans), "--no-wait")
     assert started.returncode == 0, started.stderr
     rid = json.loads(started.stdout)["id"]
     # kill -9 of the whole service while the first update is in the queue or running.
@@ -249,8 +257,8 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
     items = {i["workspace"]: i for i in rollout["items"]}
     assert rollout["status"] == "finished", rollout
     assert rollout["code_version"] == new_version
-    for owner, name in fleet.names[:2]:
-        assert items[f"{owner}/{name}"]["status"] == "succeeded", items
+
+    def rolled_out(owner: str, name: str) -> None:
         ws = fleet.get(owner, name)
         assert ws["code_version"] == new_version and ws["outdated"] is False
         assert ws["state"] == "running"
@@ -258,8 +266,16 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
         assert labels.get("example.com/team") == "dev"
         # Applied once, whatever the kill cut off.
         assert updates(fleet, owner, name) == before[name] + 1
+
+    assert items[f"{a_owner}/{a1}"]["status"] == "succeeded", items
+    rolled_out(a_owner, a1)
     new = docker_client.containers.get(fleet.get(a_owner, a1)["outputs"]["container"])
     assert new.exec_run(["cat", "marker"], user="1000").output.strip() == b"kept"
+    # Changed since its review: never updated with something unreviewed.
+    assert items[f"{a_owner}/{a2}"]["status"] == "stale", items
+    assert "changed since the review" in items[f"{a_owner}/{a2}"]["detail"]
+    assert fleet.get(a_owner, a2)["outdated"] is True
+    assert updates(fleet, a_owner, a2) == before[a2]
     # A stopped workspace gets the code at its next start, or now with --stopped-too.
     assert items[f"{b_owner}/{b1}"]["status"] == "skipped"
     assert "next start" in items[f"{b_owner}/{b1}"]["detail"]
@@ -270,7 +286,9 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
     again = fleet_rollout(fleet, "--stopped-too")
     assert again.returncode == 0, again.stdout + again.stderr
     second = json.loads(again.stdout)
-    assert [i["workspace"] for i in second["items"]] == [f"{b_owner}/{b1}"]
+    assert sorted(i["workspace"] for i in second["items"]) == sorted(
+        [f"{a_owner}/{a2}", f"{b_owner}/{b1}"])
+    rolled_out(a_owner, a2)
     ws = fleet.get(b_owner, b1)
     assert ws["outdated"] is False and ws["state"] == "stopped"
 

@@ -108,3 +108,33 @@ def test_rollout_state_and_counts() -> None:
     assert rollout_state(["failed", PENDING], 2) == RUNNING
     assert rollout_state([], 1) == FINISHED
     assert counts(["succeeded", "succeeded", "refused"])["succeeded"] == 2
+
+
+def test_reviews_are_checked_field_by_field() -> None:
+    from service.rollout_plan import parse_reviews
+
+    assert parse_reviews(None) is None
+    good = {"alice/a": {"code": "c", "state": "s", "extra": "dropped"}}
+    assert parse_reviews(good) == {"alice/a": {"code": "c", "state": "s"}}
+    for bad in ({}, [], {"alice": {"code": "c", "state": "s"}}, {"alice/a": {"code": "c"}},
+                {"alice/a": {"code": 1, "state": "s"}}):
+        with pytest.raises(OptionsError) as e:
+            parse_reviews(bad)
+        assert set(e.value.errors) == {"reviews"}
+    with pytest.raises(OptionsError) as e:
+        parse_options({"reviews": [], "batch": 0})
+    assert set(e.value.errors) == {"reviews", "batch"}
+
+
+def test_review_digest_and_mismatch() -> None:
+    from service.rollout_plan import review_digest, review_mismatch
+
+    base = review_digest({"name": "a", "env": {}}, "config: {}\n")
+    assert base == review_digest({"env": {}, "name": "a"}, "config: {}\n")  # key order
+    assert base != review_digest({"name": "a", "env": {"X": "1"}}, "config: {}\n")
+    assert base != review_digest({"name": "a", "env": {}}, "config: {x: 1}\n")
+    assert review_digest({}, None) == review_digest({}, "")
+    review = {"code": "c1", "state": base}
+    assert review_mismatch(review, "c1", base) is None
+    assert "other component code" in (review_mismatch(review, "c2", base) or "")
+    assert "changed since the review" in (review_mismatch(review, "c1", "other") or "")
