@@ -15,15 +15,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes import client, config
 
 from service.store import Store
 from stacks import code_version
 from stacks.settings import PROJECT_DIR
+from tests.e2e.stack_helpers import ensure_namespace
 from tests.faults.harness import REPO, LiveService
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("docker_provider",
+                                                       "kubernetes_provider")]
+NAMESPACE = "stackspace-fleet-e2e"
+KUBE_SPEC = {"runtime": "cluster",
+             "resources": {"cpu": "250m", "memory": "128Mi", "storage": "32Mi"}}
 
 PROGRAM_FILES = ("Pulumi.yaml", "__main__.py", "components", "stacks")
 
@@ -33,7 +40,14 @@ class Fleet:
     svc: LiveService  # `stackspace serve`, as deployed
     store: Store  # the same store, read as the CLI reads it
     tokens: dict[str, str]  # owner -> token
-    names: list[tuple[str, str]]  # (owner, name)
+    names: list[tuple[str, str]]  # (owner, name): two running, one stopped on Docker
+    kube: tuple[str, str]  # a running one on Kubernetes
+    core: Any  # the cluster's CoreV1Api
+    apps: Any  # and AppsV1Api
+
+    @property
+    def all(self) -> list[tuple[str, str]]:
+        return [*self.names, self.kube]
 
     def deploy(self, checkout: Path) -> None:
         """Restart the service from another checkout (a merged change)."""
@@ -48,12 +62,18 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, docker_host, pulumi_home, pulumi_bin) -> Iterator[Fleet]:
-    """Three Docker workspaces of two owners, made through a running
+def fleet(tmp_path_factory, docker_host, pulumi_home, pulumi_bin, kube_cluster
+          ) -> Iterator[Fleet]:
+    """Three Docker workspaces of two owners and a Kubernetes one, made through a running
     `stackspace serve`, whose store, backend and passphrase the CLI finds as
     `stackspace stack` does."""
+    api = config.new_client_from_config(config_file=str(kube_cluster))
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    ensure_namespace(core, NAMESPACE)
     runtimes = [{"name": "local", "type": "docker", "host": docker_host,
-                 "network_mode": "none"}]
+                 "network_mode": "none"},
+                {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kube_cluster),
+                 "namespace": NAMESPACE}]
     svc = LiveService(tmp_path_factory.mktemp("fleet"), runtimes, pulumi_bin=pulumi_bin,
                       pulumi_home=pulumi_home)
     svc.start("serve")
@@ -61,11 +81,12 @@ def fleet(tmp_path_factory, docker_host, pulumi_home, pulumi_bin) -> Iterator[Fl
     tokens = {"alice": store.add_user("alice"), "bob": store.add_user("bob")}
     suffix = secrets.token_hex(3)
     names = [("alice", f"fa-{suffix}"), ("alice", f"fc-{suffix}"), ("bob", f"fb-{suffix}")]
-    fleet = Fleet(svc, store, tokens, names)
+    fleet = Fleet(svc, store, tokens, names, ("alice", f"fk-{suffix}"), core, apps)
     try:
         ops = []
-        for owner, name in names:
-            r = svc.call("POST", "/workspaces", tokens[owner], json={"name": name})
+        for owner, name in fleet.all:
+            body = {"name": name, **(KUBE_SPEC if (owner, name) == fleet.kube else {})}
+            r = svc.call("POST", "/workspaces", tokens[owner], json=body)
             assert r.status_code == 202, r.text
             ops.append(r.json()["id"])
         for op_id in ops:
@@ -76,7 +97,7 @@ def fleet(tmp_path_factory, docker_host, pulumi_home, pulumi_bin) -> Iterator[Fl
             fleet.deploy(REPO)
         svc.ensure_running()
         deletes = []
-        for owner, name in names:
+        for owner, name in fleet.all:
             r = svc.call("DELETE", f"/workspaces/{name}?queue=true", tokens[owner])
             if r.status_code == 202:
                 deletes.append(r.json()["id"])
@@ -142,12 +163,28 @@ LABEL_OLD = 'labels=labels("workspace") + ['
 LABEL_NEW = 'labels=labels("workspace") + [{"label": "example.com/team", "value": "dev"}, '
 VOLUME_OLD = 'docker.Volume(\n            "storage",'
 VOLUME_NEW = 'docker.Volume(\n            "home",'
+K_LABEL_OLD = '"template": {"metadata": {"labels": selector}'
+K_LABEL_NEW = '"template": {"metadata": {"labels": {**selector, "example.com/team": "dev"}}'
+K_VOLUME_OLD = 'PersistentVolumeClaim(\n            "storage",'
+K_VOLUME_NEW = 'PersistentVolumeClaim(\n            "home",'
+
+
+def label_change(checkout: Path) -> None:
+    """A label added to the workload, on both runtimes."""
+    edit(checkout / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
+    edit(checkout / "components" / "kubernetes.py", K_LABEL_OLD, K_LABEL_NEW)
+
+
+def storage_change(checkout: Path) -> None:
+    """Storage under a new resource name, on both runtimes: the old one goes."""
+    edit(checkout / "components" / "docker.py", VOLUME_OLD, VOLUME_NEW)
+    edit(checkout / "components" / "kubernetes.py", K_VOLUME_OLD, K_VOLUME_NEW)
 
 
 def test_workspaces_record_the_code_version_they_run(fleet: Fleet) -> None:
     listed = fleet.svc.call("GET", "/workspaces?owner=").json()["items"]
     mine = {(w["owner"], w["name"]): w for w in listed}
-    for owner, name in fleet.names:
+    for owner, name in fleet.all:
         assert mine[(owner, name)]["code_version"] == code_version.current()
         assert mine[(owner, name)]["outdated"] is False
     shown = fleet.get(*fleet.names[0])
@@ -163,14 +200,14 @@ def test_preview_of_a_label_change_writes_nothing(fleet: Fleet, tmp_path: Path) 
     assert same.returncode == 0, same.stderr
     assert {w["outcome"] for w in json.loads(same.stdout)["workspaces"]} == {"unchanged"}
 
-    edit(program / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
+    label_change(program)
     before = snapshot(fleet)
     plans = tmp_path / "plans"
     r = fleet_preview(fleet, program, "--json", "--save-plans", str(plans))
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert sorted(w["workspace"] for w in report["workspaces"]) == sorted(
-        f"{o}/{n}" for o, n in fleet.names)
+        f"{o}/{n}" for o, n in fleet.all)
     for ws in report["workspaces"]:
         assert ws["storage_at_risk"] is False
         assert ws["outcome"] in ("changed", "restarted"), ws
@@ -179,7 +216,10 @@ def test_preview_of_a_label_change_writes_nothing(fleet: Fleet, tmp_path: Path) 
         assert ws["steps"]["replace"] + ws["steps"]["update"] >= 1
         assert (plans / f"{ws['stack']}.plan.json").is_file()
     assert report["summary"]["refused"] == 0
-    assert report["summary"]["changed"] + report["summary"]["restarted"] == len(fleet.names)
+    assert report["summary"]["changed"] + report["summary"]["restarted"] == len(fleet.all)
+    # The pod of the Kubernetes workspace is rolled: a restart.
+    kube = next(w for w in report["workspaces"] if w["workspace"] == "/".join(fleet.kube))
+    assert kube["restart"] is True, kube
     # Nothing written: no config, no state, no store row.
     assert snapshot(fleet) == before
     # Another owner's workspaces are left out with --owner.
@@ -192,14 +232,14 @@ def test_preview_flags_a_change_that_would_replace_storage(fleet: Fleet, tmp_pat
                                                           ) -> None:
     program = program_copy(tmp_path)
     # The volume under a new resource name: the old one would be deleted.
-    edit(program / "components" / "docker.py", VOLUME_OLD, VOLUME_NEW)
+    storage_change(program)
     before = snapshot(fleet)
     r = fleet_preview(fleet, program, "--markdown")
     assert r.returncode == 1, r.stdout + r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| `")]
-    assert len(rows) == len(fleet.names)
+    assert len(rows) == len(fleet.all)
     assert all("| refused |" in row and "**YES**" in row for row in rows), r.stdout
-    assert f"{len(fleet.names)} refused" in r.stdout
+    assert f"{len(fleet.all)} refused" in r.stdout
     assert snapshot(fleet) == before
 
 
@@ -226,7 +266,7 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
 
     # The pull request's preview, its plans kept; then a user's PATCH makes a2's stale.
     checkout = service_checkout(tmp_path)
-    edit(checkout / "components" / "docker.py", LABEL_OLD, LABEL_NEW)
+    label_change(checkout)
     plans = tmp_path / "plans"
     reviewed = fleet_preview(fleet, checkout, "--json", "--save-plans", str(plans))
     assert reviewed.returncode == 0, reviewed.stderr
@@ -237,8 +277,8 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
     # The merge: the service now runs the changed component code.
     fleet.deploy(checkout)
     new_version = code_version.version_at(checkout)
-    assert all(fleet.get(o, n)["outdated"] for o, n in fleet.names)
-    before = {n: updates(fleet, o, n) for o, n in fleet.names}
+    assert all(fleet.get(o, n)["outdated"] for o, n in fleet.all)
+    before = {n: updates(fleet, o, n) for o, n in fleet.all}
 
     started = fleet_rollout(fleet, "--batch", "1", "--plans", str(plans), "--no-wait")
     assert started.returncode == 0, started.stderr
@@ -269,6 +309,14 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
 
     assert items[f"{a_owner}/{a1}"]["status"] == "succeeded", items
     rolled_out(a_owner, a1)
+    # The Kubernetes workspace too: its pod template carries the label.
+    k_owner, k_name = fleet.kube
+    assert items[f"{k_owner}/{k_name}"]["status"] == "succeeded", items
+    kube = fleet.get(k_owner, k_name)
+    assert kube["code_version"] == new_version and kube["state"] == "running"
+    deployment = fleet.apps.read_namespaced_deployment(kube["outputs"]["deployment"], NAMESPACE)
+    assert deployment.spec.template.metadata.labels.get("example.com/team") == "dev"
+    assert updates(fleet, k_owner, k_name) == before[k_name] + 1
     new = docker_client.containers.get(fleet.get(a_owner, a1)["outputs"]["container"])
     assert new.exec_run(["cat", "marker"], user="1000").output.strip() == b"kept"
     # Changed since its review: never updated with something unreviewed.
@@ -296,10 +344,13 @@ def test_rollout_of_a_merged_change_survives_a_kill(fleet: Fleet, tmp_path: Path
 def test_rollout_refuses_storage_at_risk_and_touches_nothing(fleet: Fleet, tmp_path: Path,
                                                              docker_client) -> None:
     checkout = service_checkout(tmp_path)
-    edit(checkout / "components" / "docker.py", VOLUME_OLD, VOLUME_NEW)
+    storage_change(checkout)
     running = fleet.names[:2]
     containers = {n: docker_client.containers.get(fleet.get(o, n)["outputs"]["container"]).id
                   for o, n in running}
+    k_owner, k_name = fleet.kube
+    pvc = fleet.get(k_owner, k_name)["outputs"]["storage"]
+    pvc_uid = fleet.core.read_namespaced_persistent_volume_claim(pvc, NAMESPACE).metadata.uid
     fleet.deploy(checkout)
     r = fleet_rollout(fleet, "--max-failures", "5")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -312,3 +363,7 @@ def test_rollout_refuses_storage_at_risk_and_touches_nothing(fleet: Fleet, tmp_p
         now = docker_client.containers.get(ws["outputs"]["container"])
         assert now.id == containers[name] and now.status == "running"
         assert docker_client.volumes.get(ws["outputs"]["storage"])
+    assert items[f"{k_owner}/{k_name}"]["status"] == "refused", items
+    assert fleet.get(k_owner, k_name)["outdated"] is True
+    claim = fleet.core.read_namespaced_persistent_volume_claim(pvc, NAMESPACE)
+    assert claim.metadata.uid == pvc_uid and claim.metadata.deletion_timestamp is None
