@@ -5,7 +5,8 @@ workspace runs against the service's own, and rollouts of the service's code
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -77,5 +78,33 @@ def register_fleet(app: Flask, store: Any, runner: Any,
         if not rollouts.cancel(rid):
             raise Problem("conflict", f"rollout is already {rollout['status']}")
         return answer(rollouts.get(rid) or rollout)
+
+    @app.get(f"{PREFIX}/rollouts/<rid>/events")
+    @authed
+    def rollout_events(rid: str) -> Response:
+        """Server-Sent Events: `item` when a workspace's item changes, `end`
+        with the rollout once it is over."""
+        found(rid)
+
+        def stream() -> Iterator[str]:
+            seen: dict[str, tuple[str, str | None]] = {}
+            deadline = time.monotonic() + 3600
+            while time.monotonic() < deadline:
+                rollout = rollouts.get(rid)
+                if rollout is None:
+                    return
+                for item in rollout["items"]:
+                    now = (item["status"], item["detail"])
+                    if seen.get(item["workspace"]) != now:
+                        seen[item["workspace"]] = now
+                        yield f"event: item\ndata: {json.dumps(item)}\n\n"
+                if rollout["status"] != "running":
+                    yield f"event: end\ndata: {json.dumps(rollout)}\n\n"
+                    return
+                yield ": keep-alive\n\n"
+                time.sleep(0.5)
+
+        return Response(stream(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache"})
 
     return rollouts

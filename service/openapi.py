@@ -83,6 +83,12 @@ def document() -> dict[str, Any]:
                                                   params=["rid"])},
             "/api/v1/rollouts/{rid}/cancel": {"post": _op("Cancel a rollout (admin)", "200",
                                                           "Rollout", params=["rid"])},
+            "/api/v1/rollouts/{rid}/events": {
+                "get": {**_op("A rollout's progress as Server-Sent Events (admin)", "200",
+                              params=["rid"]),
+                        "responses": {"200": {"description": "event stream", "content": {
+                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "401": PROBLEM, "404": PROBLEM}}},
             "/internal/activity": {"post": {
                 **_op("Terminal activity from the exec proxy (HMAC-signed body)", "204",
                       auth=False),
