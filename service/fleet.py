@@ -37,15 +37,19 @@ class ProgramError(ValueError):
     """--program does not name a checkout of the stackspace program."""
 
 
+PROGRAM_FILES = ("Pulumi.yaml", "__main__.py", "stacks/program.py", "components")
+
+
 def check_program(path: Path) -> Path:
-    """The checkout at `path`, resolved; ProgramError if it holds no program."""
+    """The checkout at `path` or the nearest folder above it (a command run
+    inside the repository), resolved; ProgramError if none holds the program."""
     path = path.resolve()
-    missing = [p for p in ("Pulumi.yaml", "__main__.py", "stacks/program.py", "components")
-               if not (path / p).exists()]
-    if missing:
-        raise ProgramError(f"--program: {path} is not a stackspace checkout "
-                           f"(missing {', '.join(missing)})")
-    return path
+    for candidate in (path, *path.parents):
+        if all((candidate / p).exists() for p in PROGRAM_FILES):
+            return candidate
+    missing = [p for p in PROGRAM_FILES if not (path / p).exists()]
+    raise ProgramError(f"--program: {path} is not a stackspace checkout "
+                       f"(missing {', '.join(missing)})")
 
 
 def selected(store: FleetStore, owner: str | None, runtime: str | None) -> list[dict]:

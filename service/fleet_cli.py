@@ -20,7 +20,8 @@ def fleet() -> None:
 
 @fleet.command()
 @click.option("--program", type=click.Path(file_okay=False), default=".",
-              show_default=True, help="checkout whose program is previewed")
+              help="the checkout whose program is previewed (default: the repository the "
+              "command runs in; never the installed code)")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--owner", help="only this owner's workspaces")

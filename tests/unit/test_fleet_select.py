@@ -37,5 +37,6 @@ def test_selected_leaves_out_deleted_and_filters() -> None:
 
 def test_program_must_be_a_checkout(tmp_path: Path) -> None:
     assert check_program(PROJECT_DIR) == PROJECT_DIR
+    assert check_program(PROJECT_DIR / "components") == PROJECT_DIR  # run inside it
     with pytest.raises(ProgramError, match="--program: .*missing Pulumi.yaml"):
         check_program(tmp_path)
