@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import files_api, lifecycle, openapi, pagination, token_api
+from service import files_api, fleet_api, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.notify import EventFeed
@@ -364,6 +364,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
 
+    fleet_api.register_fleet(app, store, runner, authed)
+
     @app.get("/openapi.json")
     def openapi_json() -> Response:
         return app.response_class(json.dumps(openapi.document()), mimetype="application/json")
@@ -383,6 +385,7 @@ def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
         "last_error": ws["last_error"],
         "spec": spec.to_dict(redact=True),
         "outputs": ws["outputs"],
+        **fleet_api.code_state(ws["outputs"]),
         "last_operation": op_view(last) if last else None,
     }
 

@@ -518,5 +518,9 @@ def exec_(name: str, detach: bool, command: tuple[str, ...], url: str, token: st
 files_cli.register(main, connection_options, Client)
 
 
+from service.fleet_cli import fleet  # noqa: E402 - `stackspace fleet` (SPEC §10)
+
+main.add_command(fleet)
+
 if __name__ == "__main__":
     main()

@@ -92,6 +92,19 @@ def document() -> dict[str, Any]:
                             "text/event-stream": {"schema": {"type": "string"}}}},
                             "400": PROBLEM, "401": PROBLEM, "404": PROBLEM,
                             "503": PROBLEM}}},
+            "/api/v1/rollouts": {"post": _op("Roll the service's code out to outdated "
+                                             "workspaces (admin)", "201", "Rollout",
+                                             "RolloutOptions")},
+            "/api/v1/rollouts/{rid}": {"get": _op("Show a rollout (admin)", "200", "Rollout",
+                                                  params=["rid"])},
+            "/api/v1/rollouts/{rid}/cancel": {"post": _op("Cancel a rollout (admin)", "200",
+                                                          "Rollout", params=["rid"])},
+            "/api/v1/rollouts/{rid}/events": {
+                "get": {**_op("A rollout's progress as Server-Sent Events (admin)", "200",
+                              params=["rid"]),
+                        "responses": {"200": {"description": "event stream", "content": {
+                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "401": PROBLEM, "404": PROBLEM}}},
             "/internal/activity": {"post": {
                 **_op("Terminal activity from the exec proxy (signed in its headers)", "204",
                       auth=False),
@@ -208,6 +221,10 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
                        "deleting", "failed"]},
     "last_error": {"type": ["string", "null"]}, "spec": {"type": "object"},
     "outputs": {"type": "object"},
+    "code_version": {"type": ["string", "null"],
+                     "description": "component code the last run applied: digest[@commit]"},
+    "outdated": {"type": "boolean",
+                 "description": "the service's own component code differs"},
     "last_operation": {"anyOf": [{"$ref": "#/components/schemas/Operation"},
                                  {"type": "null"}]},
     # GET /workspaces/{name} only (service.storage_usage): measured on Docker.
@@ -223,6 +240,27 @@ SCHEMAS: dict[str, Any] = {
     "WorkspacePatch": {"type": "object", "additionalProperties": False,
                        "properties": {**_MUTABLE, "repository": _REPOSITORY}},
     "Operation": _OPERATION,
+    "RolloutOptions": {"type": "object", "additionalProperties": False, "properties": {
+        "batch": {"type": ["integer", "string"], "pattern": "^[1-9][0-9]*%?$",
+                  "description": "workspaces per batch: N or P%"},
+        "max_failures": {"type": "integer", "minimum": 1},
+        "skip_active_minutes": {"type": "number", "minimum": 0, "maximum": 1440},
+        "stopped_too": {"type": "boolean"},
+        "reviews": {"type": "object", "description": "owner/name -> {code, state} from "
+                    "fleet preview --save-plans: each workspace must still match its review",
+                    "additionalProperties": {"type": "object", "required": ["code", "state"],
+                                             "properties": {"code": {"type": "string"},
+                                                            "state": {"type": "string"}}}}}},
+    "Rollout": {"type": "object", "required": ["id", "status", "items"], "properties": {
+        "id": {"type": "string"},
+        "status": {"enum": ["running", "finished", "stopped", "cancelled"]},
+        "options": {"type": "object"}, "code_version": {"type": "string"},
+        "created": {"type": "number"}, "updated": {"type": "number"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "workspace": {"type": "string"}, "status": {"type": "string"},
+            "operation": {"type": ["string", "null"]},
+            "detail": {"type": ["string", "null"]}}}}}},
     "Workspace": _WORKSPACE,
     "WorkspaceList": {"type": "object", "required": ["items", "next"], "properties": {
         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Workspace"}},

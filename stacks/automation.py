@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -41,18 +40,18 @@ from stacks.config import (
     ConfigValues,
     StackConfig,
 )
-from stacks.guard import ATTEST_OUTPUT, attestation, preview_needed, runtime_kind
+from stacks.guard import (
+    ATTEST_OUTPUT,
+    DESTRUCTIVE_OPS,
+    STORAGE_TYPES,
+    attestation,
+    preview_needed,
+    protected_storage,
+    runtime_kind,
+)
 from stacks.init_retry import failed_inits
 from stacks.settings import PulumiSettings, StackFiles
 from stacks.state_repair import StackKeys, forget_stack
-
-STORAGE_TYPES = frozenset({
-    "kubernetes:core/v1:PersistentVolumeClaim",
-    "docker:index/volume:Volume",
-})
-# Plan steps that would lose a storage resource's data.
-DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-replaced",
-                             "discard", "discard-replaced"})
 
 EMPTY_SECRETS = "{}"  # StackConfig.to_config of a spec without secrets
 
@@ -516,11 +515,3 @@ def _storage_watch(on_event: EventSink | None
             on_event(event)
 
     return watch, risky
-
-
-def protected_storage(error_text: str) -> list[str]:
-    """Storage URNs named by the engine's "marked for protection" refusal."""
-    if "protect" not in error_text:
-        return []
-    urns = re.findall(r"urn:pulumi:[^\s\"']+", error_text)
-    return sorted({u for u in urns if any(t in u for t in STORAGE_TYPES)})

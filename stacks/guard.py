@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from functools import cache
+import re
 from pathlib import Path
 from typing import Any
 
 from components.runtime import DockerRuntime, Runtime, runtime_dict
+from stacks import code_version
 from stacks.config import KEY_RUNNING, StackConfig
 
 # The stack output that attests the storage registration (see module doc).
@@ -38,16 +39,18 @@ STORAGE_TYPE = {
     "kubernetes": ("stackspace:kubernetes:Workspace",
                    "kubernetes:core/v1:PersistentVolumeClaim"),
 }
-_CODE = Path(__file__).resolve().parent.parent
+STORAGE_TYPES = frozenset(t for _, t in STORAGE_TYPE.values())
+# Plan steps that would lose a storage resource's data.
+DESTRUCTIVE_OPS = frozenset({"delete", "replace", "create-replacement", "delete-replaced",
+                             "discard", "discard-replaced"})
 
 
-@cache
-def code_fingerprint() -> str:
-    """The program's code (components and stacks): an upgrade re-runs the preview."""
-    h = hashlib.sha256()
-    for path in sorted([*(_CODE / "components").glob("*.py"), *(_CODE / "stacks").glob("*.py")]):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+def protected_storage(error_text: str) -> list[str]:
+    """Storage URNs named by the engine's "marked for protection" refusal."""
+    if "protect" not in error_text:
+        return []
+    urns = re.findall(r"urn:pulumi:[^\s\"']+", error_text)
+    return sorted({u for u in urns if any(t in u for t in STORAGE_TYPES)})
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -72,7 +75,7 @@ def attestation(cfg: StackConfig, key: bytes) -> str:
     files = {f: _file_digest(getattr(cfg.runtime, f, None))
              for f in ("ca_file", "cert_file", "key_file", "kubeconfig")}
     blob = json.dumps({"config": values, "files": files, "runtime": runtime_dict(cfg.runtime),
-                       "code": code_fingerprint()}, sort_keys=True)
+                       "code": code_version.current_digest()}, sort_keys=True)
     return hmac.new(key, blob.encode(), hashlib.sha256).hexdigest()
 
 
@@ -89,8 +92,7 @@ def preview_needed(deployment: dict[str, Any] | None, stack: str, kind: str,
     if not resources:
         return None  # nothing recorded: a plan can only create
     parent_type, storage_type = STORAGE_TYPE[kind]
-    all_storage = {t for _, t in STORAGE_TYPE.values()}
-    storage = [r for r in resources if r.get("type") in all_storage]
+    storage = [r for r in resources if r.get("type") in STORAGE_TYPES]
     if len(storage) != 1:
         return f"the state holds {len(storage)} storage resources"
     (res,) = storage

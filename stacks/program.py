@@ -15,6 +15,7 @@ from components.base import WorkspaceInputs
 from components.docker import DockerWorkspace
 from components.kubernetes import KubernetesWorkspace
 from components.runtime import DockerRuntime
+from stacks import code_version
 from stacks.config import NAMESPACE, StackConfig
 from stacks.guard import ATTEST_OUTPUT, attestation
 from stacks.naming import resource_base
@@ -49,6 +50,8 @@ def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResour
     pulumi.export("initialized", ws.initialized)
     pulumi.export("runtime", cfg.runtime.name)
     pulumi.export("running", inputs.running)
+    # Which component code this run applied (the API's code_version, outdated).
+    pulumi.export(code_version.OUTPUT, code_version.current())
     if attest is not None:
         storage = ws.volume if isinstance(ws, DockerWorkspace) else ws.pvc
         pulumi.export(ATTEST_OUTPUT, storage.id.apply(lambda _: attest))

@@ -94,19 +94,21 @@ class StackFiles:
     the directory and the selection file Pulumi keeps for it in PULUMI_HOME."""
 
     def __init__(self, pulumi_home: Path, stack: str | None = None,
-                 text: str | None = None) -> None:
+                 text: str | None = None, project: Path | None = None) -> None:
         self.pulumi_home = pulumi_home
         self.stack = stack
         # The pid in the name lets a later process sweep what a killed one left.
         self.path = Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}-"))
-        for entry in PROJECT_DIR.iterdir():
+        # `project`: another checkout's program (a fleet preview of a PR).
+        project = project or PROJECT_DIR
+        for entry in project.iterdir():
             if entry.name == "Pulumi.yaml":
                 shutil.copyfile(entry, self.path / entry.name)
             elif not (entry.name.startswith("Pulumi.") and entry.suffix in (".yaml", ".yml")):
                 (self.path / entry.name).symlink_to(entry)
         if stack is not None and text is None:
             # Upgrade path: a stack made before settings moved to shared state.
-            legacy = PROJECT_DIR / f"Pulumi.{stack}.yaml"
+            legacy = project / f"Pulumi.{stack}.yaml"
             text = legacy.read_text() if legacy.is_file() else None
         # None: the store never had settings for the stack; "": it claimed
         # the stack, but a run was cut off before any settings came back.

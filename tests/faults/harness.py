@@ -134,6 +134,7 @@ class LiveService:
     pulumi_bin: Path | None = None
     pulumi_home: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # the service's own
+    cwd: Path = REPO  # the checkout it runs (another one: a deploy of new code)
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ class LiveService:
             # No preexec_fn: Python code between fork and exec in a test process
             # that has gRPC threads (the Pulumi SDK, loaded by other tests on the
             # same xdist worker) can abort the child (SIGABRT, "epoll_wait error").
-            self.proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log,
+            self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_engine_protect_refusal_names_the_storage():
-    from stacks.automation import protected_storage
+    from stacks.guard import protected_storage
 
     text = ('error: unable to replace resource "urn:pulumi:ws::stackspace::stackspace:docker:'
             'Workspace$docker:index/volume:Volume::storage"\nas it is currently marked for '
