@@ -102,6 +102,14 @@ def _ssh_docker_client(rt: DockerRuntime, timeout: float) -> Any:
                 self.ssh_params.update(key_filename=rt.ssh_identity_file,
                                        look_for_keys=False, allow_agent=False)
 
+        def get_connection(self, url: Any, proxies: Any = None) -> Any:
+            # At most SSH_POOL requests' channels at once: a burst waits for a
+            # free one instead of opening more, whose sessions sshd frees only
+            # once their `dial-stdio` ends (then counts them against MaxSessions).
+            pool = super().get_connection(url, proxies)
+            pool.block = True
+            return pool
+
         def _connect(self) -> None:
             try:
                 super()._connect()

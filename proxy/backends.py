@@ -412,14 +412,22 @@ class KubernetesExec(ExecProcess):
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
         ws = self._ws
+
+        def drain() -> None:
+            for ch in (STDOUT, STDERR):
+                data = ws.read_channel(ch)
+                if data:
+                    asyncio.run_coroutine_threadsafe(self._queue.put((ch, data)),
+                                                     loop).result()
+
         try:
             while ws.is_open():
                 ws.update(timeout=0.5)
-                for ch in (STDOUT, STDERR):
-                    data = ws.read_channel(ch)
-                    if data:
-                        asyncio.run_coroutine_threadsafe(self._queue.put((ch, data)),
-                                                         loop).result()
+                drain()
+            # read_channel of one channel may take in the next frame (another
+            # channel's output) before the close: what it took in is still
+            # buffered here, and was lost when the loop simply ended.
+            drain()
         finally:
             with contextlib.suppress(RuntimeError):
                 asyncio.run_coroutine_threadsafe(self._queue.put(None), loop)

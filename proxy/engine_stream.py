@@ -21,6 +21,7 @@ import contextlib
 import json
 import socket
 import ssl
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,11 +199,44 @@ async def _connect(rt: DockerRuntime, api: Any) -> EngineStream:
             raise
         return stream
     if url.scheme == "ssh":
-        return ChannelStream(await asyncio.to_thread(_ssh_channel, api))
+        return ChannelStream(await asyncio.to_thread(_ssh_channel, rt))
     raise StreamError(f"unsupported Docker host {rt.host!r}")
 
 
-def _ssh_channel(api: Any) -> Any:
+# sshd caps the sessions (channels) of one SSH connection (MaxSessions, 10 by
+# default), and each attached exec stream holds one for its whole life. So the
+# streams never share the API client's connection (its pooled requests would be
+# refused once the streams fill it): they go on connections of their own, made
+# like the API client's (same identity, same strict host keys), a new one only
+# when every one is full.
+MAX_STREAM_CONNECTIONS = 16
+_stream_connections: dict[DockerRuntime, list[Any]] = {}
+_stream_lock = threading.Lock()
+
+
+def _ssh_channel(rt: DockerRuntime) -> Any:
+    import paramiko
+
+    from components.clients import docker_client
+
+    with _stream_lock:
+        apis = list(_stream_connections.get(rt, []))
+    for api in apis:
+        try:
+            return _dial_stdio(api)
+        except paramiko.ChannelException:
+            continue  # this connection is full (or its server side still closing)
+    with _stream_lock:
+        if len(_stream_connections.get(rt, [])) >= MAX_STREAM_CONNECTIONS:
+            raise StreamError(f"runtime {rt.name!r}: every SSH connection to the host is "
+                              "full (sshd MaxSessions); retry when a terminal has ended")
+    api = docker_client(rt).api
+    with _stream_lock:
+        _stream_connections.setdefault(rt, []).append(api)
+    return _dial_stdio(api)
+
+
+def _dial_stdio(api: Any) -> Any:
     adapter = api.get_adapter(api.base_url)
     transport = adapter.ssh_client.get_transport()
     if transport is None or not transport.is_active():

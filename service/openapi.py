@@ -104,7 +104,7 @@ def document() -> dict[str, Any]:
                               params=["rid"]),
                         "responses": {"200": {"description": "event stream", "content": {
                             "text/event-stream": {"schema": {"type": "string"}}}},
-                            "401": PROBLEM, "404": PROBLEM}}},
+                            "400": PROBLEM, "401": PROBLEM, "404": PROBLEM}}},
             "/internal/activity": {"post": {
                 **_op("Terminal activity from the exec proxy (signed in its headers)", "204",
                       auth=False),

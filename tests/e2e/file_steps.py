@@ -49,7 +49,7 @@ def round_trip(svc: Any, name: str, size: int) -> bytes:
     assert r.json() == {"path": "/data/bin/blob.bin", "type": "file", "size": len(data),
                         "mode": "0640", "mtime": MTIME}
     r = svc.call("GET", files_url(name, "data/bin/blob.bin"), svc.alice)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest()
     assert r.headers["X-Stackspace-Mode"] == "0640"
     assert r.headers["X-Stackspace-Mtime"] == str(MTIME)
