@@ -154,7 +154,7 @@ class Rollouts:
                 self._thread.start()
 
     def _drive(self) -> None:
-        while True:
+        while not self.store.closed:  # the service stopped: a restart resumes the rollout
             try:
                 ids = self.running()
                 for rid in ids:

@@ -243,7 +243,10 @@ class Store:
             db.execute("INSERT INTO meta(key, value) VALUES (?,?)", (META_INSTALLATION, value))
         return value
 
+    closed = False  # set by close(): background threads of the service end with it
+
     def close(self) -> None:
+        self.closed = True
         self.db.close()
 
     @functools.cached_property
