@@ -74,9 +74,9 @@ class Conn:
             out += payload
 
     def detach(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(10)
+        # Close our input (the detach) and read what the helper still writes
+        # until it exits: a pipe nobody reads would block its last write.
+        self.proc.communicate(timeout=30)
 
 
 @functools.cache
