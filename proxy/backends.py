@@ -132,11 +132,16 @@ class ExecProcess(ABC):
         """Release connections."""
 
 
-def make_process(target: dict[str, Any], request: ExecRequest) -> ExecProcess:
+def target_runtime(target: dict[str, Any]) -> Any:
+    """The runtime a ticket's target names (an ExecError if it is malformed)."""
     try:
-        runtime = parse_runtime(target.get("runtime"))
+        return parse_runtime(target.get("runtime"))
     except SpecError as exc:
         raise ExecError(f"bad target runtime: {exc}") from exc
+
+
+def make_process(target: dict[str, Any], request: ExecRequest) -> ExecProcess:
+    runtime = target_runtime(target)
     if isinstance(runtime, DockerRuntime) and target.get("type") == "docker":
         return DockerExec(runtime, target, request)
     if isinstance(runtime, KubernetesRuntime) and target.get("type") == "kubernetes":

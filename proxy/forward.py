@@ -31,9 +31,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from components.runtime import DockerRuntime, KubernetesRuntime, parse_runtime
-from components.spec import SpecError
-from proxy.backends import DockerExec, ExecError, ExecRequest, KubernetesExec
+from components.runtime import DockerRuntime, KubernetesRuntime
+from proxy.backends import DockerExec, ExecError, ExecRequest, KubernetesExec, target_runtime
 from proxy.protocol import (
     CLOSE,
     STATUS,
@@ -78,10 +77,7 @@ class Tunnel(ABC):
 
 
 def make_tunnel(target: dict[str, Any], port: int) -> Tunnel:
-    try:
-        runtime = parse_runtime(target.get("runtime"))
-    except SpecError as exc:
-        raise ExecError(f"bad target runtime: {exc}") from exc
+    runtime = target_runtime(target)
     if isinstance(runtime, DockerRuntime) and target.get("type") == "docker":
         return DockerTunnel(DockerExec(runtime, target, ExecRequest(
             command=relay_command(port), tty=False)))
