@@ -33,9 +33,9 @@ from websockets.frames import CloseCode
 
 from components.runtime import DockerRuntime, KubernetesRuntime
 from proxy.backends import DockerExec, ExecError, ExecRequest, KubernetesExec, target_runtime
+from proxy.client_link import ClientLink
 from proxy.protocol import (
     CLOSE,
-    STATUS,
     STDERR,
     STDIN,
     STDOUT,
@@ -197,27 +197,18 @@ class KubernetesTunnel(Tunnel):
             self._sock.close()  # the client's thread sees EOF and closes its WebSocket
 
 
-class ForwardSession:
+class ForwardSession(ClientLink):
     """Copies bytes between the client's WebSocket and one tunnel, both ways."""
 
     def __init__(self, proxy: Any, conn: ServerConnection, claims: TicketClaims) -> None:
-        self.proxy, self.conn, self.claims = proxy, conn, claims
-        self.config = proxy.config
-        self.last_activity = time.monotonic()
-        self.bytes_in = self.bytes_out = 0
-        self.fields = {"user": claims.user, "workspace": claims.workspace, "port": claims.port,
-                       "target_type": claims.target.get("type")}
-
-    def touch(self) -> None:
-        self.last_activity = time.monotonic()
-        self.proxy.activity.touch(self.claims.user, self.claims.workspace)
+        super().__init__(proxy, conn, claims, {"port": claims.port})
 
     async def _status(self, status: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self.conn.send(bytes([STATUS]) + _json(status))
+            await self.send_status(status)
 
     async def run(self) -> None:
-        started = time.monotonic()
+        self.started = time.monotonic()
         try:
             tunnel = await open_tunnel(self.claims.target, self.claims.port)
         except ExecError as exc:
@@ -249,63 +240,31 @@ class ForwardSession:
             if name == "down" and first.exception() is None:
                 abort, outcome = False, "closed by server"
                 failure = await tunnel.failure()
-                await self._status(status_failure("ConnectionFailed", failure) if failure
-                                   else status_success())
                 if failure:
                     outcome = f"failed: {failure}"
-                with contextlib.suppress(ConnectionClosed):
-                    await self.conn.close(CloseCode.NORMAL_CLOSURE)
+                await self.end_with(status_failure("ConnectionFailed", failure) if failure
+                                    else status_success())
             elif name == "idle":
                 outcome = "idle timeout"
-                await self._status(status_failure(
-                    "Timeout", f"no activity for {self.config.idle_timeout:g}s"))
+                await self._status(status_failure("Timeout", self.idle_message()))
             else:
-                exc = first.exception()
-                outcome = "client gone" if exc is None or isinstance(
-                    exc, ConnectionClosed) else f"error: {exc!r}"
+                outcome = self.client_outcome(first.exception())
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.stop(tasks)
             await tunnel.close(abort)
-            with contextlib.suppress(Exception):
-                await self.conn.close(CloseCode.GOING_AWAY, outcome)
-            log.info("forward ended", extra={
-                **self.fields, "outcome": outcome,
-                "duration": round(time.monotonic() - started, 3),
-                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+            await self.close_and_log(log, "forward ended", outcome)
 
     async def downstream(self, tunnel: Tunnel) -> None:
-        limit = self.config.max_frame_bytes - 1
         while (data := await tunnel.recv()) is not None:
-            self.touch()
-            for i in range(0, len(data), limit):
-                await self.conn.send(bytes([STDOUT]) + data[i:i + limit])
-            self.bytes_out += len(data)
+            await self.send_output(STDOUT, data)
 
     async def upstream(self, tunnel: Tunnel) -> bool:
         """Client bytes to the server, in order; True once the client half-closed,
         False when its WebSocket ended without one."""
-        async for message in self.conn:
-            if isinstance(message, str) or not message:
-                continue
-            channel, data = message[0], message[1:]
-            self.touch()
+        async for channel, data in self.client_frames():
             if channel == STDIN:
-                self.bytes_in += len(data)
                 await tunnel.send(data)
             elif channel == CLOSE and data[:1] == bytes([STDIN]):
                 await tunnel.close_write()
                 return True
         return False
-
-    async def watch_idle(self) -> None:
-        timeout = self.config.idle_timeout
-        while (left := self.last_activity + timeout - time.monotonic()) > 0:
-            await asyncio.sleep(left)
-
-
-def _json(status: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(status).encode()

@@ -33,13 +33,13 @@ from websockets.http11 import Request, Response
 
 from proxy import activity as activity_signature
 from proxy.backends import ExecError, ExecProcess, ExecRequest, make_process
+from proxy.client_link import ClientLink
 from proxy.forward import ForwardSession
 from proxy.protocol import (
     CLOSE,
     FORWARD_PATH,
     PATH,
     RESIZE,
-    STATUS,
     STDIN,
     SUBPROTOCOL,
     status_exit,
@@ -270,31 +270,17 @@ def _peer(conn: ServerConnection) -> str:
     return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
-class Session:
+class Session(ClientLink):
+    """A terminal or command: one exec whose stdio is the client's channels."""
+
     def __init__(self, proxy: ExecProxy, conn: ServerConnection, claims: TicketClaims) -> None:
-        self.proxy, self.conn, self.claims = proxy, conn, claims
-        self.config = proxy.config
         self.request = ExecRequest(command=list(claims.command), tty=claims.tty,
                                    env=dict(claims.env))
-        self.last_activity = time.monotonic()
-        self.bytes_in = self.bytes_out = 0
-        # Never the ticket, env values or arguments (they may hold secrets).
-        self.fields = {"user": claims.user, "workspace": claims.workspace,
-                       "session": self.request.exec_id, "tty": claims.tty,
-                       "program": claims.command[0], "target_type": claims.target.get("type")}
-
-    def touch(self) -> None:
-        self.last_activity = time.monotonic()
-        self.proxy.activity.touch(self.claims.user, self.claims.workspace)
-
-    async def send(self, channel: int, data: bytes) -> None:
-        await self.conn.send(bytes([channel]) + data)  # awaits drain: back-pressure
-
-    async def send_status(self, status: dict[str, Any]) -> None:
-        await self.send(STATUS, json.dumps(status).encode())
+        super().__init__(proxy, conn, claims, {
+            "session": self.request.exec_id, "tty": claims.tty, "program": claims.command[0]})
 
     async def run(self) -> None:
-        started = time.monotonic()
+        self.started = time.monotonic()
         try:
             proc = make_process(self.claims.target, self.request)
             await proc.start()
@@ -319,54 +305,31 @@ class Session:
             if name == "output" and first.exception() is None:
                 exit_code = await proc.wait()
                 exited, outcome = True, "exited"
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send_status(status_exit(exit_code))
-                    await self.conn.close(CloseCode.NORMAL_CLOSURE)
+                await self.end_with(status_exit(exit_code))
             elif name == "idle":
                 outcome = "idle timeout"
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send_status(status_failure(
-                        "Timeout", f"no activity for {self.config.idle_timeout:g}s"))
-                    await self.conn.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                await self.end_with(status_failure("Timeout", self.idle_message()),
+                                    "idle timeout")
             else:
-                exc = first.exception()
-                outcome = "client gone" if exc is None or isinstance(
-                    exc, ConnectionClosed) else f"error: {exc!r}"
+                outcome = self.client_outcome(first.exception())
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.stop(tasks)
             if not exited:
                 try:
                     await proc.kill()
                 except Exception as exc:  # the container may be gone already
                     log.warning("kill failed", extra={**self.fields, "error": str(exc)})
             await proc.close()
-            with contextlib.suppress(Exception):
-                await self.conn.close(CloseCode.GOING_AWAY, outcome)
-            log.info("session ended", extra={
-                **self.fields, "outcome": outcome, "exit_code": exit_code,
-                "duration": round(time.monotonic() - started, 3),
-                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+            await self.close_and_log(log, "session ended", outcome, exit_code=exit_code)
 
     async def pump_output(self, proc: ExecProcess) -> None:
-        limit = self.config.max_frame_bytes - 1
         while (chunk := await proc.read()) is not None:
-            channel, data = chunk
-            self.touch()
-            for i in range(0, len(data), limit):
-                await self.send(channel, data[i:i + limit])
-            self.bytes_out += len(data)
+            await self.send_output(*chunk)
 
     async def pump_input(self, proc: ExecProcess) -> None:
         """Until the client closes: stdin in order (awaiting each write), resize, close."""
-        async for message in self.conn:
-            if isinstance(message, str) or not message:
-                continue  # v5 is binary only
-            channel, data = message[0], message[1:]
-            self.touch()
+        async for channel, data in self.client_frames():
             if channel == STDIN:
-                self.bytes_in += len(data)
                 await proc.write(data)
             elif channel == RESIZE:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -376,11 +339,6 @@ class Session:
                         await proc.resize(width, height)
             elif channel == CLOSE and data[:1] == bytes([STDIN]):
                 await proc.close_stdin()
-
-    async def watch_idle(self) -> None:
-        timeout = self.config.idle_timeout
-        while (left := self.last_activity + timeout - time.monotonic()) > 0:
-            await asyncio.sleep(left)
 
 
 async def start_proxy(config: ProxyConfig) -> ExecProxy:

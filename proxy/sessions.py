@@ -185,7 +185,7 @@ async def run_helper(target: dict[str, Any], args: list[str],
 class SessionBridge(Session):
     """A WebSocket carried to a session in the workspace (start or attach).
 
-    Built on :class:`proxy.server.Session` (touch, send, idle watch). The client
+    Built on :class:`proxy.server.Session` and its :class:`proxy.client_link.ClientLink`. The client
     going away or idling out detaches; nothing is killed: the helper keeps the
     session and ends it after its own idle time with no client.
     """
@@ -256,7 +256,7 @@ class SessionBridge(Session):
         return None
 
     async def run(self) -> None:
-        started = time.monotonic()
+        self.started = time.monotonic()
         try:
             proc, hello, early, reader = await self.open()
         except ExecError as exc:
@@ -270,9 +270,7 @@ class SessionBridge(Session):
                 await Session.run(self)  # the command runs, ending with its connection
                 return
             log.warning("session failed to open", extra={**self.fields, "error": str(exc)})
-            with contextlib.suppress(ConnectionClosed):
-                await self.send_status(status_failure("InternalError", str(exc)))
-                await self.conn.close(CloseCode.NORMAL_CLOSURE, str(exc)[:120])
+            await self.end_with(status_failure("InternalError", str(exc)), str(exc)[:120])
             return
         log.info("session attached", extra={**self.fields, "mode": self.mode,
                                              "offset": hello.get("offset")})
@@ -289,9 +287,7 @@ class SessionBridge(Session):
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             first = min(done, key=lambda t: t.get_name() != "output")
             name, exc = first.get_name(), first.exception()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.stop(tasks)
             if name == "output" and exc is None and self.exit_code is not None:
                 outcome = "exited"
                 acked = False
@@ -304,28 +300,18 @@ class SessionBridge(Session):
                         await proc.write(sf.encode(sf.DONE))
             elif name == "output":
                 outcome = "session gone" if exc is None else f"error: {exc!r}"
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send_status(status_failure(
-                        "SessionGone", "the session ended without an exit status"))
-                    await self.conn.close(CloseCode.NORMAL_CLOSURE, "session gone")
+                await self.end_with(status_failure(
+                    "SessionGone", "the session ended without an exit status"), "session gone")
             elif name == "idle":
                 outcome = "idle timeout"
-                with contextlib.suppress(ConnectionClosed):
-                    await self.send_status(status_failure(
-                        "Timeout", f"no activity for {self.config.idle_timeout:g}s; session "
-                        f"{self.session_id} goes on (stackspace term --attach)"))
-                    await self.conn.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+                await self.end_with(status_failure(
+                    "Timeout", f"{self.idle_message()}; session {self.session_id} goes on "
+                    "(stackspace term --attach)"), "idle timeout")
             else:
-                outcome = "client gone (detached)" if exc is None or isinstance(
-                    exc, ConnectionClosed) else f"error: {exc!r}"
+                outcome = self.client_outcome(exc, gone="client gone (detached)")
         finally:
             await proc.close()  # the helper's attach ends; the session stays
-            with contextlib.suppress(Exception):
-                await self.conn.close(CloseCode.GOING_AWAY, outcome)
-            log.info("session detached", extra={
-                **self.fields, "outcome": outcome, "exit_code": self.exit_code,
-                "duration": round(time.monotonic() - started, 3),
-                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out})
+            await self.close_and_log(log, "session detached", outcome, exit_code=self.exit_code)
 
     async def status_acked(self) -> bool:
         """Whether the client acknowledges the exit status (``[255, 3]``) in time.
@@ -342,7 +328,6 @@ class SessionBridge(Session):
     async def relay_output(self, proc: ExecProcess, early: list[tuple[bytes, bytes]],
                            reader: sf.FrameReader) -> None:
         """Helper frames to v5 channels, until the exit frame or the end of the stream."""
-        limit = self.config.max_frame_bytes - 1
         frames = early
         while True:
             for kind, payload in frames:
@@ -350,12 +335,8 @@ class SessionBridge(Session):
                     self.exit_code = int(json.loads(payload)["code"])
                     return
                 channel = STDOUT if kind == sf.STDOUT else STDERR if kind == sf.STDERR else None
-                if channel is None:
-                    continue
-                self.touch()
-                for i in range(0, len(payload), limit):
-                    await self.send(channel, payload[i:i + limit])
-                self.bytes_out += len(payload)
+                if channel is not None:
+                    await self.send_output(channel, payload)
             chunk = await proc.read()
             if chunk is None:
                 return
@@ -367,13 +348,8 @@ class SessionBridge(Session):
                     **self.fields, "error": chunk[1][:200].decode(errors="replace")})
 
     async def relay_input(self, proc: ExecProcess) -> None:
-        async for message in self.conn:
-            if isinstance(message, str) or not message:
-                continue
-            channel, data = message[0], message[1:]
-            self.touch()
+        async for channel, data in self.client_frames():
             if channel == STDIN:
-                self.bytes_in += len(data)
                 for frame in sf.split(data, sf.STDIN):  # the helper takes <= 1 MiB a frame
                     await proc.write(frame)
             elif channel == RESIZE:
