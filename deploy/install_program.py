@@ -49,6 +49,7 @@ def service_config(s: Settings) -> str:
         "listen": f"{s.listen_host}:{s.service_port}",
         "proxy_listen": f"{s.listen_host}:{s.proxy_port}",
         "proxy_url": s.proxy_url,
+        "proxy_internal_url": s.proxy_internal_url,
         "runtimes": [runtime],
     }, indent=2, sort_keys=True)
 

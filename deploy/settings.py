@@ -61,11 +61,23 @@ class Settings:
         return "127.0.0.1" if self.host_network else "0.0.0.0"  # noqa: S104
 
     @property
+    def proxy_internal_url(self) -> str:
+        """Where the service reaches the proxy itself (the file API's execs): inside
+        the cluster, whatever ingress `proxy_url` names for clients."""
+        return internal_proxy_url(self.namespace, self.proxy_port, self.host_network)
+
+    @property
     def service_address(self) -> str:
         """Where the proxy reaches the service (activity reports)."""
         if self.host_network:
             return f"127.0.0.1:{self.service_port}"
         return f"stackspace-service.{self.namespace}.svc:{self.service_port}"
+
+
+def internal_proxy_url(namespace: str, proxy_port: int, host_network: bool) -> str:
+    if host_network:
+        return f"ws://127.0.0.1:{proxy_port}/exec"
+    return f"ws://stackspace-proxy.{namespace}.svc:{proxy_port}/exec"
 
 
 def _name(cfg: pulumi.Config, key: str, default: str | None = None) -> str:
@@ -130,9 +142,7 @@ def load() -> Settings:
         raise ValueError("serviceType: must be ClusterIP, NodePort or LoadBalancer")
     host_network = cfg.get_bool("hostNetwork") or False
     proxy_port = _port(cfg, "proxyPort", 8081)
-    default_proxy_url = (f"ws://127.0.0.1:{proxy_port}/exec" if host_network
-                         else f"ws://stackspace-proxy.{namespace}.svc:{proxy_port}/exec")
-    proxy_url = cfg.get("proxyUrl") or default_proxy_url
+    proxy_url = cfg.get("proxyUrl") or internal_proxy_url(namespace, proxy_port, host_network)
     if not re.match(r"^wss?://[^\s/]+(/\S*)?$", proxy_url):
         raise ValueError("proxyUrl: must be a ws:// or wss:// URL")
     storage_class = _storage_class(cfg, "storageClass")

@@ -86,7 +86,8 @@ def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
                              replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds,
                              retention=cfg.retention)
     runner.start()
-    terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes)
+    terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes,
+                          internal_url=cfg.proxy_internal_url)
 
     def stop() -> None:
         log.info("stopping")

@@ -12,6 +12,9 @@
     backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state (postgres://: DIY backend)
     passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <secrets_dir>/passphrase
     proxy_url     STACKSPACE_PROXY_URL     ws://<proxy_listen>/exec: the proxy as clients reach it
+    proxy_internal_url STACKSPACE_PROXY_INTERNAL_URL  proxy_url: the proxy as the service
+                                           itself reaches it (the file API), e.g. a
+                                           cluster Service when clients use an ingress
     pool_size     STACKSPACE_POOL_SIZE     number of CPUs (at least 2)
     quota         STACKSPACE_QUOTA         10 workspaces per user
     idle_stop_after STACKSPACE_IDLE_STOP_AFTER  off (seconds without terminal activity)
@@ -77,6 +80,7 @@ class ServiceConfig:
     storage_scan_seconds: float = 60.0
     runtimes: list[Runtime] = field(default_factory=list)
     public_proxy_url: str | None = None  # None: ws://<proxy_listen>/exec
+    internal_proxy_url: str | None = None  # None: proxy_url
     database_url: str | None = None  # None: the embedded SQLite store
     secrets_dir: Path | None = None  # None: data_dir (always a Path once built)
     replica_id: str = field(default_factory=default_replica_id)
@@ -120,6 +124,11 @@ class ServiceConfig:
     def proxy_url(self) -> str:
         """Where clients open terminals: behind a Service or ingress, not the listen address."""
         return self.public_proxy_url or f"ws://{self.proxy_listen}/exec"
+
+    @property
+    def proxy_internal_url(self) -> str:
+        """Where the service's own execs (the file API) reach the proxy."""
+        return self.internal_proxy_url or self.proxy_url
 
     def pulumi_settings(self) -> PulumiSettings:
         cache = cache_dir()
@@ -170,6 +179,8 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
         replica_id=env.get("STACKSPACE_REPLICA_ID", data.get("replica_id"))
         or default_replica_id(),
         public_proxy_url=env.get("STACKSPACE_PROXY_URL", data.get("proxy_url")),
+        internal_proxy_url=env.get("STACKSPACE_PROXY_INTERNAL_URL",
+                                   data.get("proxy_internal_url")),
         retention=env.get("STACKSPACE_RETENTION", data.get("retention", DEFAULT_RETENTION)),
         http=data.get("http") or {},
     )

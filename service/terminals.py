@@ -41,9 +41,11 @@ def session_claim(value: Any) -> dict[str, str]:
 
 
 class Terminals:
-    def __init__(self, key: bytes, proxy_url: str, runtimes: list[Runtime]):
+    def __init__(self, key: bytes, proxy_url: str, runtimes: list[Runtime],
+                 internal_url: str | None = None):
         self.key = key
         self.proxy_url = proxy_url
+        self.internal_url = internal_url or proxy_url  # for the service's own execs
         self.runtimes = {r.name: r for r in runtimes}
 
     def target(self, ws: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +72,8 @@ class Terminals:
              kept: bool = True) -> dict[str, Any]:
         """A ticket for the request ``body``. A command runs in a session kept
         in the workspace (it outlives its connection) unless ``kept`` is false:
-        the service's own short execs (the file API) end with their connection."""
+        the service's own short execs (the file API) end with their connection,
+        and go to the proxy's internal URL."""
         if "port" in body:
             return self.mint_forward(user, ws, body)
         unknown = set(body) - {"command", "tty", "session"}
@@ -90,7 +93,8 @@ class Terminals:
         ticket, expires = mint_ticket(
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
             target=self.target(ws), command=command, tty=tty, env={}, session=session)
-        return {"url": self.proxy_url, "ticket": ticket, "expires_at": expires}
+        return {"url": self.proxy_url if kept else self.internal_url, "ticket": ticket,
+                "expires_at": expires}
 
     def mint_forward(self, user: User, ws: dict[str, Any],
                      body: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tests.e2e.file_steps import (
 from tests.e2e.remote_helpers import operate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+UNREACHABLE = "ws://127.0.0.1:9/exec"  # discard: nothing listens
 
 
 def cp(svc, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
@@ -112,6 +113,19 @@ def test_file_api_and_cp_on_local_docker(tmp_path, docker_host, docker_client,
             assert r.returncode == 1 and b"absolute symlink" in r.stderr, r.stderr
             r = cp(svc, str(back), str(tmp_path / "elsewhere"))
             assert r.returncode != 0 and b"WS:PATH" in r.stderr
+
+            # Clients reach the proxy at a public address the service itself may
+            # not reach (an ingress): the file API goes to its internal address.
+            terminals = svc.terminals
+            terminals.internal_url, terminals.proxy_url = terminals.proxy_url, UNREACHABLE
+            r = svc.call("POST", f"/api/v1/workspaces/{name}/terminals", svc.alice,
+                         json={"command": ["true"]})
+            assert r.status_code == 201 and r.json()["url"] == UNREACHABLE, r.text
+            r = svc.call("PUT", files_url(name, "data/inside.txt"), svc.alice, data=b"in")
+            assert r.status_code == 201, r.text
+            r = svc.call("GET", files_url(name, "data/inside.txt"), svc.alice)
+            assert (r.status_code, r.content) == (200, b"in")
+            terminals.proxy_url = terminals.internal_url
 
             op = operate(svc, "POST", f"/{name}/stop")
             assert op["status"] == "succeeded", op
