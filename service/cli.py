@@ -73,6 +73,7 @@ def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
     from service.config import default_replica_id
     from service.replica import is_default_id
     from service.runner import OperationRunner
+    from service.session_activity import in_use_check
     from service.store import open_store
     from service.terminals import Terminals
 
@@ -85,9 +86,10 @@ def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
                              cfg.operation_timeout, cfg.idle_stop_after, runtimes=cfg.runtimes,
                              replica_id=cfg.replica_id, lease_seconds=cfg.lease_seconds,
                              retention=cfg.retention)
-    runner.start()
     terminals = Terminals(cfg.ticket_key, cfg.proxy_url, cfg.runtimes,
                           internal_url=cfg.proxy_internal_url)
+    runner.in_use = in_use_check(store, terminals)
+    runner.start()
 
     def stop() -> None:
         log.info("stopping")

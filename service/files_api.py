@@ -199,7 +199,8 @@ def register(app: Flask, prefix: str, authed: Callable[..., Any],
         # engine hiccup) is asked again: nothing ran, no byte of the body was read.
         failure = ""
         for attempt in range(START_ATTEMPTS):
-            grant = terminals.mint(g.user, ws, {"command": argv, "tty": False}, kept=False)
+            grant = terminals.mint(g.user, ws, {"command": argv, "tty": False}, kept=False,
+                                   internal=True)
             ex = ProxyExec(grant["url"], grant["ticket"], stdin)
             try:
                 ex.first = ex.answer(starting=True)

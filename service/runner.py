@@ -36,6 +36,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,8 @@ class OperationRunner:
         self.settings = settings
         self.timeout = timeout
         self.idle_stop_after = idle_stop_after
+        # (owner, name) -> a kept session still runs there (service.session_activity).
+        self.in_use: Callable[[str, str], bool] | None = None
         self.cancel_grace = cancel_grace
         self.runtimes = {r.name: r for r in runtimes or []}
         self.pool_size = pool_size or max(2, os.cpu_count() or 2)
@@ -376,6 +379,10 @@ class OperationRunner:
         if not self.idle_stop_after:
             return
         for owner, name in self.store.idle_workspaces(self.idle_stop_after):
+            if self.in_use is not None and self.in_use(owner, name):
+                # A kept session still runs (exec --detach): in use, look again later.
+                self.store.touch_workspace(owner, name, time.time())
+                continue
             try:
                 op, _ = self.store.request_operation(owner, name, "stop", queue=False)
             except (Conflict, lifecycle.Refused):

@@ -69,11 +69,11 @@ class Terminals:
                 "container": "workspace"}
 
     def mint(self, user: User, ws: dict[str, Any], body: dict[str, Any], *,
-             kept: bool = True) -> dict[str, Any]:
+             kept: bool = True, internal: bool = False) -> dict[str, Any]:
         """A ticket for the request ``body``. A command runs in a session kept
         in the workspace (it outlives its connection) unless ``kept`` is false:
-        the service's own short execs (the file API) end with their connection,
-        and go to the proxy's internal URL."""
+        the service's own short execs (the file API) end with their connection.
+        ``internal``: the service itself connects, at the proxy's internal URL."""
         if "port" in body:
             return self.mint_forward(user, ws, body)
         unknown = set(body) - {"command", "tty", "session"}
@@ -93,7 +93,7 @@ class Terminals:
         ticket, expires = mint_ticket(
             self.key, user=user.name, workspace=f"{ws['owner']}/{ws['name']}",
             target=self.target(ws), command=command, tty=tty, env={}, session=session)
-        return {"url": self.proxy_url if kept else self.internal_url, "ticket": ticket,
+        return {"url": self.internal_url if internal else self.proxy_url, "ticket": ticket,
                 "expires_at": expires}
 
     def mint_forward(self, user: User, ws: dict[str, Any],

@@ -21,6 +21,7 @@ from proxy.server import ProxyConfig
 from service.api import create_app
 from service.config import ServiceConfig
 from service.runner import OperationRunner
+from service.session_activity import in_use_check
 from service.store import Store, open_store
 from service.terminals import Terminals
 from tests.conftest import create_database, drop_database
@@ -90,6 +91,7 @@ def start_service(tmp: Path, docker_host: str, pulumi_settings, quota: int = 10,
         activity_url=f"http://127.0.0.1:{server.server_port}/internal/activity",
         activity_interval=0.5))
     terminals = Terminals(key, proxy.url, cfg.runtimes)
+    runner.in_use = in_use_check(store, terminals)
     app = create_app(cfg, store, runner, terminals)
     server.app = app
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -9,6 +9,8 @@ import time
 import docker.errors
 import pytest
 
+from service import session_cli
+
 pytestmark = pytest.mark.e2e
 
 
@@ -86,6 +88,27 @@ def test_idle_workspace_is_stopped_and_keeps_its_storage(tmp_path, docker_host, 
         op = wait_op(svc, svc.alice, svc.call("POST", "/api/v1/workspaces", svc.alice,
                                               json={"name": name}).json()["id"])
         assert op["status"] == "succeeded", op
+
+        # A detached command is use, though no client is attached: the idle
+        # check finds it running (and counts that as activity) more than once,
+        # and the workspace stays up; once it ends, the workspace idles out.
+        def grant(body: dict) -> dict:
+            r = svc.call("POST", f"/api/v1/workspaces/{name}/terminals", svc.alice, json=body)
+            assert r.status_code == 201, r.text
+            return r.json()
+
+        session = session_cli.command(grant, ["sleep", "600"], detach=True)
+        detached = time.time()
+        deadline = time.monotonic() + 120
+        while ((row := svc.store.workspace("alice", name))["last_activity"] or 0) < detached + 6:
+            assert row["desired"] == "running", "stopped while a detached command ran"
+            assert time.monotonic() < deadline, "the idle check never ran"
+            time.sleep(0.2)
+        ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
+        assert (ws["state"], ws["desired"]) == ("running", "running"), ws
+        assert ws["last_operation"]["kind"] == "create"
+        assert session_cli.kill(grant, session) == 0
+
         deadline = time.monotonic() + 120
         while True:
             ws = svc.call("GET", f"/api/v1/workspaces/{name}", svc.alice).json()
