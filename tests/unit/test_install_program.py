@@ -214,3 +214,17 @@ def test_data_volume_settings(config, size, storage_class):
     s = load_settings(config)
     assert (s.data_size, s.data_storage_class) == (size, storage_class)
     assert s.keeps_local_state
+
+
+def test_the_service_reaches_the_proxy_through_its_cluster_service():
+    """Clients get `proxyUrl` (an ingress); the service's own execs (the file API)
+    go to the proxy's Service, or loopback on the node's network."""
+    import json
+
+    got: list[dict] = []
+    for overrides in ({"namespace": "team"}, {"host_network": True}):
+        run_program(lambda _, o=overrides: got.append(
+            json.loads(install_program.service_config(settings(**o)))), None)
+    assert [c["proxy_url"] for c in got] == ["ws://proxy.example/exec"] * 2
+    assert [c["proxy_internal_url"] for c in got] == [
+        "ws://stackspace-proxy.team.svc:8081/exec", "ws://127.0.0.1:8081/exec"]

@@ -31,15 +31,3 @@ def test_the_service_reaches_the_proxy_at_its_internal_url_when_one_is_set(tmp_p
     monkeypatch.setenv("STACKSPACE_PROXY_INTERNAL_URL", "ws://10.0.0.6:8081/exec")
     assert load_config(config, data_dir=tmp_path).proxy_internal_url == "ws://10.0.0.6:8081/exec"
 
-
-def test_an_install_sends_the_services_own_execs_to_the_proxy_service(monkeypatch):
-    import json
-
-    from deploy.install_program import service_config
-    from tests.unit.test_install_program import settings
-
-    cfg = json.loads(service_config(settings(namespace="team")))
-    assert cfg["proxy_url"] == "ws://proxy.example/exec"  # what clients are given
-    assert cfg["proxy_internal_url"] == "ws://stackspace-proxy.team.svc:8081/exec"
-    cfg = json.loads(service_config(settings(host_network=True)))
-    assert cfg["proxy_internal_url"] == "ws://127.0.0.1:8081/exec"
