@@ -53,7 +53,8 @@ def read_key(key_file: str | None) -> bytes:
 @click.option("--max-frame-bytes", type=int, default=_D.max_frame_bytes, show_default=True)
 @click.option("--database-url", envvar="STACKSPACE_DATABASE_URL",
               help="the service's database (postgresql://... or an SQLite file): tickets are "
-                   "then single-use across all proxy replicas on it [STACKSPACE_DATABASE_URL]")
+                   "then single-use, and session caps count sessions, across all proxy "
+                   "replicas on it [STACKSPACE_DATABASE_URL]")
 def main(listen: str, key_file: str | None, activity_url: str | None,
          activity_interval: float, idle_timeout: float, max_sessions_per_user: int,
          max_sessions_per_workspace: int, max_forwards_per_user: int,

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 import urllib.request
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from proxy.protocol import (
     ticket_from_subprotocols,
 )
 from proxy.replay import SharedReplayGuard
+from proxy.shared_caps import RENEW_EVERY, SharedSessionLimiter
 from proxy.tickets import ReplayGuard, TicketClaims, TicketError, verify_ticket
 
 log = logging.getLogger("stackspace.proxy")
@@ -172,6 +174,17 @@ class ExecProxy:
                                       config.max_sessions_per_workspace)
         self.forwards = SessionLimiter(config.max_forwards_per_user,
                                        config.max_forwards_per_workspace, "forwards")
+        # With a shared database the caps count every proxy's sessions (proxy.shared_caps).
+        self.shared_caps: dict[str, SharedSessionLimiter] = {}
+        if self.shared is not None:
+            self.shared_caps = {
+                "exec": SharedSessionLimiter(self.shared.db, "exec", self.limiter.per_user,
+                                             self.limiter.per_workspace, self.limiter.what),
+                "forward": SharedSessionLimiter(
+                    self.shared.db, "forward", self.forwards.per_user,
+                    self.forwards.per_workspace, self.forwards.what)}
+        self.open_slots: dict[str, str] = {}  # shared slot id -> kind, renewed while open
+        self._renewer: asyncio.Task[None] | None = None
         self.activity = ActivityReporter(config)
         self.server: Server | None = None
 
@@ -188,8 +201,24 @@ class ExecProxy:
             max_queue=16, compression=None, logger=_ws_log, server_header=None)
         log.info("exec proxy listening",
                  extra={"host": self.config.host, "port": self.port})
+        if self.shared_caps:
+            self._renewer = asyncio.create_task(self._renew_slots())
+
+    async def _renew_slots(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            for kind, caps in self.shared_caps.items():
+                slots = [s for s, k in self.open_slots.items() if k == kind]
+                if slots:
+                    try:
+                        await asyncio.to_thread(caps.renew, slots)
+                    except Exception as exc:  # noqa: BLE001 - the database is away; next round
+                        log.warning("session renewal failed",
+                                    extra={"error_type": type(exc).__name__})
 
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -217,6 +246,8 @@ class ExecProxy:
                 self.replay.check(claims)
         except TicketError as exc:
             return None, CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
+        if self.shared is not None:
+            return claims, 0, ""  # caps and single use: the shared database (_admit_shared)
         refusal = self._limiter(claims).refusal(claims)
         if refusal:
             # Checked before the ticket is consumed, so the client may retry with it.
@@ -226,25 +257,41 @@ class ExecProxy:
         self._limiter(claims).acquire(claims)
         return claims, 0, ""
 
-    async def _consume_shared(self, claims: TicketClaims) -> tuple[int, str]:
-        """Redeem the ticket in the shared table (off the event loop); on refusal
-        the session slot taken by _admit is given back."""
+    async def _admit_shared(self, claims: TicketClaims) -> tuple[str | None, int, str]:
+        """A slot under the shared caps, then the ticket redeemed in the shared table
+        (both off the event loop): the slot id, else (None, close code, reason)."""
         assert self.shared is not None
+        caps, slot = self.shared_caps[claims.kind], secrets.token_hex(16)
+        taken = False
         try:
+            refusal = await asyncio.to_thread(caps.take, claims, slot)
+            if refusal:  # before the ticket is consumed: the client may retry with it
+                return None, CloseCode.TRY_AGAIN_LATER, refusal
+            taken = True
+            self.open_slots[slot] = claims.kind
             await asyncio.to_thread(self.shared.consume, claims)
-            return 0, ""
+            return slot, 0, ""
         except TicketError as exc:
             code, reason = CloseCode.POLICY_VIOLATION, f"ticket refused: {exc.reason}"
         except Exception as exc:  # noqa: BLE001 - the database is away: the ticket stays unused
             log.warning("ticket store unavailable", extra={"error_type": type(exc).__name__})
             code, reason = CloseCode.TRY_AGAIN_LATER, "ticket store unavailable; retry"
-        self._limiter(claims).release(claims)
-        return code, reason
+        if taken:
+            await self._give_back(slot)
+        return None, code, reason
+
+    async def _give_back(self, slot: str) -> None:
+        kind = self.open_slots.pop(slot)
+        try:
+            await asyncio.to_thread(self.shared_caps[kind].give_back, slot)
+        except Exception as exc:  # noqa: BLE001 - unrenewed, the row stops counting soon
+            log.warning("session slot not given back", extra={"error_type": type(exc).__name__})
 
     async def handle(self, conn: ServerConnection) -> None:
         claims, code, reason = self._admit(conn)
+        slot = None
         if claims is not None and self.shared is not None:
-            code, reason = await self._consume_shared(claims)
+            slot, code, reason = await self._admit_shared(claims)
             claims = claims if not code else None
         if claims is None:
             log.warning("session refused", extra={"reason": reason, "peer": _peer(conn)})
@@ -259,7 +306,10 @@ class ExecProxy:
             else:
                 await Session(self, conn, claims).run()
         finally:
-            self._limiter(claims).release(claims)
+            if slot is not None:
+                await self._give_back(slot)
+            else:
+                self._limiter(claims).release(claims)
 
 
 KINDS_BY_PATH = {PATH: "exec", FORWARD_PATH: "forward"}

@@ -53,6 +53,9 @@ class ProxyProcess:
             args += ["--activity-url", config.activity_url]
         env = {**os.environ, "STACKSPACE_TICKET_KEY": config.key.hex(),  # never in argv
                "PYTHONPATH": str(REPO)}
+        env.pop("STACKSPACE_DATABASE_URL", None)
+        if config.database_url:
+            env["STACKSPACE_DATABASE_URL"] = config.database_url
         self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                                      text=True)
         assert self.proc.stdout is not None

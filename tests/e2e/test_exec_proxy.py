@@ -113,12 +113,17 @@ def test_interactive_terminal_resize_ctrl_c_and_exit_code(proxy, ticket):
     child.expect_exact("24 80")
     child.expect_exact("ws$ ")
     child.setwinsize(40, 123)  # the kernel sends the helper SIGWINCH
-    time.sleep(0.5)
-    child.sendline("stty size")
-    child.expect_exact("40 123")
+    for _ in range(50):  # the resize travels on its own channel: ask until it landed
+        child.sendline("stty size")
+        if child.expect_exact(["40 123", "24 80"]) == 0:
+            break
+        child.expect_exact("ws$ ")
+    else:
+        raise AssertionError("the resize never reached the remote terminal")
     child.expect_exact("ws$ ")
-    child.sendline("sleep 300; echo not-interrupted")
-    time.sleep(0.5)
+    # The quotes keep the typed line's echo from matching the command's output.
+    child.sendline("echo sl''eeping; sleep 300; echo not-interrupted")
+    child.expect_exact("sleeping")
     child.sendcontrol("c")  # raw mode: ^C travels as a byte, the remote tty makes it SIGINT
     child.expect_exact("ws$ ")
     child.sendline("exit 5")
@@ -196,18 +201,57 @@ def open_session(url: str, ticket: str):
                    compression=None)
 
 
+@contextmanager
+def held_session(url: str, ticket: str) -> Iterator[object]:
+    """A session the proxy admitted and started (its command said so), kept open."""
+    ws = open_session(url, ticket)
+    try:
+        assert ws.recv(timeout=60) == bytes([1]) + b"up\n"
+        yield ws
+    finally:
+        ws.close()
+
+
+HOLD = ["sh", "-c", "echo up; exec cat"]
+
+
+def admitted_once_freed(url: str, mint) -> int:
+    """The exit code of a session retried while the proxy still frees a slot (1013)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return run(url, mint())[0]
+        except ExecClientError as err:
+            if err.code != 1013 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_session_caps_per_user_and_per_workspace(config, ticket):
     with ProxyProcess.running(config, max_sessions_per_user=2,
                              max_sessions_per_workspace=1) as p:
-        with (open_session(p.url, ticket(["cat"], user="alice", name="alice/one")),
-              open_session(p.url, ticket(["cat"], user="alice", name="alice/two"))):
-            time.sleep(0.3)
+        with (held_session(p.url, ticket(HOLD, user="alice", name="alice/one")),
+              held_session(p.url, ticket(HOLD, user="alice", name="alice/two"))):
             err = refused(p.url, ticket(["true"], user="alice", name="alice/three"))
             assert (err.code, str(err)) == (1013, "too many sessions for user (limit 2)")
             err = refused(p.url, ticket(["true"], user="bob", name="alice/one"))
             assert (err.code, str(err)) == (1013, "too many sessions for workspace (limit 1)")
-        time.sleep(0.5)  # the proxy tears the sessions down and frees the slots
-        assert run(p.url, ticket(["true"], user="alice", name="alice/one"))[0] == 0
+        assert admitted_once_freed(
+            p.url, lambda: ticket(["true"], user="alice", name="alice/one")) == 0
+
+
+def test_session_caps_hold_across_proxy_replicas(config, ticket, store_target):
+    """Two proxies on one database (SPEC §9): a user's cap counts both."""
+    shared = {"database_url": str(store_target), "max_sessions_per_user": 2}
+    with ProxyProcess.running(config, **shared) as a, ProxyProcess.running(config, **shared) as b:
+        with (held_session(a.url, ticket(HOLD, name="alice/one")),
+              held_session(b.url, ticket(HOLD, name="alice/two"))):
+            for p in (a, b):
+                err = refused(p.url, ticket(["true"], name="alice/three"))
+                assert (err.code, str(err)) == (1013, "too many sessions for user (limit 2)")
+            assert run(b.url, ticket(["true"], user="bob", name="bob/one"))[0] == 0
+        # The sessions ended on their proxies: the slots are free on either.
+        assert admitted_once_freed(b.url, lambda: ticket(["true"], name="alice/three")) == 0
 
 
 def test_idle_session_is_closed_and_its_process_killed(config, ticket, workspace):
@@ -230,12 +274,28 @@ def test_oversized_frame_closes_the_session(config, ticket, workspace):
     assert "sleep 5678" not in wait_until_gone(workspace, "sleep 5678")
 
 
+def bytes_written(container, pattern: str) -> int:
+    """What the (one) process matching ``pattern`` has written so far (/proc/PID/io)."""
+    code, out = container.exec_run(
+        ["sh", "-c", 'for p in $(pgrep -f "$1"); do sed -n "s/^wchar: //p" /proc/$p/io; '
+                     'done', "sh", pattern], user="1000")
+    values = [int(v) for v in out.decode().split()]
+    assert code == 0 and values, out
+    return max(values)
+
+
 def test_slow_client_backpressures_the_command(proxy, ticket, workspace):
     # 256 MiB of output that the client never reads: the producer must block
     # (the proxy buffers a bounded amount) instead of finishing into memory.
     with open_session(proxy.url, ticket(
             ["sh", "-c", "head -c 268435456 /dev/zero; touch /tmp/bp-done"])):
-        time.sleep(3)
+        # Until the producer stalls: the same byte count on 5 reads in a row.
+        deadline, seen = time.monotonic() + 60, []
+        while len(seen) < 5 or len(set(seen[-5:])) > 1:
+            assert time.monotonic() < deadline, f"the producer never stalled: {seen[-5:]}"
+            seen.append(bytes_written(workspace, "head -c 268435456"))
+            time.sleep(0.2)
+        assert 0 < seen[-1] < 64 << 20, seen[-1]  # stalled with a bounded amount in flight
         assert_not_run(workspace, "bp-done")
     assert "head -c" not in wait_until_gone(workspace, "head -c")
 
@@ -300,10 +360,12 @@ def test_activity_is_reported_rate_limited_and_signed(config, ticket):
           ProxyProcess.running(config, activity_url=url, activity_interval=60) as p):
         for _ in range(3):
             assert run(p.url, ticket(["echo", "hi"], user="carol", name="carol/ws"))[0] == 0
-        wait_for(got, 1)
-        time.sleep(0.5)  # a second report would have arrived by now
-    assert len(got) == 1
-    body, headers = got[0]
+        # Another workspace's session after them: its report comes after any of carol's.
+        assert run(p.url, ticket(["echo", "hi"], user="dave", name="dave/ws"))[0] == 0
+        wait_for(got, 2)
+    reports = [json.loads(body)["workspace"] for body, _ in got]
+    assert sorted(reports) == ["carol/ws", "dave/ws"], reports
+    body, headers = next((b, h) for b, h in got if b"carol/ws" in b)
     report = json.loads(body)
     assert report["user"] == "carol" and report["workspace"] == "carol/ws"
     assert abs(report["timestamp"] - time.time()) < 60
