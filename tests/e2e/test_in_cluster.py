@@ -130,6 +130,35 @@ def install_names(kube_cluster: Path) -> Iterator[tuple[str, str]]:
                 raise
 
 
+def install_command(ns: str, ws_ns: str, state: Path, kube_cluster: Path, image: str,
+                    service_port: int, proxy_port: int, *settings: str) -> list[str]:
+    """`stackspace install` on the test cluster, on the node's network (the test
+    reaches the service and the proxy on loopback)."""
+    extra = [arg for setting in settings for arg in ("--set", setting)]
+    return ["install", "--namespace", ns, "--state-dir", str(state), "--workspace-namespace",
+            ws_ns, "--image", image, "--set", f"kubeconfig={kube_cluster}",
+            "--set", "hostNetwork=true", "--set", "apiServer=127.0.0.1:16443", *extra,
+            "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
+            "--show-admin-token"]
+
+
+def admin_token(installed: subprocess.CompletedProcess) -> str:
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    return installed.stdout.rsplit("admin token: ", 1)[1].strip()
+
+
+def assert_namespace_gone(core: client.CoreV1Api, ns: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            core.read_namespace(ns)
+        except ApiException as e:
+            assert e.status == 404
+            return
+        assert time.monotonic() < deadline, f"namespace {ns} is still there"
+        time.sleep(1)
+
+
 def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, stackspace_image,
                                                      install_names, new_database, pulumi_bin):
     ns, ws_ns = install_names
@@ -141,24 +170,17 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
     service_port, proxy_port = free_port(), free_port()
     state = tmp_path / "install-state"
     common = ["--namespace", ns, "--state-dir", str(state)]
-    install_args = [
-        "install", *common, "--workspace-namespace", ws_ns, "--image", stackspace_image,
-        "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
-        "--set", "apiServer=127.0.0.1:16443",
-        "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--show-admin-token"]
+    install_args = install_command(ns, ws_ns, state, kube_cluster, stackspace_image,
+                                   service_port, proxy_port)
     # URLs that may hold passwords come from the environment, not argv.
     secret_env = {"STACKSPACE_DATABASE_URL": store_url,
                   "STACKSPACE_INSTALL_BACKEND_URL": backend}
     installed = stackspace(*install_args, env=secret_env)
     try:
-        assert installed.returncode == 0, installed.stderr[-3000:]
-        token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
+        token = admin_token(installed)
         first_pods = sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items)
         # Running it again is an upgrade to the same thing: same secrets, same pods.
-        again = stackspace(*install_args, env=secret_env)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
+        assert admin_token(stackspace(*install_args, env=secret_env)) == token
         assert sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items) == first_pods
         url = f"http://127.0.0.1:{service_port}"
         headers = {"Authorization": f"Bearer {token}"}
@@ -219,6 +241,10 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
             run_exec(grant["url"], grant["ticket"], io.BytesIO(), io.BytesIO(), io.BytesIO())
         with psycopg.connect(store_url) as db:
             assert db.execute("SELECT count(*) FROM consumed_tickets").fetchone()[0] == 1
+        # The file API: the service execs through the proxy at its internal address.
+        got = requests.get(f"{url}/api/v1/workspaces/{name}/files/hello.txt",
+                           headers=headers, timeout=60)
+        assert (got.status_code, got.content) == (200, b"made in the cluster\n"), got.text
 
         op = requests.delete(f"{url}/api/v1/workspaces/{name}", headers=headers,
                              timeout=30).json()
@@ -229,15 +255,7 @@ def test_install_workspace_exec_uninstall_in_cluster(tmp_path, kube_cluster, sta
 
     # Nothing left: the install namespace is gone, the workspace namespace (kept for
     # users' workspaces) holds nothing of stackspace's.
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            core.read_namespace(ns)
-        except ApiException as e:
-            assert e.status == 404
-            break
-        assert time.monotonic() < deadline, f"namespace {ns} is still there"
-        time.sleep(1)
+    assert_namespace_gone(core, ns)
     assert leftovers(api, ws_ns) == []
 
 
@@ -261,18 +279,14 @@ def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
     api = config.new_client_from_config(config_file=str(kube_cluster))
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     service_port, proxy_port = free_port(), free_port()
-    common = ["--namespace", ns, "--state-dir", str(tmp_path / "install-state")]
+    state = tmp_path / "install-state"
+    common = ["--namespace", ns, "--state-dir", str(state)]
     env = {"STACKSPACE_DATABASE_URL": "", "STACKSPACE_INSTALL_BACKEND_URL": ""}
-    install_args = [
-        "install", *common, "--workspace-namespace", ws_ns, "--image", stackspace_image,
-        "--set", f"kubeconfig={kube_cluster}", "--set", "hostNetwork=true",
-        "--set", "apiServer=127.0.0.1:16443", "--set", "dataSize=64Mi",
-        "--set", f"servicePort={service_port}", "--set", f"proxyPort={proxy_port}",
-        "--show-admin-token"]
+    install_args = install_command(ns, ws_ns, state, kube_cluster, stackspace_image,
+                                   service_port, proxy_port, "dataSize=64Mi")
     installed = stackspace(*install_args, env=env)
     try:
-        assert installed.returncode == 0, installed.stderr[-3000:]
-        token = installed.stdout.rsplit("admin token: ", 1)[1].strip()
+        token = admin_token(installed)
         url = f"http://127.0.0.1:{service_port}"
         headers = {"Authorization": f"Bearer {token}"}
         claim = core.read_namespaced_persistent_volume_claim("stackspace-data", ns)
@@ -326,9 +340,7 @@ def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
         assert apps.list_namespaced_deployment(ns).items == []
         assert [s.metadata.name for s in core.list_namespaced_secret(ns).items] == []
         # A later install with the same state dir finds it again, keys and all.
-        again = stackspace(*install_args, env=env)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert again.stdout.rsplit("admin token: ", 1)[1].strip() == token
+        assert admin_token(stackspace(*install_args, env=env)) == token
         listed = requests.get(f"{url}/api/v1/workspaces", headers=headers, timeout=30)
         assert [w["name"] for w in listed.json()["items"]] == [name]
         lifecycle("", "DELETE")
@@ -338,15 +350,7 @@ def test_embedded_install_keeps_workspaces_across_a_service_pod_restart(
         removed = stackspace("uninstall", *common, "--delete-data")
     assert removed.returncode == 0, removed.stderr[-3000:]
     assert "nothing kept" in removed.stdout
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            core.read_namespace(ns)
-        except ApiException as e:
-            assert e.status == 404
-            break
-        assert time.monotonic() < deadline, f"namespace {ns} is still there"
-        time.sleep(1)
+    assert_namespace_gone(core, ns)
     assert leftovers(api, ws_ns) == []
 
 
