@@ -15,7 +15,7 @@ import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
 from components.clients import check_ssh_host_key, docker_client
-from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
+from components.init_script import INIT_SCRIPT, init_failure_message, init_fingerprint, init_inputs
 from components.runtime import DockerRuntime, docker_network
 from components.secret_env import SECRET_ENV_FILE, render_secret_env, with_secret_env
 from components.spec import (
@@ -53,10 +53,7 @@ class InitFailed(Exception):
 
 def _check_init_exit(code: int | None, logs: str | None = None) -> int | None:
     if code not in (None, 0):
-        # The init script prints only its own secret-free progress lines.
-        tail = " | ".join((logs or "").strip().splitlines()[-3:])
-        raise InitFailed(f"workspace init failed with exit code {code}"
-                         + (f": {tail}" if tail else ""))
+        raise InitFailed(init_failure_message(code, logs))
     return code
 
 

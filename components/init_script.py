@@ -125,6 +125,13 @@ echo "stackspace-init: done"
 """
 
 
+def init_failure_message(code: int, logs: str | None) -> str:
+    """What a user reads when init exited with `code`, on either backend: the
+    last lines init printed (its own secret-free progress and cause lines)."""
+    tail = " | ".join((logs or "").strip().splitlines()[-3:])
+    return f"workspace init failed with exit code {code}" + (f": {tail}" if tail else "")
+
+
 @dataclass(frozen=True)
 class InitInputs:
     """What one init run is given.

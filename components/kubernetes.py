@@ -179,6 +179,10 @@ class KubernetesWorkspace(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                 custom_timeouts=pulumi.CustomTimeouts(create="10m"),
                 depends_on=[r for r in (input_secret, pull_secret) if r is not None],
+                # A failed init run again (stacks.init_retry) keeps its name:
+                # made first, it would be applied onto the failed Job and
+                # awaited as failed again.
+                delete_before_replace=True,
                 # An image update is not an init change: no new init run.
                 ignore_changes=["spec.template.spec.containers[0].image"],
             )),

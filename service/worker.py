@@ -25,6 +25,7 @@ from typing import Any
 from pulumi.automation import errors as auto_errors
 from pulumi.automation import events
 
+from service.init_cause import kubernetes_init_failure
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.limits import ensure_started_with_limits
 from service.pool import ENGINE_TAG, READY
@@ -292,7 +293,11 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         log.debug("operation traceback: %s", traceback.format_exc())
         timings["total"] = time.monotonic() - started
         written = written or getattr(e, "config_written", False)
-        return Outcome(job.op_id, False, describe_error(e), type(e).__name__, {}, timings,
+        error, error_type = describe_error(e), type(e).__name__
+        cause = kubernetes_init_failure(cfg.runtime, str(e)) if job.kind != "delete" else None
+        if cause:  # the engine names a failed init pod: say why, as on Docker
+            error, error_type = cause, "InitFailed"
+        return Outcome(job.op_id, False, error, error_type, {}, timings,
                        observe(), written, False)
 
 

@@ -176,6 +176,9 @@ def test_init_name_is_stable_across_stop_start_and_changes_with_files():
     names = {run_program(build, cfg(KUBE, running=r)).one("Job").plain()["metadata"]["name"]
              for r in (True, False)}
     assert len(names) == 1
+    # A failed Job run again keeps its name: the old one goes first, else the
+    # new one would be applied onto it and awaited as failed again.
+    assert run_program(build, cfg(KUBE)).one("Job").delete_before_replace
     changed = run_program(build, cfg(KUBE, files=[{"path": "x", "content": "y"}]))
     assert changed.one("Job").plain()["metadata"]["name"] not in names
 
