@@ -20,7 +20,6 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Annotated, Any
 
-from kubernetes.utils import parse_quantity
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -103,6 +102,8 @@ def quantity_value(text: str) -> float:
     """Numeric value of a Kubernetes quantity such as '2Gi', '500m' or '1E'."""
     if not isinstance(text, str) or not _QUANTITY.fullmatch(text):
         raise ValueError(f"not a quantity: {text!r}")
+    from kubernetes.utils import parse_quantity  # 0.2 s to import: only when needed
+
     try:
         return float(parse_quantity(text))
     except (ValueError, InvalidOperation, OverflowError) as e:

@@ -61,8 +61,8 @@ schema.app = _app  # as schemathesis.openapi.from_wsgi does
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi(case, fuzz_app):
     # positive_data_acceptance is left out: some rules cannot live in a JSON
-    # schema (a runtime must exist, memory >= 16Mi, paths may not contain '..'),
-    # so a schema-valid body may rightly get a 422.
+    # schema (a runtime must exist, memory >= 16Mi, a file's size in bytes, the
+    # stack config budget), so a schema-valid body may rightly get a 422.
     case.call_and_validate(headers={"Authorization": f"Bearer {fuzz_app[1]}"},
                            excluded_checks=[positive_data_acceptance])
 
