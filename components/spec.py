@@ -1,18 +1,43 @@
-"""The workspace spec model shared by the Pulumi program, the service and the CLI.
+"""The workspace spec: pydantic models shared by the Pulumi program, the
+service, the OpenAPI document (service.openapi publishes their JSON Schema)
+and the CLI, the one place each field and rule is written.
 
-Everything a user sends passes through `WorkspaceSpec.parse`, which rejects
-unknown fields and bad values with a `SpecError` naming the field. Values that
-survive validation are safe to place in resource names, labels and container
-environments; none of them ever reaches a shell as code (the init script reads
-them from its environment).
+Everything a user sends passes through `WorkspaceSpec.parse` (a create) or
+`merged` (a PATCH), which reject unknown fields and bad values with a
+`SpecError` naming the field. Values that survive validation are safe to place
+in resource names, labels and container environments; none of them ever
+reaches a shell as code (the init script reads them from its environment).
+Secret values (a repository credential, secret files, `secret_env`, the image
+password) are left out of every repr.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic_core import PydanticCustomError
+
+from components.schema import Pattern, field_errors, rule
+from components.schema import SpecError as SpecError  # raised by parse/merged
 
 # The unprivileged user every workspace and init step runs as. The default
 # image (images/workspace/recipe.sh) creates it with this uid/gid.
@@ -39,48 +64,50 @@ MAX_FILES = 64
 MAX_CONFIG_BYTES = 120 * 1024
 MAX_FILE_BYTES = 100 * 1024
 MAX_ENV = 128
+MAX_SECRET = 16384
 # Stands for a secret value in API responses and in a stored spec's public form.
 REDACTED = "[secret]"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME = r"^(?!STACKSPACE_)[A-Za-z_][A-Za-z0-9_]*$"
 # Docker reference grammar (distribution/reference), simplified: optional
 # registry host[:port], lowercase path components, optional tag and digest.
-_IMAGE = re.compile(
-    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?"
-    r"(?:@sha256:[a-f0-9]{64})?$"
-)
-_GIT_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+-]{1,200}$")
-_SSH_SCP = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~+-]+$")
-_URL = re.compile(r"^(https|ssh|file)://[^\s'\"`$\\;|&<>]+$")
-# Kubernetes quantities: plain or binary/decimal suffixed numbers.
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-_MODE = re.compile(r"^0?[0-7]{3}$")
-_USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,255}$")
+IMAGE = (r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"
+         r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+         r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+         r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+         r"(?:@sha256:[a-f0-9]{64})?$")
+GIT_REF = r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+-]{1,200}$"
+# https://, ssh:// or file:// without shell metacharacters, or scp-like
+# user@host:path; an https URL may not carry credentials (they would be stored
+# and shown in the clear: repository.credential is the secret's place).
+REPO_URL = (r"^(?!https://[^/]*@)(?:(?:https|ssh|file)://[^\s'" '"' r"`$\\;|&<>]+"
+            r"|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._/~+-]+)$")
+# Under the workspace root: relative, no '.', '..' or empty part, no control
+# character, not under .stackspace/ (init's own markers).
+RELATIVE_PATH = (r"^(?!\.stackspace(?:/|$))(?!(?:.*/)?\.{1,2}(?:/|$))"
+                 r"[^/\x00-\x1f]+(?:/[^/\x00-\x1f]+)*$")
+# The Kubernetes quantity grammar (apimachinery resource.Quantity), unsigned
+# or '+': a number, then a binary or decimal SI suffix or a decimal exponent.
+QUANTITY = (r"^\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+            r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+MODE = r"^0?[0-7]{3}$"
+USERNAME = r"^[A-Za-z0-9._@+-]{1,255}$"
+NO_NUL = r"^[^\x00]*$"
 
-_SUFFIX = {
-    None: 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-}
-
-
-class SpecError(ValueError):
-    """A spec was rejected. `errors` maps a dotted field path to a message."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+_QUANTITY = re.compile(QUANTITY)
 
 
 def quantity_value(text: str) -> float:
-    """Numeric value of a Kubernetes quantity such as '2Gi' or '500m'."""
-    m = _QUANTITY.match(text)
-    if not m:
+    """Numeric value of a Kubernetes quantity such as '2Gi', '500m' or '1E'."""
+    if not isinstance(text, str) or not _QUANTITY.fullmatch(text):
         raise ValueError(f"not a quantity: {text!r}")
-    return float(m.group(1)) * _SUFFIX[m.group(3)]
+    from kubernetes.utils import parse_quantity  # 0.2 s to import: only when needed
+
+    try:
+        return float(parse_quantity(text))
+    except (ValueError, InvalidOperation, OverflowError) as e:
+        raise ValueError(f"not a quantity: {text!r}") from e
 
 
 def registry_host(image: str) -> str:
@@ -91,178 +118,252 @@ def registry_host(image: str) -> str:
     return "docker.io"
 
 
-def validate_name(name: Any, field_name: str = "name") -> str:
-    if not isinstance(name, str) or not name:
-        raise SpecError({field_name: "required string"})
-    if len(name) > MAX_NAME or not _DNS_LABEL.match(name):
-        raise SpecError(
-            {field_name: f"must be a DNS-1123 label (a-z, 0-9, '-'), at most {MAX_NAME} chars"}
-        )
-    return name
+# --- field types: each rule once, enforced and published in the schema -------
+
+def _invalid() -> PydanticCustomError:
+    # The message is the field's description (components.schema.field_errors).
+    return PydanticCustomError("spec_value", "not valid")
 
 
-def validate_relative_path(path: Any, field_name: str) -> str:
-    """A path under the workspace root: relative, normalised, no '..' escape."""
-    if not isinstance(path, str) or not path:
-        raise SpecError({field_name: "required string"})
-    parts = path.split("/")
-    if (
-        path.startswith("/")
-        or any(p in ("", ".", "..") for p in parts)
-        or len(path) > 255
-        or any(ord(c) < 32 for c in path)
-        or parts[0] == ".stackspace"
-    ):
-        raise SpecError(
-            {field_name: "must be a relative path under the workspace root "
-             "(no leading '/', no '.', '..' or empty parts, not under .stackspace/)"}
-        )
-    return path
+def _at_least(minimum: float) -> AfterValidator:
+    def check(value: str) -> str:
+        if quantity_value(value) < minimum:
+            raise _invalid()
+        return value
+    return AfterValidator(check)
 
 
-def _check_keys(obj: Any, allowed: set[str], where: str, errors: dict[str, str]) -> dict:
-    if not isinstance(obj, dict):
-        errors[where or "body"] = "must be an object"
-        return {}
-    for key in obj:
-        if key not in allowed:
-            errors[f"{where}.{key}" if where else key] = "unknown field"
-    return obj
+def _fits_bytes(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        if len(value.encode()) > limit:  # maxLength counts characters, the limit bytes
+            raise _invalid()
+        return value
+    return AfterValidator(check)
 
 
-@dataclass(frozen=True)
-class Repository:
-    url: str
-    ref: str = "main"
-    credential: str | None = None  # secret: token (https) or never echoed
+def _secret(description: str, **kw: Any) -> Any:
+    """A write-only field, left out of reprs; answers show REDACTED."""
+    return Field(description=description, repr=False,
+                 json_schema_extra={"writeOnly": True}, **kw)
+
+
+Name = Annotated[StrictStr, Field(max_length=MAX_NAME), Pattern(DNS_LABEL)]
+Quantity = Annotated[StrictStr, Field(max_length=64), Pattern(QUANTITY),
+                     _at_least(Decimal("1e-9"))]
+EnvName = Annotated[StrictStr, Pattern(ENV_NAME)]
+EnvValue = Annotated[StrictStr, Field(max_length=32768), Pattern(NO_NUL)]
+EnvMap = Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV)]
+UserName = Annotated[StrictStr, Pattern(USERNAME)]
+SecretText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_SECRET), Pattern(NO_NUL)]
+CommandArg = Annotated[StrictStr, Field(min_length=1), Pattern(NO_NUL)]
+
+_ENV_RULE = (f"must be an object of NAME: value, at most {MAX_ENV}; names like FOO_BAR "
+             "(not STACKSPACE_*), values strings without NUL")
+_NAME_RULE = f"must be a DNS-1123 label (a-z, 0-9, '-'), at most {MAX_NAME} chars"
+_USERNAME_RULE = "must be a user name (letters, digits, '._@+-')"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Repository(_Model):
+    """Cloned once into the workspace by init; fixed after its first clone."""
+
+    url: Annotated[StrictStr, Field(max_length=2048), Pattern(REPO_URL)] = Field(
+        description="must be an https://, ssh://, user@host:path or file:// URL, without "
+        "embedded credentials (use repository.credential)",
+        examples=["https://git.example.test/team/app.git", "git@git.example.test:team/app.git"])
+    ref: Annotated[StrictStr, Pattern(GIT_REF)] = Field(
+        "main", description="must be a branch, tag or commit name", examples=["main", "v1.2"])
+    credential: SecretText | None = _secret(
+        "must be a non-empty string: a token (https) or password; write-only",
+        default=None, examples=["ghp-example-token"])
     # Sent with the credential (GitLab OAuth: "oauth2", Bitbucket: "x-token-auth").
     # None keeps the old behaviour: the credential answers both prompts.
-    username: str | None = None
+    username: UserName | None = Field(None, description=_USERNAME_RULE + ", sent with the "
+                                      "credential", examples=["oauth2"])
 
 
-@dataclass(frozen=True)
-class ImageCredentials:
+class ImageCredentials(_Model):
     """Registry login for pulling `image`. The password is secret: the public
     form of a stored spec (public_dict) holds REDACTED in its place."""
-    username: str
-    password: str
+
+    username: UserName = Field(description=_USERNAME_RULE, examples=["puller"])
+    password: SecretText = _secret("must be a non-empty string; write-only",
+                                   examples=["registry-password"])
 
 
-@dataclass(frozen=True)
-class WorkspaceFile:
-    path: str
-    content: str
-    mode: str = "0644"
-    secret: bool = False
+class WorkspaceFile(_Model):
+    """A file init writes under the workspace root (once, if it is missing)."""
+
+    path: Annotated[StrictStr, Field(max_length=255), Pattern(RELATIVE_PATH)] = Field(
+        description="must be a relative path under the workspace root (no leading '/', no "
+        "'.', '..' or empty parts, not under .stackspace/)", examples=["notes/todo.txt"])
+    # Left out of reprs whatever `secret` says: a repr cannot look at siblings.
+    content: Annotated[StrictStr, Field(max_length=MAX_FILE_BYTES),
+                       _fits_bytes(MAX_FILE_BYTES)] = Field(
+        "", repr=False, examples=["hello\n"],
+        description=f"must be a string of at most {MAX_FILE_BYTES} bytes (UTF-8); "
+        "write-only when secret")
+    mode: Annotated[StrictStr, Pattern(MODE), AfterValidator(lambda m: m.rjust(4, "0"))] = Field(
+        "0644", description="must be an octal mode like '0644'", examples=["0600", "755"])
+    secret: StrictBool = Field(False, description="must be true or false; true keeps the "
+                               "content out of answers and plain stack config",
+                               examples=[True])
 
 
-@dataclass(frozen=True)
-class Resources:
-    cpu: str = "1"
-    memory: str = "1Gi"
-    storage: str = "1Gi"
+_QUANTITY_RULE = "must be a positive quantity like '2', '500m' or '4Gi'"
 
 
-@dataclass(frozen=True)
-class WorkspaceSpec:
-    name: str
-    image: str = DEFAULT_IMAGE
-    runtime: str | None = None
-    repository: Repository | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    files: tuple[WorkspaceFile, ...] = ()
-    resources: Resources = field(default_factory=Resources)
-    command: tuple[str, ...] = tuple(DEFAULT_COMMAND)
+class Resources(_Model):
+    """Kubernetes quantities (Docker: limits from the same values)."""
+
+    cpu: Quantity = Field("1", description=_QUANTITY_RULE, examples=["2", "500m"])
+    memory: Annotated[Quantity, _at_least(16 * 2**20)] = Field(
+        "1Gi", description=_QUANTITY_RULE + ", at least 16Mi", examples=["4Gi", "512Mi"])
+    storage: Annotated[Quantity, _at_least(2**20)] = Field(
+        "1Gi", description=_QUANTITY_RULE + ", at least 1Mi; it can only grow",
+        examples=["10Gi", "1Ti"])
+
+
+_MUTABLE_FIELDS = ("image", "env", "files", "resources", "command", "repository",
+                   "secret_env", "image_credentials")
+_EXAMPLE = {
+    "name": "dev", "image": "registry.example.test:5000/team/ws:1",
+    "repository": {"url": "https://git.example.test/r.git", "ref": "main",
+                   "credential": "tok-123", "username": "oauth2"},
+    "env": {"EDITOR": "vim"}, "secret_env": {"API_TOKEN": "ws-token-456"},
+    "image_credentials": {"username": "puller", "password": "pull-789"},
+    "files": [{"path": ".netrc", "content": "machine x", "mode": "0600", "secret": True}],
+    "resources": {"cpu": "2", "memory": "4Gi", "storage": "10Gi"},
+    "command": ["sleep", "infinity"],
+}
+
+
+class WorkspaceSpec(_Model):
+    """A workspace as its owner asks for it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
+
+    name: Name = Field(description=_NAME_RULE + "; fixed at create", examples=["dev", "api-2"])
+    image: Annotated[StrictStr, Field(max_length=255), Pattern(IMAGE)] = Field(
+        DEFAULT_IMAGE, description="must be an image reference like 'registry/name:tag'",
+        examples=["debian:12", "registry.example.test:5000/team/ws:1"])
+    runtime: Name | None = Field(None, description="must be the name of a runtime the "
+                                 "service has; absent: its default. Fixed at create",
+                                 examples=["local"])
+    repository: Repository | None = Field(None, description="must be an object "
+                                          "{url, ref, credential, username}")
+    env: EnvMap = Field(default_factory=dict, description=_ENV_RULE,
+                        examples=[{"EDITOR": "vim"}])
+    files: tuple[WorkspaceFile, ...] = Field(
+        (), max_length=MAX_FILES, description=f"must be a list of at most {MAX_FILES} files "
+        "{path, content, mode, secret} with distinct paths")
+    resources: Resources = Field(default_factory=Resources,
+                                 description="must be an object {cpu, memory, storage}")
+    command: tuple[CommandArg, ...] = Field(
+        tuple(DEFAULT_COMMAND), min_length=1, max_length=64,
+        description="must be a non-empty list of at most 64 non-empty strings (argv, no shell)",
+        examples=[["sleep", "infinity"]])
     # Secret values: names are public, values are Pulumi secrets / Kubernetes
     # Secrets, never echoed.
-    secret_env: dict[str, str] = field(default_factory=dict)
-    image_credentials: ImageCredentials | None = None
+    secret_env: EnvMap = _secret(_ENV_RULE + "; not also in env; values write-only",
+                                 default_factory=dict, examples=[{"API_TOKEN": "ws-token"}])
+    image_credentials: ImageCredentials | None = Field(
+        None, description="must be an object {username, password}: the registry login")
 
-    FIELDS = frozenset(
-        {"name", "image", "runtime", "repository", "env", "files", "resources", "command",
-         "secret_env", "image_credentials"}
-    )
+    @field_validator("files")
+    @classmethod
+    def _distinct_paths(cls, files: tuple[WorkspaceFile, ...]) -> tuple[WorkspaceFile, ...]:
+        seen: set[str] = set()
+        dup = {}
+        for i, f in enumerate(files):
+            if f.path in seen:
+                dup[f"files[{i}].path"] = "duplicate path"
+            seen.add(f.path)
+        if dup:
+            raise rule("duplicate path", dup)
+        return files
 
+    @model_validator(mode="after")
+    def _across_fields(self) -> WorkspaceSpec:
+        if errors := self.rule_errors():
+            raise rule("; ".join(errors.values()), errors)
+        return self
+
+    def rule_errors(self, sent: Any = ("env", "secret_env")) -> dict[str, str]:
+        """The rules across fields: a name in both env maps (named where it
+        was `sent`), then the stack config budget."""
+        shared = [k for k in self.secret_env if k in self.env]
+        if shared and "secret_env" in sent:
+            return {f"secret_env.{k}": "already set in env" for k in shared}
+        if shared and "env" in sent:
+            return {f"env.{k}": "already set in secret_env" for k in shared}
+        return _config_budget(self.to_dict())
+
+    # --- reading what users send ---------------------------------------------
     @classmethod
     def parse(cls, data: Any) -> WorkspaceSpec:
-        """Validate a create request (or stored spec) into a spec."""
-        errors: dict[str, str] = {}
-        data = _check_keys(data, set(cls.FIELDS), "", errors)
-        if errors.get("body"):
+        """Validate a create request into a spec."""
+        if not isinstance(data, dict):
+            raise SpecError({"body": "must be an object"})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SpecError(field_errors(e, spec_schema())) from None
+
+    @classmethod
+    def check_patch(cls, patch: Any, repository_editable: bool = True) -> WorkspacePatch:
+        """Validate what a PATCH sends (each field as at create), not yet
+        merged. The name and runtime are fixed at create: changing them would
+        mean different storage, which only delete may remove. The repository
+        can be corrected until its first successful clone (init clones it
+        once). Secrets (`secret_env`, `image_credentials`) rotate any time."""
+        if not isinstance(patch, dict):
+            raise SpecError({"body": "must be an object"})
+        errors = {k: "cannot be changed after create" for k in ("name", "runtime")
+                  if k in patch}
+        if "repository" in patch and not repository_editable:
+            errors["repository"] = ("cannot be changed after the repository was cloned "
+                                    "(init clones it once; the files are the user's now)")
+        try:
+            checked = WorkspacePatch.model_validate(
+                {k: v for k, v in patch.items() if k not in ("name", "runtime")})
+        except ValidationError as e:
+            errors.update(field_errors(e, patch_schema()))
+            checked = None
+        if errors or checked is None:
             raise SpecError(errors)
+        return checked
 
-        name = _collect(errors, lambda: validate_name(data.get("name")))
-        image = data.get("image", DEFAULT_IMAGE)
-        if not isinstance(image, str) or len(image) > 255 or not _IMAGE.match(image):
-            errors["image"] = "must be an image reference like 'registry/name:tag'"
-        runtime = data.get("runtime")
-        if runtime is not None:
-            _collect(errors, lambda: validate_name(runtime, "runtime"))
-
-        repository = None
-        if data.get("repository") is not None:
-            repository = _parse_repository(data["repository"], errors)
-        env = _parse_env(data.get("env", {}), errors)
-        secret_env = _parse_env(data.get("secret_env", {}), errors, "secret_env")
-        for k in set(env) & set(secret_env):
-            errors[f"secret_env.{k}"] = "already set in env"
-        image_credentials = None
-        if data.get("image_credentials") is not None:
-            image_credentials = _parse_image_credentials(data["image_credentials"], errors)
-        files = _parse_files(data.get("files", []), errors)
-        resources = _parse_resources(data.get("resources", {}), errors)
-
-        command = data.get("command", DEFAULT_COMMAND)
-        if (
-            not isinstance(command, list)
-            or not command
-            or not all(isinstance(c, str) and c and "\0" not in c for c in command)
-            or len(command) > 64
-        ):
-            errors["command"] = "must be a non-empty list of strings"
-
-        if errors:
+    def merged(self, patch: Any, repository_editable: bool = False) -> WorkspaceSpec:
+        """Apply a PATCH body (top-level keys replace). What it sends meets
+        today's rules; what it leaves alone keeps the rules it was stored under
+        (SPEC_VERSION); the result meets the rules across fields that involve
+        what it sends, and always the stack config's hard size budget."""
+        checked = self.check_patch(patch, repository_editable)
+        new = self.model_copy(update={k: getattr(checked, k) for k in checked.model_fields_set})
+        if errors := new.rule_errors(sent=patch):
             raise SpecError(errors)
-        _check_config_budget(data, errors)
-        if errors:
-            raise SpecError(errors)
-        return cls(
-            name=name,
-            image=image,
-            runtime=runtime,
-            repository=repository,
-            env=env,
-            files=files,
-            resources=resources,
-            command=tuple(command),
-            secret_env=secret_env,
-            image_credentials=image_credentials,
-        )
+        if quantity_value(new.resources.storage) < quantity_value(self.resources.storage):
+            raise SpecError({"resources.storage": f"cannot shrink below "
+                             f"{self.resources.storage}; storage can only grow"})
+        return new
 
+    # --- the forms it is kept and shown in -------------------------------------
     def to_dict(self, redact: bool = False) -> dict[str, Any]:
         """JSON form. With `redact`, secrets are replaced by a marker."""
-        out = asdict(self)
-        out["files"] = [dict(f) for f in out["files"]]
-        out["command"] = list(self.command)
-        if self.repository is None:
-            out.pop("repository")
-        elif redact and self.repository.credential is not None:
-            out["repository"]["credential"] = REDACTED
-        elif self.repository.credential is None:
-            out["repository"].pop("credential")
-        if self.repository is not None and self.repository.username is None:
-            out["repository"].pop("username")
+        out = self.model_dump(mode="json", exclude_none=True)
         if redact:
+            if "credential" in out.get("repository", {}):
+                out["repository"]["credential"] = REDACTED
             for f in out["files"]:
                 if f["secret"]:
                     f["content"] = REDACTED
             out["secret_env"] = {k: REDACTED for k in self.secret_env}
-        if self.image_credentials is None:
-            out.pop("image_credentials")
-        elif redact:
-            out["image_credentials"]["password"] = REDACTED
-        if self.runtime is None:
-            out.pop("runtime")
+            if "image_credentials" in out:
+                out["image_credentials"]["password"] = REDACTED
         return out
 
     def public_dict(self) -> dict[str, Any]:
@@ -316,70 +417,95 @@ class WorkspaceSpec:
     def stored(cls, data: dict[str, Any]) -> WorkspaceSpec:
         """A spec as the service stored it: validated when it was accepted,
         under the rules of its SPEC_VERSION, and never judged again by today's
-        (so a limit that tightens cannot strand a workspace). Only what a user
-        sends goes through `parse`; a PATCH validates the merged result."""
+        (so a limit that tightens cannot strand a workspace): built without
+        validation. Only what a user sends goes through `parse` or `merged`."""
         repository = data.get("repository")
         credentials = data.get("image_credentials")
-        return cls(
+        return cls.model_construct(
             name=data["name"],
             image=data.get("image", DEFAULT_IMAGE),
             runtime=data.get("runtime"),
-            repository=Repository(**repository) if repository else None,
+            repository=Repository.model_construct(**repository) if repository else None,
             env=dict(data.get("env", {})),
-            files=tuple(WorkspaceFile(**{"content": "", **f}) for f in data.get("files", [])),
-            resources=Resources(**data.get("resources", {})),
+            files=tuple(WorkspaceFile.model_construct(**{"content": "", **f})
+                        for f in data.get("files", [])),
+            resources=Resources.model_construct(**data.get("resources", {})),
             command=tuple(data.get("command", DEFAULT_COMMAND)),
             secret_env=dict(data.get("secret_env", {})),
-            image_credentials=ImageCredentials(**credentials) if credentials else None,
+            image_credentials=(ImageCredentials.model_construct(**credentials)
+                               if credentials else None),
         )
 
-    def merged(self, patch: Any, repository_editable: bool = False) -> WorkspaceSpec:
-        """Apply a PATCH body (top-level keys replace) and validate the result.
 
-        The name and runtime are fixed at create: changing them would mean
-        different storage, which only delete may remove. The repository can be
-        corrected until its first successful clone (`repository_editable`):
-        init clones it once. Secrets (`secret_env`, `image_credentials`) can be
-        rotated at any time.
-        """
-        if not isinstance(patch, dict):
-            raise SpecError({"body": "must be an object"})
-        errors: dict[str, str] = {}
-        _check_keys(patch, {"image", "env", "files", "resources", "command", "repository",
-                            "secret_env", "image_credentials"}, "", errors)
-        for key in ("name", "runtime"):
-            if key in patch:
-                errors[key] = "cannot be changed after create"
-        if "repository" in patch and not repository_editable:
-            errors["repository"] = ("cannot be changed after the repository was cloned "
-                                    "(init clones it once; the files are the user's now)")
-        if errors:
-            raise SpecError(errors)
-        merged = {**self.to_dict(), **patch}
-        try:
-            new = self.parse(merged)
-        except SpecError as e:
-            # What the PATCH leaves alone keeps the rules it was stored under
-            # (SPEC_VERSION); what it sends meets today's, and so does the
-            # stack config's hard size budget.
-            sent = {k: v for k, v in e.errors.items() if _top_field(k) in patch}
-            if not sent:
-                _check_config_budget(merged, sent)
-            if sent:
-                raise SpecError(sent) from None
-            new = self.stored(merged)
-        old_size = quantity_value(self.resources.storage)
-        if quantity_value(new.resources.storage) < old_size:
-            raise SpecError(
-                {"resources.storage": f"cannot shrink below {self.resources.storage}; "
-                 "storage can only grow"}
-            )
-        return new
+def _no_defaults(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)  # absent means unchanged, not a default
 
 
-def _top_field(path: str) -> str:
-    """The top-level field of an error path: 'files[0].content' -> 'files'."""
-    return re.split(r"[.\[]", path, maxsplit=1)[0]
+class _Patch(_Model):
+    model_config = ConfigDict(json_schema_extra=_no_defaults)
+
+
+def _patch_model() -> type[BaseModel]:
+    """The PATCH body: the spec's mutable fields, each optional, same rules
+    (derived from WorkspaceSpec, never written twice)."""
+    fields: dict[str, Any] = {}
+    for key in _MUTABLE_FIELDS:
+        info = copy.copy(WorkspaceSpec.model_fields[key])
+        info.default, info.default_factory = None, None  # absent: left as it is
+        fields[key] = (info.annotation, info)
+    return create_model("WorkspacePatch", __base__=_Patch, __doc__=(
+        "Top-level fields replace the workspace's; absent ones stay."), **fields)
+
+
+WorkspacePatch = _patch_model()
+
+
+class _SpecJsonSchema(GenerateJsonSchema):
+    """Field titles only repeat each property's name (the descriptions say
+    what counts), and a map with a key pattern becomes propertyNames (JSON
+    Schema's patternProperties would let any other key through)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def dict_schema(self, schema: Any) -> dict[str, Any]:
+        out = super().dict_schema(schema)
+        if len(patterns := out.pop("patternProperties", {})) == 1:
+            (key, value), = patterns.items()
+            out.update(propertyNames={"pattern": key}, additionalProperties=value)
+        return out
+
+
+def spec_schemas(ref_template: str = "#/components/schemas/{model}") -> dict[str, Any]:
+    """WorkspaceSpec, WorkspacePatch and the models they nest, by name, as
+    JSON Schemas referring to each other through `ref_template` (the OpenAPI
+    document's components/schemas)."""
+    _, top = models_json_schema([(WorkspaceSpec, "validation"), (WorkspacePatch, "validation")],
+                                ref_template=ref_template, schema_generator=_SpecJsonSchema)
+    return top["$defs"]
+
+
+@cache
+def spec_schema() -> dict[str, Any]:
+    """WorkspaceSpec's JSON Schema (its nested models under $defs)."""
+    return WorkspaceSpec.model_json_schema(schema_generator=_SpecJsonSchema)
+
+
+@cache
+def patch_schema() -> dict[str, Any]:
+    return WorkspacePatch.model_json_schema(schema_generator=_SpecJsonSchema)
+
+
+_NAME = TypeAdapter(Name)
+
+
+def validate_name(name: Any, field_name: str = "name") -> str:
+    """A DNS-1123 label of at most MAX_NAME chars (names, runtimes, namespaces)."""
+    try:
+        return _NAME.validate_python(name)
+    except ValidationError:
+        raise SpecError({field_name: _NAME_RULE}) from None
 
 
 def _config_len(value: Any) -> int:
@@ -390,120 +516,16 @@ def _config_len(value: Any) -> int:
     return len(twice.encode()) + 5 * sum(once.count(c) for c in "<>&")
 
 
-def _check_config_budget(data: dict, errors: dict[str, str]) -> None:
-    """Reject a spec too large for stack config, naming its largest value."""
+def _config_budget(data: dict[str, Any]) -> dict[str, str]:
+    """A spec too large for stack config, as an error on its largest value."""
     total = _config_len(data)
     if total <= MAX_CONFIG_BYTES:
-        return
+        return {}
     sizes = {f"files[{i}].content": _config_len(f.get("content", ""))
              for i, f in enumerate(data.get("files", []))}
     for where in ("env", "secret_env"):
         sizes.update({f"{where}.{k}": _config_len(v) for k, v in data.get(where, {}).items()})
-    largest = max(sizes, key=sizes.get) if sizes else "body"
-    errors[largest] = (f"too large: the spec takes {total} bytes once encoded for stack config, "
-                       f"at most {MAX_CONFIG_BYTES} (text with many quotes, backslashes or "
-                       "non-ASCII characters takes more)")
-
-
-def _collect(errors: dict[str, str], fn):  # noqa: ANN001, ANN202
-    try:
-        return fn()
-    except SpecError as e:
-        errors.update(e.errors)
-        return None
-
-
-def _parse_repository(obj: Any, errors: dict[str, str]) -> Repository | None:
-    obj = _check_keys(obj, {"url", "ref", "credential", "username"}, "repository", errors)
-    url = obj.get("url")
-    if not isinstance(url, str) or not (_URL.match(url) or _SSH_SCP.match(url)) or len(url) > 2048:
-        errors["repository.url"] = "must be an https://, ssh://, user@host:path or file:// URL"
-    elif url.startswith("https://") and "@" in url.split("/", 3)[2]:
-        errors["repository.url"] = "must not embed credentials; use repository.credential"
-    ref = obj.get("ref", "main")
-    if not isinstance(ref, str) or not _GIT_REF.match(ref):
-        errors["repository.ref"] = "must be a branch, tag or commit name"
-    credential = obj.get("credential")
-    if credential is not None and (
-        not isinstance(credential, str) or not credential or len(credential) > 16384
-    ):
-        errors["repository.credential"] = "must be a non-empty string"
-    username = obj.get("username")
-    if username is not None and (not isinstance(username, str) or not _USERNAME.match(username)):
-        errors["repository.username"] = "must be a user name (letters, digits, '._@+-')"
-    if any(k.startswith("repository") for k in errors):
-        return None
-    return Repository(url=url, ref=ref, credential=credential, username=username)
-
-
-def _parse_image_credentials(obj: Any, errors: dict[str, str]) -> ImageCredentials | None:
-    where = "image_credentials"
-    obj = _check_keys(obj, {"username", "password"}, where, errors)
-    username, password = obj.get("username"), obj.get("password")
-    if not isinstance(username, str) or not _USERNAME.match(username):
-        errors[f"{where}.username"] = "must be a user name (letters, digits, '._@+-')"
-    if (not isinstance(password, str) or not password or len(password) > 16384
-            or "\0" in password):
-        errors[f"{where}.password"] = "must be a non-empty string"
-    if any(k.startswith(where) for k in errors):
-        return None
-    return ImageCredentials(username=username, password=password)
-
-
-def _parse_env(obj: Any, errors: dict[str, str], where: str = "env") -> dict[str, str]:
-    if not isinstance(obj, dict):
-        errors[where] = "must be an object of NAME: value"
-        return {}
-    if len(obj) > MAX_ENV:
-        errors[where] = f"at most {MAX_ENV} variables"
-    for k, v in obj.items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k) or k.startswith("STACKSPACE_"):
-            errors[f"{where}.{k}"] = "must be a name like FOO_BAR (not STACKSPACE_*)"
-        elif not isinstance(v, str) or "\0" in v or len(v) > 32768:
-            errors[f"{where}.{k}"] = "must be a string"
-    return dict(obj)
-
-
-def _parse_files(obj: Any, errors: dict[str, str]) -> tuple[WorkspaceFile, ...]:
-    if not isinstance(obj, list) or len(obj) > MAX_FILES:
-        errors["files"] = f"must be a list of at most {MAX_FILES} files"
-        return ()
-    out: list[WorkspaceFile] = []
-    seen: set[str] = set()
-    for i, item in enumerate(obj):
-        where = f"files[{i}]"
-        item = _check_keys(item, {"path", "content", "mode", "secret"}, where, errors)
-        path = _collect(errors, lambda item=item, where=where: validate_relative_path(
-            item.get("path"), f"{where}.path"))
-        if path in seen:
-            errors[f"{where}.path"] = "duplicate path"
-        seen.add(path)
-        content = item.get("content", "")
-        if not isinstance(content, str) or len(content.encode()) > MAX_FILE_BYTES:
-            errors[f"{where}.content"] = f"must be a string of at most {MAX_FILE_BYTES} bytes"
-        mode = item.get("mode", "0644")
-        if not isinstance(mode, str) or not _MODE.match(mode):
-            errors[f"{where}.mode"] = "must be an octal mode like '0644'"
-        secret = item.get("secret", False)
-        if not isinstance(secret, bool):
-            errors[f"{where}.secret"] = "must be true or false"
-        if path and isinstance(content, str) and isinstance(mode, str) and isinstance(secret, bool):
-            out.append(WorkspaceFile(path=path, content=content, mode=mode.rjust(4, "0"),
-                                     secret=secret))
-    return tuple(out)
-
-
-def _parse_resources(obj: Any, errors: dict[str, str]) -> Resources:
-    obj = _check_keys(obj, {"cpu", "memory", "storage"}, "resources", errors)
-    values = {**asdict(Resources()), **{k: v for k, v in obj.items() if k in ("cpu", "memory",
-                                                                               "storage")}}
-    for key, value in values.items():
-        if not isinstance(value, str) or not _QUANTITY.match(value) or quantity_value(value) <= 0:
-            errors[f"resources.{key}"] = "must be a positive quantity like '2', '500m' or '4Gi'"
-    if not any(k.startswith("resources.") for k in errors):
-        if quantity_value(values["memory"]) < 16 * 2**20:
-            errors["resources.memory"] = "must be at least 16Mi"
-        if quantity_value(values["storage"]) < 2**20:
-            errors["resources.storage"] = "must be at least 1Mi"
-    return Resources(**values) if not any(k.startswith("resources") for k in errors) else \
-        Resources()
+    largest = max(sizes, key=sizes.get) if sizes else "body"  # type: ignore[arg-type]
+    return {largest: f"too large: the spec takes {total} bytes once encoded for stack "
+            f"config, at most {MAX_CONFIG_BYTES} (text with many quotes, backslashes or "
+            "non-ASCII characters takes more)"}

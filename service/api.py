@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
-from service import files_api, fleet_api, lifecycle, openapi, pagination, token_api
+from service import files_api, fleet_api, idempotency, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.notify import EventFeed
@@ -58,6 +58,11 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @app.errorhandler(Problem)
     def _problem(p: Problem) -> Response:
         return p.response()
+
+    @app.errorhandler(idempotency.KeyReused)
+    def _key_reused(e: idempotency.KeyReused) -> Response:
+        return Problem("validation", str(e), {"Idempotency-Key": "already used with another "
+                                              "request body"}).response()
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException) -> Response:
@@ -151,7 +156,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             op, created = store.request_operation(
                 ws["owner"], ws["name"], kind, queue=queue, idempotency_key=idempotency_key(),
                 spec=spec.public_dict() if spec else None,
-                secrets=spec.secret_values() if spec else None, patch=patch)
+                secrets=spec.secret_values() if spec else None, patch=patch,
+                request_digest=request_digest())
         except Conflict as e:
             raise Problem("conflict", f"{e}; retry later or add ?queue=true") from e
         except lifecycle.Refused as e:
@@ -168,10 +174,20 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         key = request.headers.get("Idempotency-Key")
         return f"{request.method} {request.path} {key}" if key else None
 
+    def request_digest() -> str | None:
+        """The request body's digest, kept with an Idempotency-Key."""
+        if not request.headers.get("Idempotency-Key"):
+            return None
+        return store.request_digest(request.get_json(silent=True) if request.is_json else None)
+
     def replay(owner: str) -> dict[str, Any] | None:
-        """The operation an earlier request with this Idempotency-Key created."""
+        """The operation an earlier request with this Idempotency-Key created
+        (422 if that request's body was another)."""
         key = idempotency_key()
-        return store.operation_by_key(owner, key) if key else None
+        op = store.operation_by_key(owner, key) if key else None
+        if op is not None:
+            idempotency.check(op.get("request_digest"), request_digest())
+        return op
 
     # --- workspaces -----------------------------------------------------------
     @app.post(f"{PREFIX}/workspaces")
@@ -192,7 +208,8 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             op, created = store.create_workspace(
                 g.user.name, spec.name, stack_name(g.user.name, spec.name),
                 runtime_dict(runtime), spec.public_dict(), spec.secret_values(),
-                quota=cfg.quota, idempotency_key=idempotency_key())
+                quota=cfg.quota, idempotency_key=idempotency_key(),
+                request_digest=request_digest())
         except QuotaExceeded as e:
             raise Problem("quota-exceeded", str(e)) from e
         except Conflict as e:

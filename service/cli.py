@@ -401,10 +401,10 @@ def _operation(client: Client, op: dict[str, Any], wait: bool, as_json: bool) ->
 @client_options
 def create(spec_file: Any, wait: bool, url: str, token: str, as_json: bool) -> None:
     """Create a workspace from a JSON/YAML spec file ('-' for stdin)."""
-    import yaml
+    from service import spec_file as spec_files
 
     client = Client(url, token)
-    _operation(client, client.call("POST", "/workspaces", yaml.safe_load(spec_file)), wait,
+    _operation(client, client.call("POST", "/workspaces", spec_files.read(spec_file)), wait,
                as_json)
 
 
@@ -455,11 +455,11 @@ delete = _lifecycle("delete", "DELETE", "")
 @client_options
 def update(name: str, patch_file: Any, wait: bool, url: str, token: str, as_json: bool) -> None:
     """Update image/env/files/resources/command from a JSON/YAML patch file."""
-    import yaml
+    from service import spec_file
 
     client = Client(url, token)
-    _operation(client, client.call("PATCH", f"/workspaces/{name}", yaml.safe_load(patch_file)),
-               wait, as_json)
+    _operation(client, client.call("PATCH", f"/workspaces/{name}",
+                                   spec_file.read(patch_file, patch=True)), wait, as_json)
 
 
 def _grant(client: Client, name: str) -> Any:

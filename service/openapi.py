@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.spec import spec_schemas
 from service import token_api
 from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -176,37 +177,6 @@ _FILE_INFO = {"type": "object", "required": ["path"], "properties": {
         "name": {"type": "string"}, "type": {"enum": ["file", "dir", "symlink", "other"]},
         "size": {"type": "integer"}, "mode": {"type": "string"},
         "mtime": {"type": "integer"}}}}}}
-_NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 40}
-_QUANTITY = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"}
-_FILE = {"type": "object", "additionalProperties": False, "required": ["path"], "properties": {
-    "path": {"type": "string", "minLength": 1, "maxLength": 255}, "content": {"type": "string"},
-    "mode": {"type": "string", "pattern": "^0?[0-7]{3}$"}, "secret": {"type": "boolean"}}}
-_RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
-    "cpu": _QUANTITY, "memory": _QUANTITY, "storage": _QUANTITY}}
-_MUTABLE = {
-    "image": {"type": "string", "minLength": 1, "maxLength": 255},
-    "env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-            "additionalProperties": {"type": "string"}},
-    "files": {"type": "array", "items": _FILE},
-    "resources": _RESOURCES,
-    "command": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
-                "maxItems": 64},
-    # Secrets can be rotated by PATCH; write-only (answers show "[secret]").
-    "secret_env": {"type": "object", "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                   "additionalProperties": {"type": "string"}, "writeOnly": True},
-    "image_credentials": {"type": "object", "additionalProperties": False,
-                          "required": ["username", "password"], "properties": {
-                              "username": {"type": "string", "minLength": 1},
-                              "password": {"type": "string", "minLength": 1,
-                                           "writeOnly": True}}},
-}
-# Fixed once init has cloned it (PATCH until then: a wrong URL or credential).
-_REPOSITORY = {"type": "object", "additionalProperties": False, "required": ["url"],
-               "properties": {
-                   "url": {"type": "string", "minLength": 1},
-                   "ref": {"type": "string", "minLength": 1},
-                   "username": {"type": "string", "minLength": 1},
-                   "credential": {"type": "string", "minLength": 1, "writeOnly": True}}}
 _OPERATION = {"type": "object", "required": ["id", "kind", "status"], "properties": {
     "id": {"type": "string"}, "workspace": {"type": "string"}, "owner": {"type": "string"},
     "kind": {"enum": ["create", "start", "stop", "update", "delete", "refresh"]},
@@ -219,7 +189,9 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
     "stack": {"type": "string"}, "desired": {"enum": ["running", "stopped", "deleted"]},
     "state": {"enum": ["provisioning", "running", "stopping", "stopped", "starting",
                        "deleting", "failed"]},
-    "last_error": {"type": ["string", "null"]}, "spec": {"type": "object"},
+    "last_error": {"type": ["string", "null"]},
+    "spec": {"type": "object", "description": "the WorkspaceSpec as stored (under the rules of "
+             "its time), each secret value shown as \"[secret]\""},
     "outputs": {"type": "object"},
     "code_version": {"type": ["string", "null"],
                      "description": "component code the last run applied: digest[@commit]"},
@@ -233,12 +205,8 @@ _WORKSPACE = {"type": "object", "required": ["name", "state", "spec"], "properti
         "over": {"type": "boolean"}, "measured_at": {"type": ["number", "null"]},
         "enforced": {"type": "boolean"}}}}}
 SCHEMAS: dict[str, Any] = {
-    "WorkspaceSpec": {"type": "object", "additionalProperties": False, "required": ["name"],
-                      "properties": {
-                          "name": _NAME, "runtime": _NAME, "repository": _REPOSITORY,
-                          **_MUTABLE}},
-    "WorkspacePatch": {"type": "object", "additionalProperties": False,
-                       "properties": {**_MUTABLE, "repository": _REPOSITORY}},
+    # WorkspaceSpec, WorkspacePatch and the models they nest, from components.spec.
+    **spec_schemas(),
     "Operation": _OPERATION,
     "RolloutOptions": {"type": "object", "additionalProperties": False, "properties": {
         "batch": {"type": ["integer", "string"], "pattern": "^[1-9][0-9]*%?$",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet
 
 from components.spec import SPEC_VERSION
-from service import lifecycle, op_counts, tokens
+from service import idempotency, lifecycle, op_counts, tokens
 from service.db import Database, Tx, connect, is_postgres_url
 from service.notify import notify_sql
 from service.secret_files import read_or_create
@@ -158,6 +158,8 @@ ADDED_COLUMNS = [
     ("tokens", "name", "TEXT"),
     ("tokens", "expires", "REAL"),
     ("tokens", "bootstrap", "INTEGER NOT NULL DEFAULT 0"),
+    # A keyed digest of the request body an Idempotency-Key came with (service.idempotency).
+    ("operations", "request_digest", "TEXT"),
 ]
 META_INSTALLATION = "installation"
 
@@ -271,15 +273,16 @@ class Store:
     # --- workspaces ---------------------------------------------------------
     def create_workspace(self, owner: str, name: str, stack: str, runtime: dict[str, Any],
                          spec: dict[str, Any], secrets: dict[str, str], *, quota: int,
-                         idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+                         idempotency_key: str | None = None,
+                         request_digest: str | None = None) -> tuple[dict[str, Any], bool]:
         """Insert a workspace and its create operation in one transaction, with
         the quota checked inside it (concurrent creates cannot overrun it).
         Returns (operation, created); a repeated idempotency key returns the
-        operation it first created."""
+        operation it first created (KeyReused if the body differs)."""
         now = time.time()
         with self.tx() as db:
             db.lock("owner", owner)
-            if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
+            if idempotency_key and (row := _by_key(db, owner, idempotency_key, request_digest)):
                 return _op(row), False
             if db.execute("SELECT 1 FROM workspaces WHERE owner=? AND name=?",
                           (owner, name)).fetchone():
@@ -296,7 +299,8 @@ class Store:
                  json.dumps(runtime), self.installation_id, SPEC_VERSION, "running",
                  "provisioning", now, now))
             op = _insert_op(db, owner, name, "create", idempotency_key,
-                            prev_state="provisioning", prev_desired="running",
+                            request_digest=request_digest, prev_state="provisioning",
+                            prev_desired="running",
                             spec=json.dumps(spec), secrets=self._seal(secrets))
         return op, True
 
@@ -304,14 +308,15 @@ class Store:
                           idempotency_key: str | None = None,
                           spec: dict[str, Any] | None = None,
                           secrets: dict[str, str] | None = None,
-                          patch: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+                          patch: dict[str, Any] | None = None,
+                          request_digest: str | None = None) -> tuple[dict[str, Any], bool]:
         """Persist a queued operation and the desired state it asks for, in one
         transaction. Without `queue`, refuses (Conflict) while another operation
         on the workspace is queued or running; a workspace being deleted refuses
         everything but delete (lifecycle.Refused). Returns (operation, created)."""
         with self.tx() as db:
             db.lock("owner", owner)
-            if idempotency_key and (row := _by_key(db, owner, idempotency_key)):
+            if idempotency_key and (row := _by_key(db, owner, idempotency_key, request_digest)):
                 return _op(row), False
             ws = db.execute("SELECT state, desired FROM workspaces WHERE owner=? AND name=?",
                             (owner, name)).fetchone()
@@ -326,7 +331,8 @@ class Store:
             if active and not queue:
                 raise Conflict(f"operation {active['id']} is still in progress")
             op = _insert_op(db, owner, name, kind, idempotency_key,
-                            prev_state=ws["state"], prev_desired=ws["desired"],
+                            request_digest=request_digest, prev_state=ws["state"],
+                            prev_desired=ws["desired"],
                             spec=json.dumps(spec) if spec is not None else None,
                             secrets=self._seal(secrets) if secrets is not None else None,
                             patch=self._box.encrypt(json.dumps(patch).encode()).decode()
@@ -372,6 +378,11 @@ class Store:
         with self.tx() as db:
             db.execute("UPDATE operations SET spec=?, secrets=? WHERE id=?",
                        (json.dumps(spec), self._seal(secrets), op_id))
+
+    def request_digest(self, body: Any) -> str:
+        """A digest of a request body, keyed with the store's key (service.idempotency)."""
+        self._box  # noqa: B018 - the same key, and the same refusal without it
+        return idempotency.body_digest(read_or_create(self.key_file, Fernet.generate_key), body)
 
     def _seal(self, secrets: dict[str, str]) -> str:
         return self._box.encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
@@ -678,9 +689,12 @@ def open_store(cfg: ServiceConfig) -> Store:
     return Store(cfg.database_url or cfg.store_path, key_file=cfg.store_key_file)
 
 
-def _by_key(db: Tx, owner: str, key: str) -> Any:
-    return db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
-                      (owner, key)).fetchone()
+def _by_key(db: Tx, owner: str, key: str, digest: str | None = None) -> Any:
+    row = db.execute("SELECT * FROM operations WHERE owner=? AND idempotency_key=?",
+                     (owner, key)).fetchone()
+    if row is not None:
+        idempotency.check(row["request_digest"], digest)
+    return row
 
 
 def _insert_op(db: Tx, owner: str, workspace: str, kind: str,
