@@ -27,6 +27,7 @@ from components.base import (
     workspace_labels,
 )
 from components.clients import docker_client, kube_api_client
+from components.egress import HOLDER_IMAGE
 from components.runtime import INTERNAL, SHARED_NETWORKS, DockerRuntime, Runtime
 
 log = logging.getLogger("stackspace.runtime_objects")
@@ -90,7 +91,11 @@ def ensure_network(rt: Runtime) -> None:
     mode names (components.runtime), once per engine: a bridge with
     inter-container traffic off, internal (no route out) for `internal`. It
     belongs to no workspace: no workspace label, never removed by a delete."""
-    if not isinstance(rt, DockerRuntime) or rt.network_mode not in SHARED_NETWORKS:
+    if not isinstance(rt, DockerRuntime):
+        return
+    if rt.egress_allow is not None:
+        _check_holder_image(rt)
+    if rt.network_mode not in SHARED_NETWORKS:
         return
     import docker.errors
 
@@ -112,6 +117,27 @@ def ensure_network(rt: Runtime) -> None:
                 raise
     except docker.errors.DockerException as e:
         raise ConnectionError(f"runtime {rt.name!r}: cannot prepare network {name}: {e}") from e
+    finally:
+        client.close()
+
+
+def _check_holder_image(rt: DockerRuntime) -> None:
+    """An allowlist needs the network holder's image on the engine (no registry
+    has it): say so, naming the field, before the run creates anything."""
+    import docker.errors
+
+    try:
+        client = docker_client(rt)
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
+    try:
+        client.images.get(HOLDER_IMAGE)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"runtime {rt.name!r}: egress_allow needs the image {HOLDER_IMAGE} "
+                           "on the Docker host (scripts/toolchain/egress-image.sh --import "
+                           "DOCKER_HOST puts it there)") from None
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
     finally:
         client.close()
 
