@@ -73,6 +73,9 @@ def parse_entry(entry: Any, field: str) -> EgressRule:
     if not isinstance(entry, str) or not entry.strip():
         raise SpecError({field: "must be a host, an address or a CIDR, with an optional :port"})
     text = entry.strip()
+    if "://" in text:
+        raise SpecError({field: f"{text!r} is a URL: give its host and port "
+                                "(git.example.com:443)"})
     host, port_text = text, None
     if text.startswith("["):  # [IPv6 address or CIDR]:port
         close = text.find("]")
@@ -170,8 +173,9 @@ for t in iptables ip6tables; do
   "$t" -A OUTPUT -j REJECT
 done
 say ready
-trap 'exit 0' TERM INT
-while :; do sleep 3600 & wait $!; done
+sleep 2147483647 &
+trap 'kill $! 2>/dev/null; exit 0' TERM INT
+wait $!
 """
 
 
