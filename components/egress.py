@@ -39,8 +39,11 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 # the host's busybox, iptables and getent; scripts/docker-engine and
 # scripts/test-docker-host import it; no registry needed).
 HOLDER_IMAGE = "stackspace/egress:1"
+HOLDER_MISSING = (f"egress_allow needs the image {HOLDER_IMAGE} on the Docker host "
+                  "(scripts/toolchain/egress-image.sh --import DOCKER_HOST puts it there)")
 # The holder's log line once every rule is in place (components.workload_start waits for it).
 READY_LINE = "stackspace-egress: ready"
+HOLDER_ERROR = "stackspace-egress: error:"  # how its failures start
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,8 @@ while [ $# -ge 2 ]; do
   host=$1 port=$2; shift 2
   case "$host" in
     *[!0-9a-fA-F.:/]*)
-      addrs=$(getent ahosts "$host" | awk '{print $1}' | sort -u) || true
+      addrs=$(RES_OPTIONS="timeout:2 attempts:2" timeout 20 getent ahosts "$host" \
+               | awk '{print $1}' | sort -u) || true
       [ -n "$addrs" ] || fail "cannot resolve $host (runtime.egress_allow)"
       for a in $addrs; do allow "$a" "$port"; done ;;
     *) allow "$host" "$port" ;;

@@ -25,7 +25,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from components.egress import READY_LINE
+from components.egress import HOLDER_ERROR, READY_LINE
 
 # How long a workspace's start waits for its network holder's rules.
 HOLDER_READY_SECONDS = 60.0
@@ -94,7 +94,8 @@ def holder_ready(status: str, logs: str) -> bool | None:
     False if it has ended (its log tells why), None while it is getting there."""
     if READY_LINE in logs and status == "running":
         return True
-    return False if status in ("exited", "dead") else None
+    failed = status in ("exited", "dead", "restarting") or HOLDER_ERROR in logs
+    return False if failed else None
 
 
 def wait_holder_ready(holder: Any, timeout: float = HOLDER_READY_SECONDS) -> None:
@@ -110,7 +111,9 @@ def wait_holder_ready(holder: Any, timeout: float = HOLDER_READY_SECONDS) -> Non
             return
         if ready is False or time.monotonic() > deadline:
             lines = [ln for ln in logs.splitlines() if "error" in ln] or logs.splitlines()[-1:]
-            raise RuntimeError("the outbound allowlist (runtime.egress_allow) could not be "
-                               "set up: " + (lines[-1] if lines else "the network holder "
-                                             f"is {holder.status}"))
+            why = lines[-1] if lines else (
+                f"the network holder is {holder.status}" if ready is False else
+                f"the network holder set no rules within {timeout:.0f} s")
+            raise RuntimeError(f"the outbound allowlist (runtime.egress_allow) could not be "
+                               f"set up: {why}")
         time.sleep(0.2)

@@ -27,7 +27,7 @@ from components.base import (
     workspace_labels,
 )
 from components.clients import docker_client, kube_api_client
-from components.egress import HOLDER_IMAGE
+from components.egress import HOLDER_IMAGE, HOLDER_MISSING
 from components.runtime import INTERNAL, SHARED_NETWORKS, DockerRuntime, Runtime
 
 log = logging.getLogger("stackspace.runtime_objects")
@@ -91,11 +91,7 @@ def ensure_network(rt: Runtime) -> None:
     mode names (components.runtime), once per engine: a bridge with
     inter-container traffic off, internal (no route out) for `internal`. It
     belongs to no workspace: no workspace label, never removed by a delete."""
-    if not isinstance(rt, DockerRuntime):
-        return
-    if rt.egress_allow is not None:
-        _check_holder_image(rt)
-    if rt.network_mode not in SHARED_NETWORKS:
+    if not isinstance(rt, DockerRuntime) or rt.network_mode not in SHARED_NETWORKS:
         return
     import docker.errors
 
@@ -121,9 +117,12 @@ def ensure_network(rt: Runtime) -> None:
         client.close()
 
 
-def _check_holder_image(rt: DockerRuntime) -> None:
-    """An allowlist needs the network holder's image on the engine (no registry
-    has it): say so, naming the field, before the run creates anything."""
+def ensure_holder_image(rt: Runtime) -> None:
+    """A Docker allowlist needs the network holder's image on the engine (no
+    registry has it): say so, naming the field, before a run that makes the
+    workspace run creates anything (stop and delete never need it)."""
+    if not isinstance(rt, DockerRuntime) or rt.egress_allow is None:
+        return
     import docker.errors
 
     try:
@@ -133,9 +132,7 @@ def _check_holder_image(rt: DockerRuntime) -> None:
     try:
         client.images.get(HOLDER_IMAGE)
     except docker.errors.ImageNotFound:
-        raise RuntimeError(f"runtime {rt.name!r}: egress_allow needs the image {HOLDER_IMAGE} "
-                           "on the Docker host (scripts/toolchain/egress-image.sh --import "
-                           "DOCKER_HOST puts it there)") from None
+        raise RuntimeError(f"runtime {rt.name!r}: {HOLDER_MISSING}") from None
     except docker.errors.DockerException as e:
         raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
     finally:

@@ -17,8 +17,9 @@ for b in "${bins[@]}"; do
   [[ -x $b ]] || { echo "egress-image: $b missing (scripts/setup installs busybox-static, iptables)" >&2; exit 1; }
 done
 libs=$(for b in "${bins[@]}"; do ldd "$b" 2>/dev/null | grep -o '/[^ ]*' || true; done | sort -u)
+# By content only (not paths): every checkout computes the same recipe.
 hash=$( (sha256sum "$0" "${bins[@]}" $libs; find "$xt" -name '*.so' -print0 | sort -z | xargs -0 sha256sum) \
-        | sha256sum | cut -c1-12)
+        | cut -d' ' -f1 | sha256sum | cut -c1-12)
 out="$cache/images/egress-$hash.rootfs.tar"
 if [[ ! -s $out ]]; then
   mkdir -p "$cache/images"
@@ -28,7 +29,7 @@ if [[ ! -s $out ]]; then
   mkdir -p "$root"/{bin,sbin,usr/sbin,usr/bin,etc,tmp,run} "$root$xt"
   chmod 1777 "$root/tmp"
   cp /bin/busybox "$root/bin/busybox"
-  for applet in sh sed awk sort sleep cat; do ln -s busybox "$root/bin/$applet"; done
+  for applet in sh sed awk sort sleep cat timeout; do ln -s busybox "$root/bin/$applet"; done
   cp /usr/sbin/xtables-nft-multi "$root/usr/sbin/"
   for t in iptables ip6tables; do ln -s xtables-nft-multi "$root/usr/sbin/$t"; done
   cp /usr/bin/getent "$root/usr/bin/"

@@ -118,6 +118,19 @@ def check_allowlist(svc: Any, name: str, t: Targets) -> None:
         assert code != 0 and "refused" in out.lower(), (host, port, out)
 
 
+def check_unresolved(svc: Any, docker_client: Any, tag: str) -> None:
+    name = f"egress-x-{tag}"
+    try:
+        op = operate(svc, "POST", "", json={"name": name, "runtime": "unresolved"})
+        assert op["status"] == "failed"
+        assert f"cannot resolve nowhere-{tag}.invalid (runtime.egress_allow)" in op["error"], op
+        (ws,) = [c for c in labelled(docker_client, "alice", name)[0]
+                 if c.labels["stackspace.dev/role"] == "workspace"]
+        assert ws.status != "running"
+    finally:
+        assert operate(svc, "DELETE", f"/{name}?queue=true")["status"] == "succeeded"
+
+
 def test_outbound_allowlist(tmp_path, docker_host, docker_client, pulumi_settings,
                             docker_provider):
     runtime = {"name": "local", "type": "docker", "host": docker_host}
@@ -149,6 +162,9 @@ def check_on(docker_client: Any, runtime: dict[str, str], t: Targets, tmp_path: 
     tag, network = t.tag, t.network
     runtimes = [{**runtime, "network_mode": network,
                  "egress_allow": [t.allow_entry]}]
+    if runtime["name"] == "local":  # a name that does not resolve fails the run, naming it
+        runtimes.append({**runtime, "name": "unresolved", "network_mode": network,
+                         "egress_allow": [f"nowhere-{tag}.invalid:443"]})
     name = f"egress-{tag}"
     with custom_service(tmp_path, docker_host, pulumi_settings, runtimes=runtimes) as svc:
         try:
@@ -197,6 +213,9 @@ def check_on(docker_client: Any, runtime: dict[str, str], t: Targets, tmp_path: 
             assert code != 0 and "unreachable" in out.lower(), out
             assert operate(svc, "POST", f"/{name}/start")["status"] == "succeeded"
             check_allowlist(svc, name, t)
+
+            if len(runtimes) > 1:
+                check_unresolved(svc, docker_client, tag)
 
             # Port forwarding relays through an exec inside the workspace (loopback).
             commit = start_git_daemon(svc, name, 9418)

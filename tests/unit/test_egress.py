@@ -147,7 +147,7 @@ def run_holder(tmp_path: Path, args: list[str], resolv: str = "nameserver 127.0.
     resolv_file = tmp_path / "resolv.conf"
     resolv_file.write_text(resolv)
     script = HOLDER_SCRIPT.replace("/etc/resolv.conf", str(resolv_file))
-    for applet in ("sh", "sed", "awk", "sort", "sleep", "cat"):
+    for applet in ("sh", "sed", "awk", "sort", "sleep", "cat", "timeout"):
         (bin_dir / applet).symlink_to("/bin/busybox")
     proc = subprocess.Popen(["/bin/busybox", "sh", "-c", script, "holder", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -213,6 +213,8 @@ def test_holder_args_and_readiness():
     assert holder_ready("created", "") is None
     assert holder_ready("exited", f"{READY_LINE}\n") is False
     assert holder_ready("exited", "stackspace-egress: error: cannot resolve x") is False
+    assert holder_ready("running", "stackspace-egress: error: cannot resolve x") is False
+    assert holder_ready("restarting", "") is False
     assert _started({"State": {"StartedAt": "2026-12-05T02:49:55.123456789Z"}}).microsecond \
         == 123456
     assert _started({"State": {"StartedAt": "2026-12-05T02:49:56Z"}}) > _started(
