@@ -134,10 +134,12 @@ def _workspace_network(ws: DockerWorkspace, runtime: DockerRuntime, spec: Worksp
         image=HOLDER_IMAGE,
         entrypoints=["/bin/sh", "-c", HOLDER_SCRIPT, "stackspace-egress", *holder_args(rules)],
         network_mode=docker_network(runtime),
-        capabilities={"drops": ["ALL"], "adds": ["NET_ADMIN"]},
+        # As Docker reports it back (no drift): CAP_ prefixed.
+        capabilities={"drops": ["ALL"], "adds": ["CAP_NET_ADMIN"]},
         security_opts=["no-new-privileges:true"],
         privileged=False,
-        memory=32,
+        memory=32,  # MB; swap equal to memory means no swap (as the workspace)
+        memory_swap=32,
         restart="unless-stopped",
         destroy_grace_seconds=5,
         labels=labels,

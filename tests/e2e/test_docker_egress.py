@@ -195,8 +195,12 @@ def check_on(docker_client: Any, runtime: dict[str, str], t: Targets, tmp_path: 
 
             # A run with nothing changed keeps both containers (no drift).
             holder = docker_client.containers.get(mode.split(":", 1)[1])
-            assert operate(svc, "POST", f"/{name}/start")["status"] == "succeeded"
+            op = operate(svc, "POST", f"/{name}/start")
+            assert op["status"] == "succeeded"
             assert running_ids(docker_client, name) == {holder.id, ws.id}
+            (changes,) = [e["changes"] for _, e in svc.store.events(op["id"])
+                          if e.get("type") == "summary"]
+            assert set(changes) == {"same"}, changes
 
             # Stop/start remakes holder and workspace: the allowlist holds.
             assert operate(svc, "POST", f"/{name}/stop")["status"] == "succeeded"

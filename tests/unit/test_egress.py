@@ -255,7 +255,7 @@ def test_declared_objects_on_both_backends():
     run = run_program(build, cfg(docker_rt))
     (holder,) = [r.plain() for r in run.by_type("Container") if r.name == "network"]
     assert holder["image"] == HOLDER_IMAGE and holder["hostname"] == "app"
-    assert holder["capabilities"] == {"drops": ["ALL"], "adds": ["NET_ADMIN"]}
+    assert holder["capabilities"] == {"drops": ["ALL"], "adds": ["CAP_NET_ADMIN"]}
     assert holder["entrypoints"][-2:] == ["git.example.com", "443"]
     assert holder["networkMode"] == "stackspace-isolated"
     (workspace,) = [r.plain() for r in run.by_type("Container") if r.name == "workspace"]
