@@ -63,6 +63,10 @@ def start_with_limits(client: Any, container_id: str, pids_limit: int) -> bool:
         changed = True
     holder = _network_holder(client, c.attrs)
     if holder is not None:
+        if holder.status in ("created", "exited"):
+            # Stopped by hand or never started (a cut-off run): it sets its rules again.
+            holder.start()
+            changed = True
         # No workspace process may run before the allowlist's rules exist.
         wait_holder_ready(holder)
         if c.status == "running" and _started(holder.attrs) > _started(c.attrs):

@@ -207,12 +207,12 @@ def check_on(docker_client: Any, runtime: dict[str, str], t: Targets, tmp_path: 
             assert operate(svc, "POST", f"/{name}/start")["status"] == "succeeded"
             check_allowlist(svc, name, t)
 
-            # A holder restarted by hand: the workspace's namespace loses its
-            # interface (nothing gets out), and the next operation restarts the
-            # workspace into the holder's new namespace.
+            # A holder stopped by hand: the workspace's namespace loses its
+            # interface (nothing gets out), and the next operation starts the
+            # holder and restarts the workspace into the holder's new namespace.
             (holder,) = [c for c in labelled(docker_client, "alice", name)[0]
                          if c.labels["stackspace.dev/role"] == "network"]
-            holder.restart(timeout=2)
+            holder.stop(timeout=2)
             code, out = http_get(svc, name, t.addresses[t.allowed], t.allowed[1])
             assert code != 0 and "unreachable" in out.lower(), out
             assert operate(svc, "POST", f"/{name}/start")["status"] == "succeeded"
