@@ -15,6 +15,7 @@ import pulumi_docker as docker
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
 from components.clients import check_ssh_host_key, docker_client
+from components.egress import HOLDER_IMAGE, HOLDER_SCRIPT, holder_args, parse_allowlist
 from components.init_script import INIT_SCRIPT, init_failure_message, init_fingerprint, init_inputs
 from components.runtime import DockerRuntime, docker_network
 from components.secret_env import SECRET_ENV_FILE, render_secret_env, with_secret_env
@@ -109,12 +110,51 @@ def _start_hook(runtime: DockerRuntime) -> pulumi.ResourceHook:
     return pulumi.ResourceHook("start-with-limits", start)
 
 
+def _workspace_network(ws: DockerWorkspace, runtime: DockerRuntime, spec: WorkspaceSpec,
+                       labels: list[dict], popts: pulumi.ResourceOptions) -> pulumi.Input[str]:
+    """The workspace container's network_mode. With an outbound allowlist
+    (components.egress): the namespace of a network holder container on the
+    runtime's network, which alone has NET_ADMIN and sets the iptables rules
+    there (the workspace joins without it, so it cannot undo them). A new
+    holder (changed rules) replaces the workspace, which must join it; both
+    exist only while running, so stop and start remake them and storage is
+    never involved. A holder that restarts by itself leaves the workspace with
+    no network at all (its namespace loses its interface) until the next
+    operation restarts it (components.workload_start)."""
+    if runtime.egress_allow is None:
+        return docker_network(runtime)
+    rules = parse_allowlist(list(runtime.egress_allow))
+    ws.holder = docker.Container(
+        "network",
+        name=f"{ws.base_name}-net",
+        hostname=spec.name,
+        image=HOLDER_IMAGE,
+        entrypoints=["/bin/sh", "-c", HOLDER_SCRIPT, "stackspace-egress", *holder_args(rules)],
+        network_mode=docker_network(runtime),
+        # As Docker reports it back (no drift): CAP_ prefixed.
+        capabilities={"drops": ["ALL"], "adds": ["CAP_NET_ADMIN"]},
+        security_opts=["no-new-privileges:true"],
+        privileged=False,
+        memory=32,  # MB; swap equal to memory means no swap (as the workspace)
+        memory_swap=32,
+        restart="unless-stopped",
+        destroy_grace_seconds=5,
+        labels=labels,
+        opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
+            delete_before_replace=True)),
+    )
+    # By id: Docker reports the mode as container:<id>, so no drift, and a new
+    # holder is a new mode for the workspace (its replacement).
+    return ws.holder.id.apply(lambda holder_id: f"container:{holder_id}")
+
+
 class DockerWorkspace(pulumi.ComponentResource):
     def __init__(self, name: str, inputs: WorkspaceInputs, runtime: DockerRuntime,
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("stackspace:docker:Workspace", name, None, opts)
         spec = inputs.spec
         base = inputs.base_name
+        self.base_name = base
         provider = _provider(runtime, self, _registry_auth(spec))
         popts = pulumi.ResourceOptions(parent=self, provider=provider)
 
@@ -193,12 +233,15 @@ class DockerWorkspace(pulumi.ComponentResource):
             secret_files = [{"file": SECRET_ENV_FILE, "permissions": "0444",
                              "content": pulumi.Output.secret(render_secret_env(spec.secret_env))}]
         self.container = None
+        self.holder = None
         if inputs.running:
             start_hook = _start_hook(runtime)
+            network = _workspace_network(self, runtime, spec, labels("network"), popts)
             self.container = docker.Container(
                 "workspace",
                 name=base,
-                hostname=spec.name,
+                # A container in another's namespace takes that one's hostname.
+                hostname=None if self.holder else spec.name,
                 image=spec.image,
                 # `command` is the full argv on every backend: it replaces the
                 # image's ENTRYPOINT (and so its CMD) as on Kubernetes.
@@ -221,14 +264,14 @@ class DockerWorkspace(pulumi.ComponentResource):
                 # Made stopped; the hook starts it with its pids limit set.
                 start=False,
                 destroy_grace_seconds=10,
-                network_mode=docker_network(runtime),
+                network_mode=network,
                 # Waiting on the init exit code keeps a failed init from starting
                 # the workspace (the check raises, the update fails).
                 labels=labels("workspace") + [{"label": "stackspace.dev/init-exit",
                                                "value": self.init_exit_code.apply(str)}],
                 **HARDENING,
                 opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
-                    depends_on=[self.init],
+                    depends_on=[self.init] + ([self.holder] if self.holder else []),
                     # Named containers must be removed before their replacement.
                     delete_before_replace=True,
                     hooks=pulumi.ResourceHookBinding(after_create=[start_hook],

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.base import WorkspaceInputs, cpu_cores, memory_bytes
+from components.egress import FIELD as EGRESS_FIELD
+from components.egress import EgressRule, network_policy_egress, parse_allowlist
 from components.init_script import INIT_SCRIPT, init_fingerprint, init_inputs
 from components.runtime import KubernetesRuntime
 from components.spec import (
     WORKSPACE_GID,
     WORKSPACE_ROOT,
     WORKSPACE_UID,
+    SpecError,
     WorkspaceSpec,
     registry_host,
 )
@@ -35,6 +39,20 @@ INIT_INPUT_DIR = "/var/run/stackspace-init"
 # Replacing a PVC loses its data: these changes are never applied in place.
 PVC_IMMUTABLE = ["spec.storageClassName", "spec.accessModes", "spec.volumeName",
                  "spec.selector", "metadata.name", "metadata.namespace"]
+
+
+def resolve_names(rules: tuple[EgressRule, ...]) -> dict[str, list[str]]:
+    """The addresses of the allowlist's host names, as this program's host
+    resolves them at each deploy (a NetworkPolicy takes addresses only)."""
+    found: dict[str, list[str]] = {}
+    for rule in rules:
+        if rule.is_name and rule.host not in found:
+            try:
+                infos = socket.getaddrinfo(rule.host, None, proto=socket.IPPROTO_TCP)
+            except OSError as e:
+                raise SpecError({EGRESS_FIELD: f"cannot resolve {rule.host}: {e}"}) from None
+            found[rule.host] = sorted({str(info[4][0]) for info in infos})
+    return found
 
 
 def _security_context() -> dict:
@@ -191,11 +209,18 @@ class KubernetesWorkspace(pulumi.ComponentResource):
         self.initialized = self.init_job.status.apply(
             lambda status: bool(status and (status.succeeded or 0) > 0))
 
+        policy: dict = {"podSelector": {"matchLabels": inputs.labels},
+                        "policyTypes": ["Ingress"], "ingress": []}
+        if runtime.egress_allow is not None:
+            # The outbound allowlist (components.egress): egress too, for the
+            # workspace's pods and its init Job's (the name is kept: no replacement).
+            rules = parse_allowlist(list(runtime.egress_allow))
+            policy["policyTypes"] = ["Ingress", "Egress"]
+            policy["egress"] = network_policy_egress(rules, resolve_names(rules))
         self.network_policy = k8s.networking.v1.NetworkPolicy(
             "deny-ingress",
             metadata=meta(f"{base}-deny-ingress", "network-policy"),
-            spec={"podSelector": {"matchLabels": inputs.labels},
-                  "policyTypes": ["Ingress"], "ingress": []},
+            spec=policy,
             opts=popts,
         )
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from components.egress import FIELD as EGRESS_FIELD
+from components.egress import parse_allowlist
 from components.spec import SpecError, validate_name
 
 _DOCKER_HOST = re.compile(r"^(unix:///\S+|tcp://[A-Za-z0-9.-]+:[0-9]+|ssh://[\w.-]+@[\w.-]+(:[0-9]+)?)$")
@@ -22,6 +24,7 @@ _NETWORK_MODE = re.compile(r"^(bridge|none|host|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})
 # (service.runtime_objects.ensure_network); the engine needs its iptables on.
 ISOLATED, INTERNAL = "isolated", "internal"
 SHARED_NETWORKS = {ISOLATED: "stackspace-isolated", INTERNAL: "stackspace-internal"}
+NO_ALLOWLIST_MODES = ("host", "none", INTERNAL)
 # A Docker workspace's process limit (HostConfig.PidsLimit) unless the runtime
 # sets its own: room for builds and language servers, far from a host's pid_max.
 DEFAULT_PIDS_LIMIT = 1024
@@ -45,6 +48,9 @@ class DockerRuntime:
     # the service host). Host keys are always checked strictly.
     ssh_identity_file: str | None = None
     ssh_known_hosts_file: str | None = None
+    # Outbound allowlist (components.egress): None lets workspaces reach what
+    # the network mode lets them; a list (even empty) refuses everything else.
+    egress_allow: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class KubernetesRuntime:
     namespace: str = "stackspace"
     storage_class: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
+    egress_allow: tuple[str, ...] | None = None  # as DockerRuntime's
 
 
 Runtime = DockerRuntime | KubernetesRuntime
@@ -69,15 +76,19 @@ def parse_runtime(data: Any) -> Runtime:
     validate_name(data.get("name"), "runtime.name")
     if kind == "docker":
         allowed = {"name", "type", "host", "network_mode", "ca_file", "cert_file", "key_file",
-                   "ssh_identity_file", "ssh_known_hosts_file", "pids_limit"}
+                   "ssh_identity_file", "ssh_known_hosts_file", "pids_limit", "egress_allow"}
         _reject_unknown(data, allowed)
-        rt = DockerRuntime(**{k: v for k, v in data.items() if k != "type"})
+        rt = DockerRuntime(**_with_allowlist(data))
         if not _DOCKER_HOST.match(rt.host):
             raise SpecError({"runtime.host": "must be unix:///path, tcp://host:port or "
                              "ssh://user@host"})
         if not _NETWORK_MODE.match(rt.network_mode):
             raise SpecError({"runtime.network_mode": "must be isolated, internal, bridge, none, "
                                                      "host or a network's name"})
+        if rt.egress_allow is not None and rt.network_mode in NO_ALLOWLIST_MODES:
+            # host: the rules would be the host's own; none/internal: no route to allow.
+            raise SpecError({EGRESS_FIELD: f"not with network_mode {rt.network_mode} (use "
+                                           "isolated, bridge or a network's name)"})
         low, high = PIDS_LIMIT_RANGE
         if (not isinstance(rt.pids_limit, int) or isinstance(rt.pids_limit, bool)
                 or not low <= rt.pids_limit <= high):
@@ -95,15 +106,25 @@ def parse_runtime(data: Any) -> Runtime:
         return rt
     if kind == "kubernetes":
         allowed = {"name", "type", "kubeconfig", "context", "namespace", "storage_class",
-                   "node_selector"}
+                   "node_selector", "egress_allow"}
         _reject_unknown(data, allowed)
-        rt = KubernetesRuntime(**{k: v for k, v in data.items() if k != "type"})
+        rt = KubernetesRuntime(**_with_allowlist(data))
         validate_name(rt.namespace, "runtime.namespace")
         for k, v in rt.node_selector.items():
             if not _LABEL_VALUE.match(k) or not (v == "" or _LABEL_VALUE.match(v)):
                 raise SpecError({"runtime.node_selector": f"bad label {k}={v}"})
         return rt
     raise SpecError({"runtime.type": f"unknown runtime type {kind!r} (docker|kubernetes)"})
+
+
+def _with_allowlist(data: dict) -> dict:
+    """The runtime's fields with `egress_allow` validated and kept as given
+    (a tuple: the dataclass stays hashable; stack config shows the entries)."""
+    fields = {k: v for k, v in data.items() if k != "type"}
+    if fields.get("egress_allow") is not None:
+        parse_allowlist(fields["egress_allow"])
+        fields["egress_allow"] = tuple(e.strip() for e in fields["egress_allow"])
+    return fields
 
 
 def docker_network(rt: DockerRuntime) -> str:

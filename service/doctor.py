@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components.clients import docker_client, kube_api_client
+from components.egress import HOLDER_IMAGE, HOLDER_MISSING
 from components.runtime import DockerRuntime, KubernetesRuntime
 from service.config import ServiceConfig
 
@@ -66,7 +67,10 @@ def _runtime_check(rt: DockerRuntime | KubernetesRuntime) -> dict[str, Any]:
         try:
             client = docker_client(rt, timeout=10)
             version = client.version().get("Version", "?")
+            holder = rt.egress_allow is None or bool(client.images.list(name=HOLDER_IMAGE))
             client.close()
+            if not holder:
+                return _check(f"runtime {rt.name} (docker)", False, HOLDER_MISSING)
             return _check(f"runtime {rt.name} (docker)", True, f"Docker Engine {version}")
         except Exception as e:  # noqa: BLE001 - report any failure as the reason
             return _check(f"runtime {rt.name} (docker)", False, f"{rt.host}: {type(e).__name__}")

@@ -27,6 +27,7 @@ from components.base import (
     workspace_labels,
 )
 from components.clients import docker_client, kube_api_client
+from components.egress import HOLDER_IMAGE, HOLDER_MISSING
 from components.runtime import INTERNAL, SHARED_NETWORKS, DockerRuntime, Runtime
 
 log = logging.getLogger("stackspace.runtime_objects")
@@ -112,6 +113,28 @@ def ensure_network(rt: Runtime) -> None:
                 raise
     except docker.errors.DockerException as e:
         raise ConnectionError(f"runtime {rt.name!r}: cannot prepare network {name}: {e}") from e
+    finally:
+        client.close()
+
+
+def ensure_holder_image(rt: Runtime) -> None:
+    """A Docker allowlist needs the network holder's image on the engine (no
+    registry has it): say so, naming the field, before a run that makes the
+    workspace run creates anything (stop and delete never need it)."""
+    if not isinstance(rt, DockerRuntime) or rt.egress_allow is None:
+        return
+    import docker.errors
+
+    try:
+        client = docker_client(rt)
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
+    try:
+        client.images.get(HOLDER_IMAGE)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(f"runtime {rt.name!r}: {HOLDER_MISSING}") from None
+    except docker.errors.DockerException as e:
+        raise ConnectionError(f"runtime {rt.name!r}: cannot reach the Docker Engine: {e}") from e
     finally:
         client.close()
 

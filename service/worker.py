@@ -30,6 +30,7 @@ from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.limits import ensure_started_with_limits
 from service.pool import ENGINE_TAG, READY
 from service.runtime_objects import (
+    ensure_holder_image,
     ensure_network,
     remove_labelled,
     remove_unrecorded,
@@ -252,6 +253,8 @@ def _run(job: Job, files: StackFiles) -> Outcome:
                     "message": "the workspace's container or pod is not running: "
                                "refreshing the stack to make it again"})
             ensure_network(cfg.runtime)
+            if cfg.running:
+                ensure_holder_image(cfg.runtime)
             result = runner.apply(cfg, job.stack, on_event, guard=True,
                                   secrets_digest=known_digest, refresh=refresh)
             written = result.config_written
