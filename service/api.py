@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial, wraps
 from typing import Any
 from urllib.parse import urlencode
@@ -19,12 +19,13 @@ from components.spec import SpecError, WorkspaceSpec
 from service import files_api, fleet_api, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
-from service.notify import EventFeed
+from service.notify import feed_for
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.storage_usage import StorageUsage
 from service.store import Conflict, QuotaExceeded, Store
-from service.streams import StreamGate
+from service.streams import StreamGate, follow, open_stream
+from service.streams import event as sse_event
 from service.terminals import Terminals
 from stacks.naming import stack_name
 
@@ -35,8 +36,6 @@ PREFIX = "/api/v1"
 # The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
 # of the worst case stays well under this.
 MAX_BODY_BYTES = 1024 * 1024
-# An idle event stream gets a comment this often (proxies keep it open).
-KEEPALIVE = 15.0
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
@@ -318,38 +317,25 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
         # Streams have threads of their own, so many: beyond them, a retry later.
-        if not streams.enter():
-            raise Problem("unavailable", "too many open event streams; retry shortly",
-                          headers={"Retry-After": "5"})
+        return open_stream(streams, lambda: follow(feed_for(store), op_id, streams.stopping,
+                                                   partial(op_events, op_id, [last])))
 
-        return Response(streams.hold(events(op_id, last)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache"})
-
-    feed: list[EventFeed] = []  # one watcher per process, started by the first stream
-
-    def events(op_id: str, after: int) -> Iterator[str]:
-        if not feed:
-            feed.append(EventFeed(store.path, streams.stopping))
-        deadline = time.monotonic() + 3600
-        sent = float("-inf")  # something goes out at once: the response starts
-        while time.monotonic() < deadline and not streams.stopping.is_set():
-            seen = feed[0].version(op_id)  # before reading: a later event wakes the wait
-            # Status first: every event written before it ended is then read below.
-            op = store.operation(op_id)
-            for seq, event in store.events(op_id, after):
-                after, sent = seq, time.monotonic()
-                yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                if event["type"] == "end":
-                    return
-            if op and op["status"] in ("succeeded", "failed", "cancelled"):
-                end = json.dumps({"type": "end", "status": op["status"],
-                                  "at": op["ended"] or time.time()})
-                yield f"event: end\ndata: {end}\n\n"
-                return
-            if time.monotonic() - sent >= KEEPALIVE:
-                sent = time.monotonic()
-                yield ": keep-alive\n\n"
-            feed[0].wait(op_id, seen, KEEPALIVE)
+    def op_events(op_id: str, after: list[int]) -> tuple[list[str], bool]:
+        """The operation's events after `after[0]` (moved on), and whether it is over."""
+        # Status first: every event written before it ended is then read below.
+        op, out = store.operation(op_id), []
+        for seq, event in store.events(op_id, after[0]):
+            after[0] = seq
+            out.append(sse_event(event["type"], json.dumps(event), seq))
+            if event["type"] == "end":
+                return out, True
+        if op and op["status"] in ("succeeded", "failed", "cancelled"):
+            # Its end event is gone (pruned, or never written): one made from the row.
+            end = {"type": "end", "status": op["status"], "at": op["ended"] or time.time(),
+                   **({"error": op["error"]} if op.get("error") else {})}
+            out.append(sse_event("end", json.dumps(end), after[0]))
+            return out, True
+        return out, False
 
     token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 
@@ -364,7 +350,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
 
-    fleet_api.register_fleet(app, store, runner, authed)
+    fleet_api.register_fleet(app, store, runner, authed, streams)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:
