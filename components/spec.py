@@ -241,8 +241,15 @@ class WorkspaceSpec:
 
     def to_dict(self, redact: bool = False) -> dict[str, Any]:
         """JSON form. With `redact`, secrets are replaced by a marker."""
-        out = asdict(self)
-        out["files"] = [dict(f) for f in out["files"]]
+        # Shallow copies, not dataclasses.asdict (its deep copy was most of a
+        # listing's time): every value is a str, bool, None or a str dict.
+        out = dict(vars(self))
+        out["env"], out["secret_env"] = dict(self.env), dict(self.secret_env)
+        out["resources"] = dict(vars(self.resources))
+        for key in ("repository", "image_credentials"):
+            if out[key] is not None:
+                out[key] = dict(vars(out[key]))
+        out["files"] = [dict(vars(f)) for f in self.files]
         out["command"] = list(self.command)
         if self.repository is None:
             out.pop("repository")

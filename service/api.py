@@ -27,6 +27,7 @@ from service.store import Conflict, QuotaExceeded, Store
 from service.streams import StreamGate, follow, open_stream
 from service.streams import event as sse_event
 from service.terminals import Terminals
+from service.views import ONE_COLUMNS, PAGE_COLUMNS, Rendered, op_view
 from stacks.naming import stack_name
 
 log = logging.getLogger("stackspace.api")
@@ -49,6 +50,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     metrics = metrics_for(store)
     storage = StorageUsage(cfg.runtimes, cfg.storage_scan_seconds)
     metrics.report_storage(storage)
+    rendered = Rendered()  # listed rows' JSON, rendered once per version
 
     @app.before_request
     def _clock() -> None:
@@ -211,11 +213,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             after = pagination.decode_cursor(request.args.get("cursor"))
         except pagination.PageError as e:
             raise Problem("bad-request", f"bad {e.field}", {e.field: str(e)}) from e
-        rows, last = store.workspace_page(owner or None, after, limit)
-        items = [ws_view(w, last.get((w["owner"], w["name"]))) for w in rows]
+        rows = store.page_rows(PAGE_COLUMNS, owner or None, after, limit)
         cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
             if len(rows) == limit else None
-        resp = app.response_class(json.dumps({"items": items, "next": cursor}),
+        resp = app.response_class(rendered.page(rows, cursor),
                                   mimetype="application/json")
         if cursor:
             query = {k: v for k, v in request.args.items() if k != "cursor"}
@@ -226,10 +227,11 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
     def get_workspace(name: str) -> Response:
-        ws = find_workspace(name)
-        last = store.last_operation(ws["owner"], ws["name"])
-        view = {**ws_view(ws, last), "storage": storage.report(ws).to_dict()}
-        return app.response_class(json.dumps(view), mimetype="application/json")
+        rows = store.page_rows(ONE_COLUMNS, owner_scope(), None, 1, name=name)
+        if not rows:  # another user's workspace looks exactly like a missing one
+            raise Problem("not-found", f"no workspace named {name!r}")
+        view = rendered.one(rows[0], lambda ws: storage.report(ws).to_dict())
+        return app.response_class(view, mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")
     @authed
@@ -357,37 +359,3 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         return app.response_class(json.dumps(openapi.document()), mimetype="application/json")
 
     return app
-
-
-def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
-    spec = WorkspaceSpec.stored(ws["spec"])
-    return {
-        "name": ws["name"],
-        "owner": ws["owner"],
-        "runtime": ws["runtime"],
-        "stack": ws["stack"],
-        "desired": ws["desired"],
-        "state": ws["state"],
-        "last_error": ws["last_error"],
-        "spec": spec.to_dict(redact=True),
-        "outputs": ws["outputs"],
-        **fleet_api.code_state(ws["outputs"]),
-        "last_operation": op_view(last) if last else None,
-    }
-
-
-def op_view(op: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": op["id"],
-        "workspace": op["workspace"],
-        "owner": op["owner"],
-        "kind": op["kind"],
-        "status": op["status"],
-        "created": op["created"],
-        "started": op["started"],
-        "ended": op["ended"],
-        "timings": op["timings"],
-        "error": op["error"],
-        # e.g. "storage-at-risk" (the durability guard refused the plan), "interrupted"
-        "error_type": op.get("error_type"),
-    }

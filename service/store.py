@@ -394,30 +394,30 @@ class Store:
                                    (owner,))
         return [_ws(r) for r in rows]
 
-    def workspace_page(self, owner: str | None, after: tuple[str, str] | None, limit: int
-                       ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    def page_rows(self, columns: str, owner: str | None, after: tuple[str, str] | None,
+                  limit: int, name: str | None = None) -> list[Any]:
         """Up to `limit` workspaces (of `owner`) after the key `after` in
-        (owner, name) order (service.pagination), and the newest operation of
-        each: two queries, whatever the size of the page or of the table."""
+        (owner, name) order (service.pagination), each with its newest
+        operation: one query, whatever the size of the page or of the table.
+        Each row holds the `columns` of the workspace `w` and of its operation
+        `o` (NULLs without one), as stored (service.views renders them).
+        With `name`: only that workspace."""
         where, params = ["1=1"], []
         if owner is not None:
-            where.append("owner=?")
+            where.append("w.owner=?")
             params.append(owner)
+        if name is not None:
+            where.append("w.name=?")
+            params.append(name)
         if after is not None:
-            where.append("(owner > ? OR (owner = ? AND name > ?))")
+            where.append("(w.owner > ? OR (w.owner = ? AND w.name > ?))")
             params += [after[0], after[0], after[1]]
-        rows = [_ws(r) for r in self.db.execute(
-            f"SELECT * FROM workspaces WHERE {' AND '.join(where)}"  # noqa: S608 - fixed parts
-            " ORDER BY owner, name LIMIT ?", (*params, limit))]
-        if not rows:
-            return rows, {}
-        first, last = rows[0], rows[-1]
-        ops = self.db.execute(_NEWEST_OPS.format(
-            "WHERE (owner > ? OR (owner = ? AND workspace >= ?))"
-            " AND (owner < ? OR (owner = ? AND workspace <= ?))"),
-            (first["owner"], first["owner"], first["name"],
-             last["owner"], last["owner"], last["name"]))
-        return rows, {(r["owner"], r["workspace"]): _op(r) for r in ops}
+        return self.db.execute(
+            f"SELECT {columns} FROM workspaces w LEFT JOIN operations o"  # noqa: S608 - fixed parts
+            " ON o.owner = w.owner AND o.workspace = w.name AND o.seq = (SELECT MAX(m.seq)"
+            " FROM operations m WHERE m.owner = w.owner AND m.workspace = w.name)"
+            f" WHERE {' AND '.join(where)} ORDER BY w.owner, w.name LIMIT ?",
+            (*params, limit)).fetchall()
 
     def last_operations(self, owner: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest operation of every workspace (of `owner`), in one query:
