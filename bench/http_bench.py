@@ -7,8 +7,11 @@ a page of 50, at 16 and 64 concurrent clients; then the same with 256 slow
 clients holding connections open (each sends half a request head and stalls,
 and reconnects when cut off). Prints req/s, p50 and p99 for each.
 
+`--baseline REF` also serves the same data dir with the code of git ref REF
+(e.g. main) under gunicorn, in the same run: before and after a change.
+
 Run: scripts/setup && source ~/.cache/stackspace/toolchain.env && \
-     .venv/bin/python bench/http_bench.py [--seconds 5]
+     .venv/bin/python bench/http_bench.py [--seconds 5] [--baseline main]
 """
 
 from __future__ import annotations
@@ -100,13 +103,23 @@ def werkzeug_main(config: str) -> None:
         runner.shutdown()
 
 
+def checkout(ref: str, into: Path) -> Path:
+    """The code of git ref `ref` of this repository, exported to `into`."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 @contextlib.contextmanager
-def server(kind: str, config: Path, url: str, log: Path) -> Iterator[int]:
+def server(kind: str, config: Path, url: str, log: Path, code: Path = REPO) -> Iterator[int]:
+    """`kind` werkzeug or gunicorn serving `config`, with the code in `code`."""
     argv = [sys.executable, __file__, "--werkzeug-server", str(config)] if kind == "werkzeug" \
         else [sys.executable, "-m", "service.cli", "serve", "--config", str(config)]
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=code, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "PYTHONPATH": str(code)})
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -274,12 +287,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--streams", type=int, default=1000, help="open SSE streams")
+    parser.add_argument("--baseline", help="also serve with the code of this git ref (before)")
     parser.add_argument("--werkzeug-server", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.werkzeug_server:
         werkzeug_main(args.werkzeug_server)
         return
 
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="http-bench-"))
     port = free_port()
     config = tmp / "stackspace.yaml"
@@ -295,8 +310,13 @@ def main() -> None:
                ("page of 50", "/api/v1/workspaces?limit=50", token)]
     rows: list[tuple[str, str, str, int, dict[str, float]]] = []
     fanout: dict[str, dict[str, float]] = {}
-    for kind in ("werkzeug", "gunicorn"):
-        with server(kind, config, url, tmp / f"{kind}.log") as pid:
+    # (label, server, code): the baseline is gunicorn with the ref's code.
+    servers = [("werkzeug", "werkzeug", REPO), ("gunicorn", "gunicorn", REPO)]
+    if args.baseline:
+        servers.append((args.baseline[:9], "gunicorn", checkout(args.baseline,
+                                                                tmp / "baseline")))
+    for kind, program, code in servers:
+        with server(program, config, url, tmp / f"{kind}.log", code) as pid:
             fanout[kind] = streams(port, config, running_op, token, args.streams, pid)
             print(f"{kind:<9} streams {fanout[kind]}", file=sys.stderr, flush=True)
             for load in ("", "256 slow"):
@@ -309,7 +329,8 @@ def main() -> None:
                                   f"{r['rps']:8.0f} req/s", file=sys.stderr, flush=True)
 
     print(f"\nHTTP serving, 200 workspaces stored, ab without keep-alive, "
-          f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs\n")
+          f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs; load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine)\n")
     print(f"{'server':<9} {'load':<9} {'endpoint':<14} {'c':>3} {'req/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'failed':>7} {'non-2xx':>8}")
     for kind, load, label, concurrency, r in rows:
@@ -322,14 +343,15 @@ def main() -> None:
         print(f"{kind:<9} {f['opened']:>7.0f} {f['refused']:>8.0f} {f['rss']:>7.0f} "
               f"{f['reached']:>8.0f} {f['p50']:>6.2f} {f['max']:>6.2f}")
     by = {(k, ld, lb, c): r["rps"] for k, ld, lb, c, r in rows}
-    for load in ("", "256 slow"):
-        health = by[("gunicorn", load, "/healthz", 64)]
-        print(f"\ngoals ({load or 'no slow clients'}, c=64): /healthz gunicorn/werkzeug "
-              f"{health / by[('werkzeug', load, '/healthz', 64)]:.2f}x (>= 2); "
-              f"one workspace / gunicorn /healthz "
-              f"{by[('gunicorn', load, 'one workspace', 64)] / health:.2f} (>= 0.7); "
-              f"page of 50 / gunicorn /healthz "
-              f"{by[('gunicorn', load, 'page of 50', 64)] / health:.2f} (>= 0.35)")
+    for kind, _, _ in servers[1:]:
+        for load in ("", "256 slow"):
+            health = by[(kind, load, "/healthz", 64)]
+            print(f"\ngoals, {kind} ({load or 'no slow clients'}, c=64): /healthz "
+                  f"against werkzeug {health / by[('werkzeug', load, '/healthz', 64)]:.2f}x"
+                  f" (>= 2); one workspace / its /healthz "
+                  f"{by[(kind, load, 'one workspace', 64)] / health:.2f} (>= 0.7); "
+                  f"page of 50 / its /healthz "
+                  f"{by[(kind, load, 'page of 50', 64)] / health:.2f} (>= 0.35)")
 
 
 if __name__ == "__main__":

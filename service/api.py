@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial, wraps
 from typing import Any
 from urllib.parse import urlencode
@@ -19,13 +19,15 @@ from components.spec import SpecError, WorkspaceSpec
 from service import files_api, fleet_api, idempotency, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
 from service.metrics import metrics_for
-from service.notify import EventFeed
+from service.notify import feed_for
 from service.problems import Problem
 from service.runner import OperationRunner
 from service.storage_usage import StorageUsage
 from service.store import Conflict, QuotaExceeded, Store
-from service.streams import StreamGate
+from service.streams import StreamGate, follow, open_stream
+from service.streams import event as sse_event
 from service.terminals import Terminals
+from service.views import ONE_COLUMNS, PAGE_COLUMNS, Rendered, op_view
 from stacks.naming import stack_name
 
 log = logging.getLogger("stackspace.api")
@@ -35,8 +37,6 @@ PREFIX = "/api/v1"
 # The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
 # of the worst case stays well under this.
 MAX_BODY_BYTES = 1024 * 1024
-# An idle event stream gets a comment this often (proxies keep it open).
-KEEPALIVE = 15.0
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
@@ -50,6 +50,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     metrics = metrics_for(store)
     storage = StorageUsage(cfg.runtimes, cfg.storage_scan_seconds)
     metrics.report_storage(storage)
+    rendered = Rendered()  # listed rows' JSON, rendered once per version
 
     @app.before_request
     def _clock() -> None:
@@ -229,11 +230,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             after = pagination.decode_cursor(request.args.get("cursor"))
         except pagination.PageError as e:
             raise Problem("bad-request", f"bad {e.field}", {e.field: str(e)}) from e
-        rows, last = store.workspace_page(owner or None, after, limit)
-        items = [ws_view(w, last.get((w["owner"], w["name"]))) for w in rows]
+        rows = store.page_rows(PAGE_COLUMNS, owner or None, after, limit)
         cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
             if len(rows) == limit else None
-        resp = app.response_class(json.dumps({"items": items, "next": cursor}),
+        resp = app.response_class(rendered.page(rows, cursor),
                                   mimetype="application/json")
         if cursor:
             query = {k: v for k, v in request.args.items() if k != "cursor"}
@@ -244,10 +244,11 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
     def get_workspace(name: str) -> Response:
-        ws = find_workspace(name)
-        last = store.last_operation(ws["owner"], ws["name"])
-        view = {**ws_view(ws, last), "storage": storage.report(ws).to_dict()}
-        return app.response_class(json.dumps(view), mimetype="application/json")
+        rows = store.page_rows(ONE_COLUMNS, owner_scope(), None, 1, name=name)
+        if not rows:  # another user's workspace looks exactly like a missing one
+            raise Problem("not-found", f"no workspace named {name!r}")
+        view = rendered.one(rows[0], lambda ws: storage.report(ws).to_dict())
+        return app.response_class(view, mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")
     @authed
@@ -335,38 +336,25 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
         # Streams have threads of their own, so many: beyond them, a retry later.
-        if not streams.enter():
-            raise Problem("unavailable", "too many open event streams; retry shortly",
-                          headers={"Retry-After": "5"})
+        return open_stream(streams, lambda: follow(feed_for(store), op_id, streams.stopping,
+                                                   partial(op_events, op_id, [last])))
 
-        return Response(streams.hold(events(op_id, last)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache"})
-
-    feed: list[EventFeed] = []  # one watcher per process, started by the first stream
-
-    def events(op_id: str, after: int) -> Iterator[str]:
-        if not feed:
-            feed.append(EventFeed(store.path, streams.stopping))
-        deadline = time.monotonic() + 3600
-        sent = float("-inf")  # something goes out at once: the response starts
-        while time.monotonic() < deadline and not streams.stopping.is_set():
-            seen = feed[0].version(op_id)  # before reading: a later event wakes the wait
-            # Status first: every event written before it ended is then read below.
-            op = store.operation(op_id)
-            for seq, event in store.events(op_id, after):
-                after, sent = seq, time.monotonic()
-                yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                if event["type"] == "end":
-                    return
-            if op and op["status"] in ("succeeded", "failed", "cancelled"):
-                end = json.dumps({"type": "end", "status": op["status"],
-                                  "at": op["ended"] or time.time()})
-                yield f"event: end\ndata: {end}\n\n"
-                return
-            if time.monotonic() - sent >= KEEPALIVE:
-                sent = time.monotonic()
-                yield ": keep-alive\n\n"
-            feed[0].wait(op_id, seen, KEEPALIVE)
+    def op_events(op_id: str, after: list[int]) -> tuple[list[str], bool]:
+        """The operation's events after `after[0]` (moved on), and whether it is over."""
+        # Status first: every event written before it ended is then read below.
+        op, out = store.operation(op_id), []
+        for seq, event in store.events(op_id, after[0]):
+            after[0] = seq
+            out.append(sse_event(event["type"], json.dumps(event), seq))
+            if event["type"] == "end":
+                return out, True
+        if op and op["status"] in ("succeeded", "failed", "cancelled"):
+            # Its end event is gone (pruned, or never written): one made from the row.
+            end = {"type": "end", "status": op["status"], "at": op["ended"] or time.time(),
+                   **({"error": op["error"]} if op.get("error") else {})}
+            out.append(sse_event("end", json.dumps(end), after[0]))
+            return out, True
+        return out, False
 
     token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 
@@ -381,44 +369,10 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
 
-    fleet_api.register_fleet(app, store, runner, authed)
+    fleet_api.register_fleet(app, store, runner, authed, streams)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:
         return app.response_class(json.dumps(openapi.document()), mimetype="application/json")
 
     return app
-
-
-def ws_view(ws: dict[str, Any], last: dict[str, Any] | None) -> dict[str, Any]:
-    spec = WorkspaceSpec.stored(ws["spec"])
-    return {
-        "name": ws["name"],
-        "owner": ws["owner"],
-        "runtime": ws["runtime"],
-        "stack": ws["stack"],
-        "desired": ws["desired"],
-        "state": ws["state"],
-        "last_error": ws["last_error"],
-        "spec": spec.to_dict(redact=True),
-        "outputs": ws["outputs"],
-        **fleet_api.code_state(ws["outputs"]),
-        "last_operation": op_view(last) if last else None,
-    }
-
-
-def op_view(op: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": op["id"],
-        "workspace": op["workspace"],
-        "owner": op["owner"],
-        "kind": op["kind"],
-        "status": op["status"],
-        "created": op["created"],
-        "started": op["started"],
-        "ended": op["ended"],
-        "timings": op["timings"],
-        "error": op["error"],
-        # e.g. "storage-at-risk" (the durability guard refused the plan), "interrupted"
-        "error_type": op.get("error_type"),
-    }

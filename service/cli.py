@@ -363,7 +363,7 @@ class Client(sdk.Client):
         show = sys.stderr.isatty() and not as_json
         with console.status(f"{op['kind']} {op['workspace']}: {op['status']}") if show \
                 else contextlib.nullcontext() as status:
-            return self.wait(op, check=False, poll=1.0, on_status=lambda o: status and
+            return self.wait(op, check=False, on_status=lambda o: status and
                              status.update(f"{o['kind']} {o['workspace']}: {o['status']}"))
 
 

@@ -5,15 +5,17 @@ workspace runs against the service's own, and rollouts of the service's code
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Flask, Response, g, request
 
+from service.notify import ROLLOUTS, feed_for
 from service.problems import Problem
 from service.rollout_plan import OptionsError, parse_options, parse_reviews
 from service.rollouts import Rollouts
+from service.streams import StreamGate, event, follow, open_stream
 from stacks import code_version
 
 PREFIX = "/api/v1"
@@ -28,7 +30,8 @@ def code_state(outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def register_fleet(app: Flask, store: Any, runner: Any,
-                   authed: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Rollouts:
+                   authed: Callable[[Callable[..., Any]], Callable[..., Any]],
+                   streams: StreamGate) -> Rollouts:
     """Rollout routes on the service's app. The service's own code version is
     computed here, once, at start; rollouts a restart interrupted resume."""
     code_version.current()
@@ -85,26 +88,23 @@ def register_fleet(app: Flask, store: Any, runner: Any,
         """Server-Sent Events: `item` when a workspace's item changes, `end`
         with the rollout once it is over."""
         found(rid)
+        return open_stream(streams, lambda: follow(feed_for(store), ROLLOUTS, streams.stopping,
+                                                   partial(changes, rid, {})))
 
-        def stream() -> Iterator[str]:
-            seen: dict[str, tuple[str, str | None]] = {}
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:
-                rollout = rollouts.get(rid)
-                if rollout is None:
-                    return
-                for item in rollout["items"]:
-                    now = (item["status"], item["detail"])
-                    if seen.get(item["workspace"]) != now:
-                        seen[item["workspace"]] = now
-                        yield f"event: item\ndata: {json.dumps(item)}\n\n"
-                if rollout["status"] != "running":
-                    yield f"event: end\ndata: {json.dumps(rollout)}\n\n"
-                    return
-                yield ": keep-alive\n\n"
-                time.sleep(0.5)
-
-        return Response(stream(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache"})
+    def changes(rid: str, seen: dict[str, tuple[str, str | None]]) -> tuple[list[str], bool]:
+        """The rollout's items changed since `seen` (updated), and whether it is over."""
+        rollout = rollouts.get(rid)
+        if rollout is None:
+            return [], True
+        out = []
+        for item in rollout["items"]:
+            now = (item["status"], item["detail"])
+            if seen.get(item["workspace"]) != now:
+                seen[item["workspace"]] = now
+                out.append(event("item", json.dumps(item)))
+        if rollout["status"] != "running":
+            out.append(event("end", json.dumps(rollout)))
+            return out, True
+        return out, False
 
     return rollouts

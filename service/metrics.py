@@ -14,6 +14,7 @@ import json
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -125,6 +126,7 @@ class Metrics:
         self.registry.register(_StoreGauges(store))
         self._store = store
         self._storage: _StorageGauges | None = None
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def report_storage(self, usage: StorageUsage) -> None:
         """Export the storage gauges from `usage` (once per registry: the
@@ -134,8 +136,15 @@ class Metrics:
             self.registry.register(self._storage)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_latency.labels(method, route).observe(seconds)
+        # The labelled series of each endpoint and status, looked up once (the
+        # client's own look-up takes a lock and builds its key every request).
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = self._series[(method, route, status)] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_operation(self, kind: str, runtime: str, result: str, seconds: float,
                           timings: Mapping[str, float]) -> None:

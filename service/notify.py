@@ -1,15 +1,22 @@
-"""Operation events pushed to the SSE streams of this process, not polled per
-stream (SPEC §4).
+"""Wake-ups from the store, pushed to whoever waits in this process, never
+polled per waiter: the one home of the service's wake-up mechanism.
 
-Events are written by the runner's worker processes, by this process, and on
-PostgreSQL by other replicas too. One watcher thread per process learns of
-new ones and wakes the streams waiting:
-- PostgreSQL: LISTEN on CHANNEL; the store NOTIFYs with the operation id in
-  the transaction that adds an event (Store.add_event), on any replica.
+Waiters wait on a topic:
+- an operation's id: its SSE stream (service.api), for new events;
+- WORK: the runner's dispatcher, for work queued, a cancel asked for, or an
+  operation ended (service.runner);
+- ROLLOUTS: the rollout SSE streams, for a rollout or an item changed.
+
+Writes come from the runner's worker processes, from this process, and on
+PostgreSQL from other replicas too. One watcher thread per store and process
+(`feed_for`) learns of them and wakes the waiters:
+- PostgreSQL: LISTEN on CHANNEL; a transaction that writes announces its topic
+  (`announce`: NOTIFY, delivered at its commit), on any replica.
 - SQLite: `PRAGMA data_version` of the watcher's own connection changes
   whenever any other connection (any process) commits; it is read every
   SQLITE_POLL seconds, one cheap query for the whole process, and every
-  stream then looks again.
+  waiter then looks again (SQLite cannot say what changed).
+This process's own writes can also wake its waiters at once (`poke`).
 """
 
 from __future__ import annotations
@@ -18,62 +25,88 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("stackspace.notify")
 
 CHANNEL = "stackspace_events"
 SQLITE_POLL = 0.1
+WORK = "work"  # not an operation id (those are hex)
+ROLLOUTS = "rollouts"
 
 
 class EventFeed:
-    IDLE_EXIT = 30.0  # seconds without a waiting stream before the watcher stops
+    IDLE_EXIT = 30.0  # seconds without a waiter before the watcher stops
 
-    def __init__(self, target: Path | str, stopping: threading.Event):
+    def __init__(self, target: Path | str, stopping: threading.Event,
+                 closed: Callable[[], bool] = lambda: False):
         self._target = target
         self._stopping = stopping
+        self._closed = closed
         self._cond = threading.Condition()
-        self._all = 0  # bumped when any operation may have new events
-        self._ops: dict[str, int] = {}  # bumped per operation (PostgreSQL)
+        self._all = 0  # bumped when any topic may have news
+        self._topics: dict[str, int] = {}  # bumped per topic
         self._waiting = 0
         self._last_wait = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._stops: set[int] = set()  # ids of the events wake_on watches
 
-    def version(self, op_id: str) -> tuple[int, int]:
+    def version(self, topic: str) -> tuple[int, int]:
         with self._cond:
-            return self._all, self._ops.get(op_id, 0)
+            return self._all, self._topics.get(topic, 0)
 
-    def wait(self, op_id: str, seen: tuple[int, int], timeout: float) -> None:
-        """Until `op_id` may have new events since `seen` (version()), the
-        server stops, or `timeout`."""
+    def wait(self, topic: str, seen: tuple[int, int], timeout: float,
+             stop: threading.Event | None = None) -> None:
+        """Until `topic` may have news since `seen` (version()), the feed or
+        `stop` (see wake_on) stops, or `timeout`."""
         with self._cond:
-            if self._thread is None:  # the watcher runs while streams wait
+            if self._thread is None:  # the watcher runs while someone waits
                 self._thread = threading.Thread(target=self._watch, name="event-feed",
                                                 daemon=True)
                 self._thread.start()
             self._waiting += 1
             try:
-                self._cond.wait_for(lambda: (self._all, self._ops.get(op_id, 0)) != seen
-                                    or self._stopping.is_set(), timeout)
+                self._cond.wait_for(lambda: (self._all, self._topics.get(topic, 0)) != seen
+                                    or self._stopping.is_set()
+                                    or (stop is not None and stop.is_set()), timeout)
             finally:
                 self._waiting -= 1
                 self._last_wait = time.monotonic()
 
-    def _bump(self, op_id: str | None) -> None:
+    def poke(self, topic: str | None = None) -> None:
+        """Wake this process's waiters on `topic` (None: all) now."""
+        self._bump(topic)
+
+    def wake_on(self, stop: threading.Event) -> None:
+        """End every wait given `stop` as soon as it is set (once per event)."""
         with self._cond:
-            if op_id is None:
+            if id(stop) in self._stops:
+                return
+            self._stops.add(id(stop))
+
+        def watch() -> None:
+            stop.wait()
+            self._bump(None)
+
+        threading.Thread(target=watch, name="event-feed-stop", daemon=True).start()
+
+    def _bump(self, topic: str | None) -> None:
+        with self._cond:
+            if topic is None:
                 self._all += 1
             else:
-                self._ops[op_id] = self._ops.get(op_id, 0) + 1
+                self._topics[topic] = self._topics.get(topic, 0) + 1
             self._cond.notify_all()
 
     def _done(self) -> bool:
         """Whether the watcher should stop now (then it is gone for wait())."""
         with self._cond:
             idle = not self._waiting and time.monotonic() - self._last_wait > self.IDLE_EXIT
-            if idle or self._stopping.is_set():
+            if idle or self._stopping.is_set() or self._closed():
                 self._thread = None
-                self._ops.clear()
                 self._all += 1  # and wake whoever waits
                 self._cond.notify_all()
                 return True
@@ -118,9 +151,31 @@ class EventFeed:
                     self._bump(note.payload or None)
 
 
+_feeds: weakref.WeakKeyDictionary[Any, EventFeed] = weakref.WeakKeyDictionary()
+_feeds_lock = threading.Lock()
+
+
+def feed_for(store: Any) -> EventFeed:
+    """The one feed of `store` in this process (the API's streams and the
+    runner's dispatcher share its watcher); it stops when the store closes."""
+    with _feeds_lock:
+        feed = _feeds.get(store)
+        if feed is None:
+            ref = weakref.ref(store)
+            feed = _feeds[store] = EventFeed(store.path, threading.Event(),
+                                             lambda: getattr(ref(), "closed", True))
+        return feed
+
+
 def notify_sql(dialect: str) -> str | None:
-    """The statement that announces a new event of an operation (its one
-    parameter), inside the transaction that adds it; None where the watcher
-    needs no announcement (SQLite)."""
+    """The statement that announces a topic (its one parameter: an operation
+    id, WORK or ROLLOUTS) inside the transaction that writes, delivered at its
+    commit; None where the watcher needs no announcement (SQLite)."""
     return "SELECT pg_notify('" + CHANNEL + "', ?)" if dialect == "postgresql" else None
 
+
+def announce(db: Any, dialect: str, topic: str) -> None:
+    """Announce `topic` in the transaction `db` (a service.db Tx) of a store
+    of `dialect`."""
+    if sql := notify_sql(dialect):
+        db.execute(sql, (topic,))

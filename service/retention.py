@@ -60,6 +60,11 @@ class Pruner:
         self.batch = batch
         self._next = clock()
 
+    @property
+    def due(self) -> float:
+        """When the next prune falls due (the clock's time)."""
+        return self._next
+
     def tick(self) -> int:
         """Prune if due; returns the number of operations deleted."""
         if self.clock() < self._next:

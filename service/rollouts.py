@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 from service import lifecycle
+from service.notify import ROLLOUTS, WORK, announce, feed_for
 from service.rollout_plan import (
     CANCELLED,
     MAX_ATTEMPTS,
@@ -65,7 +66,9 @@ CREATE TABLE IF NOT EXISTS rollout_items (
   PRIMARY KEY (rollout, seq)
 );
 """
-POLL = 1.0
+# The driver moves on when an operation ends (service.notify WORK); it also
+# looks this often by itself (a workspace in use may have become free).
+LOOK_EVERY = 30.0
 
 
 class Rollouts:
@@ -101,6 +104,7 @@ class Rollouts:
                            " detail) VALUES (?,?,?,?,?,?,?)",
                            (rid, seq, w["owner"], w["name"], status,
                             json.dumps(review) if review else None, detail))
+            announce(db, self.store.db.dialect, ROLLOUTS)  # its SSE streams read again
         self.wake()
         return self.get(rid) or {}
 
@@ -126,6 +130,7 @@ class Rollouts:
                 db.execute("UPDATE rollout_items SET status='cancelled', detail=?"
                            " WHERE rollout=? AND status=?",
                            ("the rollout was cancelled", rid, PENDING))
+                announce(db, self.store.db.dialect, ROLLOUTS)
         return bool(done)
 
     def _items(self, rid: str) -> list[dict[str, Any]]:
@@ -138,6 +143,7 @@ class Rollouts:
         with self.store.tx() as db:
             db.execute(f"UPDATE rollout_items SET {cols} WHERE rollout=? AND seq=?",  # noqa: S608
                        (*fields.values(), rid, seq))
+            announce(db, self.store.db.dialect, ROLLOUTS)
 
     def running(self) -> list[str]:
         rows = self.store.db.execute("SELECT id FROM rollouts WHERE status=? ORDER BY created",
@@ -147,6 +153,7 @@ class Rollouts:
     # --- the driver -------------------------------------------------------------
     def wake(self) -> None:
         """Drive every running rollout (one thread; it ends when none is left)."""
+        feed_for(self.store).poke(WORK)  # a driver waiting looks now
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._drive, name="rollouts",
@@ -154,17 +161,20 @@ class Rollouts:
                 self._thread.start()
 
     def _drive(self) -> None:
+        feed = feed_for(self.store)
         while not self.store.closed:  # the service stopped: a restart resumes the rollout
+            seen = feed.version(WORK)  # before the step: an end during it wakes the wait
+            pause = LOOK_EVERY
             try:
                 ids = self.running()
                 for rid in ids:
                     self.step(rid)
             except Exception:  # noqa: BLE001 - a store hiccup: try again next tick
                 log.exception("rollout step failed")
-                ids = ["retry"]
+                ids, pause = ["retry"], 1.0
             if not ids:
                 return
-            time.sleep(POLL)
+            feed.wait(WORK, seen, pause)
 
     def step(self, rid: str) -> str:
         """Move one rollout on: read its updates' ends, then start the next
@@ -251,4 +261,5 @@ class Rollouts:
                 db.execute("UPDATE rollout_items SET status='skipped', detail=?"
                            " WHERE rollout=? AND status=?",
                            (f"the rollout {state}", rid, PENDING))
+            announce(db, self.store.db.dialect, ROLLOUTS)
         return state

@@ -45,11 +45,13 @@ from components.spec import SpecError, WorkspaceSpec
 from service import jobs, lifecycle
 from service.config import default_replica_id
 from service.metrics import metrics_for
+from service.notify import WORK, feed_for
 from service.pool import WorkerDied, WorkerPool, kill_tagged
 from service.replica import dead_here, engine_tag_prefix, left_by_dead_replica
 from service.retention import Pruner
 from service.runtime_objects import workload_running
 from service.store import Conflict, Store
+from service.wakeups import RETRY_SOON, from_wall, run_due, sleep_for
 from stacks.config import StackConfig
 from stacks.settings import PulumiSettings, prepare_backend
 
@@ -100,7 +102,9 @@ class OperationRunner:
         self._pool: WorkerPool | None = None
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        # Woken by the store (service.notify): work queued here or on another
+        # replica, a cancel asked for, an operation ended.
+        self._feed = feed_for(store)
         self._stop = threading.Event()
         self._beat_stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -119,7 +123,7 @@ class OperationRunner:
 
     def shutdown(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         if self._pool is not None:
@@ -132,7 +136,7 @@ class OperationRunner:
     def submit(self, op: dict[str, Any], submission: Any = None) -> None:
         """A new operation is in the store: look at the queue now. (Everything a
         run needs is read from the store, so nothing rides along in memory.)"""
-        self._wake.set()
+        self._wake()
 
     def cancel(self, op_id: str) -> bool:
         """Cancel a queued operation, or interrupt a running one: one SIGINT
@@ -155,31 +159,51 @@ class OperationRunner:
                                         error_type="not-started",
                                         keep_state=op["kind"] != "create")
             self.store.add_event(op_id, {"type": "end", "status": "cancelled"})
-            self._wake.set()
+            self._wake()
             return True
         if self.store.request_cancel(op_id):
-            self._wake.set()
+            self._wake()
             return True
         op = self.store.operation(op_id)
         return bool(op and op["status"] == "running")
 
     # --- dispatcher -------------------------------------------------------------
+    def _wake(self) -> None:
+        """Look at the queue now (this process's own news; other replicas'
+        come through the store's notifications)."""
+        self._feed.poke(WORK)
+
     def _loop(self) -> None:
+        """One pass when woken (service.notify) or when the soonest timed check
+        falls due (service.wakeups); never on a fixed tick."""
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
+            seen = self._feed.version(WORK)  # before the pass: news during it wakes the wait
             try:
-                if time.monotonic() >= self._next_takeover:
-                    self._next_takeover = time.monotonic() + self.lease_seconds / 3
-                    self._take_over_expired()
-                self._retry_deletes()
-                self._dispatch()
-                self._watch_running()
-                self._stop_idle()
-                if self._pruner is not None:
-                    self._pruner.tick()
+                pause = self._pass()
             except Exception:  # noqa: BLE001 - keep dispatching whatever happens
                 log.exception("dispatcher error")
+                pause = 1.0  # the store is away: look again soon
+            if not self._stop.is_set():
+                self._feed.wait(WORK, seen, pause)
+
+    def _pass(self) -> float:
+        """Everything due now; returns how long the dispatcher may then sleep."""
+        now = time.monotonic()
+        if now >= self._next_takeover:
+            self._next_takeover = now + self.lease_seconds / 3
+            self._take_over_expired()
+        self._retry_deletes()
+        self._dispatch()
+        runs_due = self._watch_running()
+        self._stop_idle()
+        if self._pruner is not None:
+            self._pruner.tick()
+        retry_at, idle_at = self.store.dispatch_deadlines(self.idle_stop_after)
+        now, wall = time.monotonic(), time.time()
+        return sleep_for(now, [self._next_takeover, *runs_due,
+                               from_wall(retry_at, wall, now), from_wall(idle_at, wall, now),
+                               self._pruner.due if self._pruner is not None else None],
+                         cap=self.lease_seconds)
 
     def _dispatch(self) -> None:
         assert self._pool is not None
@@ -269,7 +293,7 @@ class OperationRunner:
             # see it expire in between.
             with self._lock:
                 self._active.pop(op["id"], None)
-        self._wake.set()
+        self._wake()
 
     def _end(self, op: dict[str, Any], ws: dict[str, Any], outcome: jobs.Outcome) -> None:
         def decide(desired: str, superseded: bool) -> lifecycle.Settled:
@@ -333,37 +357,42 @@ class OperationRunner:
         kind = "delete" if ws["desired"] == "deleted" else "refresh"
         with contextlib.suppress(Conflict, lifecycle.Refused):
             self.store.request_operation(owner, name, kind, queue=False)
-        self._wake.set()
+        self._wake()
 
-    def _watch_running(self) -> None:
-        """Cancels and timeouts: one SIGINT, then a kill once the grace is over."""
+    def _watch_running(self) -> list[float]:
+        """Cancels and timeouts: one SIGINT, then a kill once the grace is over.
+        Returns when the runs next need a look (monotonic s)."""
         assert self._pool is not None
         now = time.monotonic()
         with self._lock:
             active = list(self._active.values())
-        for run in active:
-            op_id = run.op["id"]
-            if run.interrupted is None:
-                timed_out = now - run.started > self.timeout
-                op = self.store.operation(op_id) or {}
-                if not (timed_out or op.get("cancel_requested")):
-                    continue
-                pid = self._pool.pid_of(op_id)
-                if pid is None:
-                    continue  # not on a worker yet: ask again on the next pass
-                message = "operation timed out" if timed_out else "cancel requested"
-                log.warning(message, extra={"op": op_id})
-                self.store.add_event(op_id, {"type": "diagnostic", "severity": "error"
-                                             if timed_out else "info", "message": message})
-                run.interrupted, run.timed_out = now, timed_out
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, jobs.CANCEL_SIGNAL)
-            elif now - run.interrupted > self.cancel_grace:
-                log.warning("engine did not stop in time: killing it", extra={"op": op_id})
-                self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
-                                             "message": "the engine did not stop within "
-                                                        f"{self.cancel_grace:.0f}s; killed"})
-                self._pool.kill(op_id)
+        return [self._check_run(run, now) for run in active]
+
+    def _check_run(self, run: _Active, now: float) -> float:
+        assert self._pool is not None
+        op_id = run.op["id"]
+        if run.interrupted is None:
+            timed_out = now - run.started >= self.timeout
+            op = self.store.operation(op_id) or {}
+            if not (timed_out or op.get("cancel_requested")):
+                return run_due(run.started, None, self.timeout, self.cancel_grace)
+            pid = self._pool.pid_of(op_id)
+            if pid is None:
+                return now + RETRY_SOON  # not on a worker yet: ask again shortly
+            message = "operation timed out" if timed_out else "cancel requested"
+            log.warning(message, extra={"op": op_id})
+            self.store.add_event(op_id, {"type": "diagnostic", "severity": "error"
+                                         if timed_out else "info", "message": message})
+            run.interrupted, run.timed_out = now, timed_out
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, jobs.CANCEL_SIGNAL)
+        elif now - run.interrupted >= self.cancel_grace:
+            log.warning("engine did not stop in time: killing it", extra={"op": op_id})
+            self.store.add_event(op_id, {"type": "diagnostic", "severity": "error",
+                                         "message": "the engine did not stop within "
+                                                    f"{self.cancel_grace:.0f}s; killed"})
+            self._pool.kill(op_id)
+        return run_due(run.started, run.interrupted, self.timeout, self.cancel_grace)
 
     def _retry_deletes(self) -> None:
         for owner, name in self.store.due_delete_retries():
@@ -391,7 +420,7 @@ class OperationRunner:
                                             "message": "idle: no terminal activity for "
                                                        f"{self.idle_stop_after:.0f}s"})
             log.info("idle auto-stop", extra={"owner": owner, "workspace": name})
-            self._wake.set()
+            self._wake()
 
     # --- leases and crash recovery -------------------------------------------
     def _heartbeat(self) -> None:

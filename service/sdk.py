@@ -131,15 +131,32 @@ class Client:
         return self.call("GET", f"/operations/{op_id}")
 
     def wait(self, op: dict[str, Any], *, timeout: float | None = None,
-             check: bool = True, poll: float = 0.5,
+             check: bool = True,
              on_status: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
-        """Follow an operation to its end. With `check`, an end other than
-        `succeeded` raises OperationFailed."""
+        """Follow an operation to its end, reading its event stream (SSE) as
+        it happens, not polling; a dropped stream is resumed where it broke
+        off. `on_status` gets the operation when it starts and when it ends.
+        With `check`, an end other than `succeeded` raises OperationFailed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
         while op["status"] in ACTIVE:
-            if deadline is not None and time.monotonic() > deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise TimeoutError(f"operation {op['id']} still {op['status']}")
-            time.sleep(poll)
+            try:
+                for event in self._stream(op["id"], after, left):
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    if event is None:  # a keep-alive
+                        continue
+                    after = event.pop("_id", after)
+                    if event["event"] == "end":
+                        break
+                    if op["status"] == "queued" and on_status is not None:
+                        op = self.operation(op["id"])  # it has started
+                        on_status(op)
+            except requests.RequestException:
+                pass  # the stream broke off (or was idle past the deadline): look, resume
             op = self.operation(op["id"])
             if on_status is not None:
                 on_status(op)
@@ -150,19 +167,39 @@ class Client:
     def events(self, op_id: str) -> Iterator[dict[str, Any]]:
         """The operation's engine events as they happen (Server-Sent Events),
         ending with its `end` event."""
+        for event in self._stream(op_id, 0, None):
+            if event is not None:
+                event.pop("_id", None)
+                yield event
+
+    def _stream(self, op_id: str, after: int, idle: float | None
+                ) -> Iterator[dict[str, Any] | None]:
+        """The operation's events after event id `after` (each with its `_id`;
+        None for a keep-alive). `idle`: the longest wait for the next line
+        (a requests error past it). A stream refused for load (503)
+        yields nothing, after its Retry-After."""
+        headers = {"Last-Event-ID": str(after)} if after else {}
         with self._http.get(f"{self.url}/api/v1/operations/{op_id}/events", stream=True,
-                            timeout=(self.timeout, None)) as resp:
+                            headers=headers, timeout=(self.timeout, idle)) as resp:
+            if resp.status_code == 503:
+                time.sleep(min(float(resp.headers.get("Retry-After") or 1), idle or 60))
+                return
             if resp.status_code >= 400:
                 self.call("GET", f"/operations/{op_id}")  # raises the problem
-            kind, data = "message", []
+            kind, data, event_id = "message", [], None
             for line in resp.iter_lines(decode_unicode=True):
                 if line.startswith("event:"):
                     kind = line[6:].strip()
                 elif line.startswith("data:"):
                     data.append(line[5:].strip())
+                elif line.startswith("id:"):
+                    event_id = int(line[3:].strip() or 0)
+                elif line.startswith(":"):
+                    yield None
                 elif not line and data:
-                    yield {"event": kind, **json.loads("\n".join(data))}
-                    kind, data = "message", []
+                    yield {"event": kind, **json.loads("\n".join(data)),
+                           **({"_id": event_id} if event_id is not None else {})}
+                    kind, data, event_id = "message", [], None
 
     def cancel(self, op_id: str) -> dict[str, Any]:
         return self.call("POST", f"/operations/{op_id}/cancel")

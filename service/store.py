@@ -29,7 +29,7 @@ from cryptography.fernet import Fernet
 from components.spec import SPEC_VERSION
 from service import idempotency, lifecycle, op_counts, tokens
 from service.db import Database, Tx, connect, is_postgres_url
-from service.notify import notify_sql
+from service.notify import WORK, announce
 from service.secret_files import read_or_create
 
 if TYPE_CHECKING:
@@ -302,6 +302,7 @@ class Store:
                             request_digest=request_digest, prev_state="provisioning",
                             prev_desired="running",
                             spec=json.dumps(spec), secrets=self._seal(secrets))
+            announce(db, self.db.dialect, WORK)  # every replica's dispatcher looks now
         return op, True
 
     def request_operation(self, owner: str, name: str, kind: str, *, queue: bool,
@@ -339,6 +340,7 @@ class Store:
                             if patch is not None else None)
             db.execute("UPDATE workspaces SET desired=?, updated=? WHERE owner=? AND name=?",
                        (desired, time.time(), owner, name))
+            announce(db, self.db.dialect, WORK)
         return op, True
 
     def workspace_secrets(self, owner: str, name: str) -> dict[str, str]:
@@ -403,30 +405,30 @@ class Store:
                                    (owner,))
         return [_ws(r) for r in rows]
 
-    def workspace_page(self, owner: str | None, after: tuple[str, str] | None, limit: int
-                       ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    def page_rows(self, columns: str, owner: str | None, after: tuple[str, str] | None,
+                  limit: int, name: str | None = None) -> list[Any]:
         """Up to `limit` workspaces (of `owner`) after the key `after` in
-        (owner, name) order (service.pagination), and the newest operation of
-        each: two queries, whatever the size of the page or of the table."""
+        (owner, name) order (service.pagination), each with its newest
+        operation: one query, whatever the size of the page or of the table.
+        Each row holds the `columns` of the workspace `w` and of its operation
+        `o` (NULLs without one), as stored (service.views renders them).
+        With `name`: only that workspace."""
         where, params = ["1=1"], []
         if owner is not None:
-            where.append("owner=?")
+            where.append("w.owner=?")
             params.append(owner)
+        if name is not None:
+            where.append("w.name=?")
+            params.append(name)
         if after is not None:
-            where.append("(owner > ? OR (owner = ? AND name > ?))")
+            where.append("(w.owner > ? OR (w.owner = ? AND w.name > ?))")
             params += [after[0], after[0], after[1]]
-        rows = [_ws(r) for r in self.db.execute(
-            f"SELECT * FROM workspaces WHERE {' AND '.join(where)}"  # noqa: S608 - fixed parts
-            " ORDER BY owner, name LIMIT ?", (*params, limit))]
-        if not rows:
-            return rows, {}
-        first, last = rows[0], rows[-1]
-        ops = self.db.execute(_NEWEST_OPS.format(
-            "WHERE (owner > ? OR (owner = ? AND workspace >= ?))"
-            " AND (owner < ? OR (owner = ? AND workspace <= ?))"),
-            (first["owner"], first["owner"], first["name"],
-             last["owner"], last["owner"], last["name"]))
-        return rows, {(r["owner"], r["workspace"]): _op(r) for r in ops}
+        return self.db.execute(
+            f"SELECT {columns} FROM workspaces w LEFT JOIN operations o"  # noqa: S608 - fixed parts
+            " ON o.owner = w.owner AND o.workspace = w.name AND o.seq = (SELECT MAX(m.seq)"
+            " FROM operations m WHERE m.owner = w.owner AND m.workspace = w.name)"
+            f" WHERE {' AND '.join(where)} ORDER BY w.owner, w.name LIMIT ?",
+            (*params, limit)).fetchall()
 
     def last_operations(self, owner: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest operation of every workspace (of `owner`), in one query:
@@ -503,8 +505,8 @@ class Store:
         that lock, so two replicas never start two operations of one
         workspace; a cancel of a queued operation either wins first or finds
         it running."""
-        if limit <= 0:
-            return []
+        if limit <= 0 or self.db.execute(_CLAIMABLE, (1,)).fetchone() is None:
+            return []  # a read first: no write transaction while nothing is claimable
         now = time.time()
         claimed = []
         with self.tx() as db:
@@ -572,6 +574,7 @@ class Store:
             cur = db.execute("UPDATE operations SET cancel_requested=? WHERE id=? AND"
                              " status='running' AND cancel_requested IS NULL",
                              (time.time(), op_id))
+            announce(db, self.db.dialect, WORK)  # the replica running it interrupts it
             return cur.rowcount == 1
 
     def finish_operation(self, op: dict[str, Any], status: str,
@@ -606,6 +609,7 @@ class Store:
                               op["id"], lease_owner, lease_owner))
             if cur.rowcount == 0 and lease_owner:
                 return None
+            announce(db, self.db.dialect, WORK)  # the workspace's next operation may start
             if not isinstance(settled, lifecycle.Settled):
                 ws = db.execute("SELECT desired FROM workspaces WHERE owner=? AND name=?",
                                 (owner, name)).fetchone()
@@ -660,6 +664,18 @@ class Store:
             " operations o WHERE o.owner=w.owner AND o.workspace=w.name AND o.status IN"
             " ('queued','running'))", (now or time.time(),))]
 
+    def dispatch_deadlines(self, idle_for: float | None) -> tuple[float | None, float | None]:
+        """When (unix s) the next delete retry falls due, and when the next
+        running workspace becomes idle for `idle_for` s (None: no such one, or
+        no idle stop): the dispatcher sleeps until then, not on a fixed tick."""
+        latest = f"{self.db.greatest}(COALESCE(last_activity, 0), updated)"
+        row = self.db.execute(
+            "SELECT (SELECT MIN(retry_at) FROM workspaces WHERE desired='deleted'),"  # noqa: S608
+            f" (SELECT MIN({latest}) FROM workspaces WHERE state='running'"
+            " AND desired='running')").fetchone()
+        idle = row[1] + idle_for if idle_for and row[1] is not None else None
+        return row[0], idle
+
     def update_operation(self, op_id: str, **fields: Any) -> None:
         if "timings" in fields:
             fields["timings"] = json.dumps(fields["timings"])
@@ -675,8 +691,7 @@ class Store:
                              (op_id,)).fetchone()[0]
             db.execute("INSERT INTO events(op, seq, at, body) VALUES (?,?,?,?)",
                        (op_id, seq, time.time(), json.dumps(body)))
-            if announce := notify_sql(self.db.dialect):  # SSE streams wake (service.notify)
-                db.execute(announce, (op_id,))
+            announce(db, self.db.dialect, op_id)  # its SSE streams wake (service.notify)
 
     def events(self, op_id: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
         """(seq, event) pairs; each event carries `at`, when it was recorded (unix s)."""

@@ -1,18 +1,34 @@
-"""Long-lived responses (SSE) counted apart from ordinary requests.
+"""Long-lived responses (SSE) counted apart from ordinary requests, and the
+one way the API streams: `open_stream` over `follow`.
 
 Each open event stream holds one server thread for its whole life. The HTTP
 server (service.http_server) gives streams their own threads, `limit` of
 them, on top of the request threads: streams beyond the limit are refused
 (503), so however many clients follow operations, the API keeps its threads.
 `stopping` ends every stream at once when the server shuts down.
+
+A stream reads the store when the store says its topic may have news
+(service.notify), never on a timer of its own; an idle one gets a keep-alive
+comment every KEEPALIVE seconds.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+
+from flask import Response
+
+from service.notify import EventFeed
+from service.problems import Problem
 
 DEFAULT_LIMIT = 1024  # open streams per server process
+KEEPALIVE = 15.0  # an idle stream gets a comment this often (proxies keep it open)
+LONGEST = 3600.0  # a stream ends after this long; the client reconnects
+
+# What a stream sends next: SSE chunks, and whether the stream is over.
+Read = Callable[[], tuple[list[str], bool]]
 
 
 class StreamGate:
@@ -58,3 +74,40 @@ class Held:
             if close:
                 close()
             self._gate.leave()
+
+
+def follow(feed: EventFeed, topic: str, stop: threading.Event, read: Read,
+           keepalive: float = KEEPALIVE, longest: float = LONGEST) -> Iterator[str]:
+    """An SSE body: what `read` returns, read again each time `feed` says
+    `topic` may have news, until `read` says it is over, `stop` is set, or
+    `longest` has passed. Something goes out at once (the response starts)."""
+    feed.wake_on(stop)
+    deadline = time.monotonic() + longest
+    sent = float("-inf")
+    while time.monotonic() < deadline and not stop.is_set():
+        seen = feed.version(topic)  # before reading: news after the read wakes the wait
+        chunks, over = read()
+        for chunk in chunks:
+            sent = time.monotonic()
+            yield chunk
+        if over:
+            return
+        if time.monotonic() - sent >= keepalive:
+            sent = time.monotonic()
+            yield ": keep-alive\n\n"
+        feed.wait(topic, seen, keepalive, stop)
+
+
+def open_stream(gate: StreamGate, body: Callable[[], Iterator[str]]) -> Response:
+    """An SSE response on a stream slot of its own; 503 when all are taken."""
+    if not gate.enter():
+        raise Problem("unavailable", "too many open event streams; retry shortly",
+                      headers={"Retry-After": "5"})
+    return Response(gate.hold(body()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache"})
+
+
+def event(kind: str, data: str, event_id: int | None = None) -> str:
+    """One SSE event (`data` is one line of JSON)."""
+    return (f"id: {event_id}\n" if event_id is not None else "") + \
+        f"event: {kind}\ndata: {data}\n\n"

@@ -18,7 +18,7 @@ from service import sdk
 @pytest.fixture
 def fake() -> Iterator[tuple[str, list]]:
     app, seen = Flask("fake"), []
-    polls = {"n": 0}
+    streamed: set[str] = set()  # an operation ends once its stream has been read
 
     @app.before_request
     def record() -> None:
@@ -38,9 +38,8 @@ def fake() -> Iterator[tuple[str, list]]:
 
     @app.get("/api/v1/operations/<op_id>")
     def operation(op_id: str) -> Response:
-        polls["n"] += 1
-        status = "running" if polls["n"] < 3 else ("failed" if op_id == "op2" else
-                                                   "succeeded")
+        status = "queued" if op_id not in streamed else ("failed" if op_id == "op2" else
+                                                         "succeeded")
         return Response(json.dumps({"id": op_id, "kind": "create", "workspace": "dev",
                                     "status": status, "error": "boom" if op_id == "op2"
                                     else None}), mimetype="application/json")
@@ -52,9 +51,14 @@ def fake() -> Iterator[tuple[str, list]]:
 
     @app.get("/api/v1/operations/<op_id>/events")
     def events(op_id: str) -> Response:
-        body = ('event: resource\ndata: {"urn": "u1"}\n\n'
+        if op_id == "op3" and not request.headers.get("Last-Event-ID"):
+            # The first stream breaks off after one event: the client resumes after it.
+            return Response('id: 1\nevent: resource\ndata: {"urn": "u1"}\n\n',
+                            mimetype="text/event-stream")
+        streamed.add(op_id)
+        body = ('id: 1\nevent: resource\ndata: {"urn": "u1"}\n\n'
                 ': keep-alive\n\n'
-                'event: end\ndata: {"status": "succeeded"}\n\n')
+                'id: 2\nevent: end\ndata: {"status": "succeeded"}\n\n')
         return Response(body, mimetype="text/event-stream")
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -68,7 +72,10 @@ def test_create_waits_for_the_operation_and_returns_the_workspace(fake):
     url, seen = fake
     ws = sdk.Client(url, "t0k").create({"name": "dev"})
     assert (ws.name, ws.owner, ws.state) == ("dev", "alice", "running")
-    assert [p for _, p, _ in seen].count("/api/v1/operations/op1") == 3
+    # The wait read the event stream, then the operation once it ended: no polling.
+    paths = [p for _, p, _ in seen]
+    assert paths.count("/api/v1/operations/op1/events") == 1
+    assert paths.count("/api/v1/operations/op1") == 1
     assert {auth for _, _, auth in seen} == {"Bearer t0k"}
 
 
@@ -86,8 +93,20 @@ def test_a_failed_operation_raises_unless_unchecked(fake):
     client = sdk.Client(url, "t")
     op = {"id": "op2", "kind": "create", "workspace": "dev", "status": "queued"}
     with pytest.raises(sdk.OperationFailed, match="failed \\(boom\\)"):
-        client.wait(op, poll=0.01)
-    assert client.wait(op, poll=0.01, check=False)["status"] == "failed"
+        client.wait(op)
+    assert client.wait(op, check=False)["status"] == "failed"
+
+
+def test_a_wait_resumes_a_broken_stream_after_the_last_event(fake):
+    url, seen = fake
+    client = sdk.Client(url, "t")
+    statuses: list[str] = []
+    op = client.wait({"id": "op3", "kind": "create", "workspace": "dev", "status": "queued"},
+                     on_status=lambda o: statuses.append(o["status"]), timeout=10)
+    assert op["status"] == "succeeded"
+    assert statuses[-1] == "succeeded"
+    # Resumed once, after event 1 (the fake ends only a stream that says so).
+    assert [p for _, p, _ in seen].count("/api/v1/operations/op3/events") == 2
 
 
 def test_events_stream_in_order_and_skip_comments(fake):
