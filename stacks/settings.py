@@ -16,7 +16,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -52,8 +52,9 @@ def engine_environment(env: Mapping[str, str]) -> dict[str, str]:
 class PulumiSettings:
     """Where the engine, its plugins and the state live."""
 
-    backend_url: str
-    passphrase: str
+    # Out of the repr (a log line, a traceback): a postgres:// URL may hold a password.
+    backend_url: str = field(repr=False)
+    passphrase: str = field(repr=False)
     pulumi_home: Path
     bin_dir: Path | None = None  # directory with `pulumi` and the language host
     python: str = sys.executable  # interpreter with stackspace installed
