@@ -247,7 +247,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         rows = store.page_rows(ONE_COLUMNS, owner_scope(), None, 1, name=name)
         if not rows:  # another user's workspace looks exactly like a missing one
             raise Problem("not-found", f"no workspace named {name!r}")
-        view = rendered.one(rows[0], lambda ws: storage.report(ws).to_dict())
+        view = rendered.one(rows[0], storage)
         return app.response_class(view, mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")

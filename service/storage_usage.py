@@ -86,6 +86,13 @@ def measure_docker(rt: DockerRuntime) -> dict[VolumeKey, int]:
         client.close()
 
 
+@dataclass(frozen=True)
+class StorageRequest:
+    runtime: Runtime | None  # where the volume lives (None: a runtime no longer configured)
+    key: VolumeKey
+    requested_bytes: int
+
+
 @dataclass
 class _Measurement:
     sizes: dict[VolumeKey, int]
@@ -103,17 +110,24 @@ class StorageUsage:
         self._busy: set[str] = set()
         self._tried: dict[str, float] = {}  # runtime -> monotonic time of the last attempt
 
+    def request_of(self, ws: dict[str, Any]) -> StorageRequest:
+        """What a stored workspace row says about its storage (a row version's
+        facts: service.views keeps them with the row's rendered JSON)."""
+        return StorageRequest(self._runtime(ws),
+                              (ws["owner"], ws["name"], ws.get("installation") or ""),
+                              requested_bytes(WorkspaceSpec.stored(ws["spec"]).resources.storage))
+
     def report(self, ws: dict[str, Any]) -> StorageReport:
         """The workspace's storage use as last measured (never waits for a measurement)."""
-        requested = requested_bytes(WorkspaceSpec.stored(ws["spec"]).resources.storage)
-        rt = self._runtime(ws)
-        if not isinstance(rt, DockerRuntime):
-            return StorageReport(requested)
-        m = self._fresh(rt)
-        if m is None:
-            return StorageReport(requested)
-        used = m.sizes.get((ws["owner"], ws["name"], ws.get("installation") or ""))
-        return StorageReport(requested, used, m.at if used is not None else None)
+        return self.usage(self.request_of(ws))
+
+    def usage(self, req: StorageRequest) -> StorageReport:
+        """The use of `req`'s volume as last measured (never waits for a measurement)."""
+        if not isinstance(req.runtime, DockerRuntime):
+            return StorageReport(req.requested_bytes)
+        m = self._fresh(req.runtime)
+        used = m.sizes.get(req.key) if m else None
+        return StorageReport(req.requested_bytes, used, m.at if m and used is not None else None)
 
     def _runtime(self, ws: dict[str, Any]) -> Runtime | None:
         rt = self.runtimes.get(ws["runtime"])

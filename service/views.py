@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from components.spec import WorkspaceSpec
 from service import fleet_api
+from service.storage_usage import StorageRequest, StorageUsage
 
 # The columns ws_view and op_view read (the operation's as op_<name>): a
 # rendered row is keyed by exactly these.
@@ -70,6 +70,9 @@ class Rendered:
 
     def __init__(self) -> None:
         self._json: dict[tuple[Any, ...], str] = {}
+        # One workspace's rows (ONE_COLUMNS): its JSON without the closing
+        # brace, and the facts its storage use is looked up by.
+        self._one: dict[tuple[Any, ...], tuple[str, StorageRequest]] = {}
         self._lock = threading.Lock()
 
     def item(self, row: Any) -> str:
@@ -90,12 +93,21 @@ class Rendered:
                 self._json[key] = found
         return found
 
-    def one(self, row: Any, storage: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
-        """ws_view of a row of ONE_COLUMNS, with `storage` of the workspace, as JSON."""
-        ws = {"owner": row["owner"], "name": row["name"], "runtime": row["runtime"],
-              "installation": row["installation"], "spec": json.loads(row["spec"]),
-              "runtime_config": json.loads(row["runtime_config"] or "null")}
-        return f'{self.item(row)[:-1]}, "storage": {json.dumps(storage(ws))}}}'
+    def one(self, row: Any, storage: StorageUsage) -> str:
+        """ws_view of a row of ONE_COLUMNS, with its storage use, as JSON."""
+        key = tuple(row)
+        found = self._one.get(key)
+        if found is None:
+            ws = {"owner": row["owner"], "name": row["name"], "runtime": row["runtime"],
+                  "installation": row["installation"], "spec": json.loads(row["spec"]),
+                  "runtime_config": json.loads(row["runtime_config"] or "null")}
+            found = self.item(row)[:-1], storage.request_of(ws)
+            with self._lock:
+                if len(self._one) >= self.LIMIT:
+                    self._one.clear()
+                self._one[key] = found
+        head, request = found
+        return f'{head}, "storage": {json.dumps(storage.usage(request).to_dict())}}}'
 
     def page(self, rows: list[Any], cursor: str | None) -> str:
         """The body of a page of GET /workspaces: {"items": [...], "next": cursor}."""

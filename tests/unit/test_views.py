@@ -8,6 +8,7 @@ import json
 
 from components.runtime import parse_runtime, runtime_dict
 from components.spec import WorkspaceSpec
+from service.storage_usage import StorageUsage
 from service.store import Store
 from service.views import ONE_COLUMNS, PAGE_COLUMNS, Rendered, ws_view
 
@@ -59,9 +60,22 @@ def test_rendered_rows_match_the_view_and_follow_every_change(store_target, tmp_
         assert first == expected(store, "alice", "a1")
         assert (first["state"], first["last_operation"]["kind"]) == ("running", "stop")
 
-        one = store.page_rows(ONE_COLUMNS, "alice", None, 1, name="a2")
-        view = json.loads(rendered.one(one[0], lambda ws: {"requested_bytes": len(ws["name"])}))
-        assert view == {**expected(store, "alice", "a2"), "storage": {"requested_bytes": 2}}
+        # One workspace: its view and its storage, following a changed request.
+        storage = StorageUsage([parse_runtime(RUNTIME)], max_age=3600)
+
+        def one(name):
+            rows = store.page_rows(ONE_COLUMNS, "alice", None, 1, name=name)
+            return json.loads(rendered.one(rows[0], storage))
+
+        def requested(size):
+            return {"requested_bytes": size, "used_bytes": None, "over": False,
+                    "measured_at": None, "enforced": False}
+
+        assert one("a2") == {**expected(store, "alice", "a2"), "storage": requested(2**30)}
+        spec = store.workspace("alice", "a2")["spec"]
+        store.update_workspace("alice", "a2", spec={**spec, "resources": {
+            **spec["resources"], "storage": "2Gi"}})
+        assert one("a2") == {**expected(store, "alice", "a2"), "storage": requested(2 * 2**30)}
         assert store.page_rows(ONE_COLUMNS, "bob", None, 1, name="a2") == []
     finally:
         store.close()
