@@ -64,6 +64,9 @@ class WorkspaceInputs:
     base_name: str = ""
     # The installation's id ("" for a store made before ids existed).
     installation: str = ""
+    # The run makes a failed init step again (stacks.init_retry): the new one
+    # takes today's image, not the one the failed step ran (perhaps the cause).
+    retry_init: bool = False
 
     @property
     def labels(self) -> dict[str, str]:

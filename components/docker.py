@@ -211,8 +211,9 @@ class DockerWorkspace(pulumi.ComponentResource):
             **HARDENING,
             opts=pulumi.ResourceOptions.merge(popts, pulumi.ResourceOptions(
                 depends_on=[image], delete_before_replace=True,
-                # An image update is not an init change: no new init run.
-                ignore_changes=["image"])),
+                # An image update is not an init change: no new init run. A
+                # failed init made again takes today's image (perhaps the fix).
+                ignore_changes=[] if inputs.retry_init else ["image"])),
         )
         # Only a workspace that should run needs a good init: stop and the
         # delete path must go through even after a failed clone.

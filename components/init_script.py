@@ -48,6 +48,10 @@ trap cleanup EXIT
 umask 022
 mkdir -p "$state/files"
 if [ ! -e "$marker" ] && [ -n "${STACKSPACE_REPO_URL:-}" ]; then
+  if ! command -v git >/dev/null 2>&1; then
+    echo "stackspace-init: clone failed: the image has no git (use an image with git)" >&2
+    exit 12
+  fi
   askpass=$(mktemp)
   # Username prompt: the configured username if any; every other prompt: the credential.
   printf '%s\n' '#!/bin/sh' \

@@ -201,8 +201,10 @@ class KubernetesWorkspace(pulumi.ComponentResource):
                 # made first, it would be applied onto the failed Job and
                 # awaited as failed again.
                 delete_before_replace=True,
-                # An image update is not an init change: no new init run.
-                ignore_changes=["spec.template.spec.containers[0].image"],
+                # An image update is not an init change: no new init run. A
+                # failed init made again takes today's image (perhaps the fix).
+                ignore_changes=[] if inputs.retry_init
+                else ["spec.template.spec.containers[0].image"],
             )),
         )
 

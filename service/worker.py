@@ -25,6 +25,7 @@ from typing import Any
 from pulumi.automation import errors as auto_errors
 from pulumi.automation import events
 
+from components.runtime import KubernetesRuntime
 from service.init_cause import kubernetes_init_failure
 from service.jobs import CANCEL_SIGNAL, Job, Outcome
 from service.limits import ensure_started_with_limits
@@ -37,7 +38,9 @@ from service.runtime_objects import (
     workload_running,
 )
 from service.store import Store
+from service.workload_watch import WorkloadWatch
 from stacks.automation import StackRunner, StackTaken, StorageAtRisk
+from stacks.config import StackConfig
 from stacks.settings import PulumiSettings, StackFiles, sweep_work_dirs
 from stacks.state_repair import StackKeys, repair_stack_state
 
@@ -89,6 +92,12 @@ _cancelled = threading.Event()
 
 def _on_cancel(signum: int, frame: Any) -> None:
     _cancelled.set()
+    _interrupt_engine()
+
+
+def _interrupt_engine() -> None:
+    """One SIGINT to each CLI this worker runs: the engine stops gracefully,
+    recording what it made."""
     pid = os.getpid()
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -157,6 +166,7 @@ def _run(job: Job, files: StackFiles) -> Outcome:
     store = _store_for(job.store_path)
     store.update_operation(job.op_id, worker_pid=os.getpid())
     cfg = job.config
+    watch: WorkloadWatch | None = None
 
     def on_event(event: events.EngineEvent) -> None:
         digest = event_summary(event)
@@ -255,8 +265,13 @@ def _run(job: Job, files: StackFiles) -> Outcome:
             ensure_network(cfg.runtime)
             if cfg.running:
                 ensure_holder_image(cfg.runtime)
-            result = runner.apply(cfg, job.stack, on_event, guard=True,
-                                  secrets_digest=known_digest, refresh=refresh)
+            watch = _watch_pods(cfg)
+            try:
+                result = runner.apply(cfg, job.stack, on_event, guard=True,
+                                      secrets_digest=known_digest, refresh=refresh)
+            finally:
+                if watch is not None:
+                    watch.stop()
             written = result.config_written
             digest = result.secrets_digest
             if result.retried_init:
@@ -300,6 +315,8 @@ def _run(job: Job, files: StackFiles) -> Outcome:
         cause = kubernetes_init_failure(cfg.runtime, str(e)) if job.kind != "delete" else None
         if cause:  # the engine names a failed init pod: say why, as on Docker
             error, error_type = cause, "InitFailed"
+        elif watch is not None and watch.reason:  # we interrupted it: a pod cannot start
+            error, error_type = f"the workspace cannot start: {watch.reason}", "WorkloadStuck"
         return Outcome(job.op_id, False, error, error_type, {}, timings,
                        observe(), written, False)
 
@@ -320,6 +337,17 @@ def _repair_state(job: Job, store: Store, project: str) -> bool:
         log.warning("stack state repaired", extra={"op": job.op_id, "stack": job.stack,
                                                    "repairs": len(steps)})
     return any(step.rewinds_state for step in steps)
+
+
+def _watch_pods(cfg: StackConfig) -> WorkloadWatch | None:
+    """On Kubernetes: a watch of the pods this run makes that interrupts the
+    engine when one cannot start (service.workload_watch)."""
+    if not isinstance(cfg.runtime, KubernetesRuntime) or cfg.deleting:
+        return None
+    watch = WorkloadWatch(cfg.runtime, cfg.owner, cfg.spec.name, cfg.installation,
+                          on_stuck=lambda _reason: _interrupt_engine())
+    watch.start()
+    return watch
 
 
 def _workload_lost(job: Job, observe: Callable[[], bool | None]) -> bool:

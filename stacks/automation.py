@@ -100,20 +100,22 @@ class RunResult:
 
 
 def inline_program(cfg: StackConfig, outputs: dict[str, Any] | None = None,
-                   attest: str | None = None) -> Callable[[], None]:
+                   attest: str | None = None, retry_init: bool = False
+                   ) -> Callable[[], None]:
     """The workspace program for `cfg`, run inside this process: the same
     `stacks.program.build` the local program (__main__.py) runs from stack
     config, but fed from memory, so a plan can be checked before the config
     is written, and no interpreter starts per engine pass. With `outputs`,
     the stack outputs land there as they resolve (no `stack output` call).
     With `attest`, the stack records it once the engine accepted the storage
-    resource (stacks.guard: what lets the next run skip its preview)."""
+    resource (stacks.guard: what lets the next run skip its preview).
+    `retry_init`: the run makes a failed init step again (stacks.init_retry)."""
     import pulumi
 
     from stacks import program
 
     def run() -> None:
-        program.build(cfg, attest)
+        program.build(cfg, attest, retry_init)
         if outputs is not None:
             root = pulumi.runtime.get_root_resource()
             for key, value in getattr(root, "outputs", {}).items():
@@ -310,7 +312,8 @@ class StackRunner:
         what the up will replace too (the plan previewed is the plan run)."""
         watch, risky = _storage_watch(on_event)
         try:
-            stack.preview(program=inline_program(cfg, attest=attest), on_event=watch,
+            stack.preview(program=inline_program(cfg, attest=attest, retry_init=bool(replace)),
+                          on_event=watch,
                           color="never", suppress_progress=True, replace=replace or None)
         except auto.errors.CommandError as e:
             # Storage is also protected in the program: the engine itself then
@@ -423,7 +426,8 @@ class StackRunner:
         try:
             # Written even if the update then fails: the CLI saves config first.
             result.config_written = True
-            up = stack.up(program=inline_program(cfg, stack.program_outputs, attest),
+            up = stack.up(program=inline_program(cfg, stack.program_outputs, attest,
+                                                 bool(result.retried_init)),
                           on_event=watch, color="never", suppress_progress=True,
                           refresh=refresh or None, replace=result.retried_init or None)
         except Exception as e:

@@ -21,10 +21,12 @@ from stacks.guard import ATTEST_OUTPUT, attestation
 from stacks.naming import resource_base
 
 
-def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResource:
+def build(cfg: StackConfig, attest: str | None = None,
+          retry_init: bool = False) -> pulumi.ComponentResource:
     """Declare the workspace's components for the given config. `attest`
     (stacks.guard): recorded as a stack output once the engine accepted the
-    storage resource."""
+    storage resource. `retry_init`: the run makes a failed init step again
+    (stacks.init_retry)."""
     inputs = WorkspaceInputs(
         owner=cfg.owner,
         spec=cfg.spec,
@@ -32,6 +34,7 @@ def build(cfg: StackConfig, attest: str | None = None) -> pulumi.ComponentResour
         deleting=cfg.deleting,
         base_name=resource_base(cfg.owner, cfg.spec.name, cfg.installation),
         installation=cfg.installation,
+        retry_init=retry_init,
     )
     if isinstance(cfg.runtime, DockerRuntime):
         ws: pulumi.ComponentResource = DockerWorkspace(cfg.spec.name, inputs, cfg.runtime)
