@@ -35,6 +35,7 @@ STUCK_REASONS = ("ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
                  "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff")
 PULL_ERROR = "ErrImagePull"
 WATCH_SECONDS = 30  # one watch request; the thread's stop is seen at least this often
+REQUEST_SECONDS = 10  # an unreachable cluster must not hold the run up
 
 
 def stuck_container(pod: dict[str, Any], pull_errors: dict[str, str]) -> str | None:
@@ -84,7 +85,8 @@ class WorkloadWatch:
 
         try:
             core = k8s.CoreV1Api(kube_api_client(self.rt))
-            listed = core.list_namespaced_pod(self.rt.namespace, label_selector=self.selector)
+            listed = core.list_namespaced_pod(self.rt.namespace, label_selector=self.selector,
+                                              _request_timeout=REQUEST_SECONDS)
         except Exception as e:  # noqa: BLE001 - without a watch the engine's await decides
             log.warning("cannot watch the workspace's pods", extra={
                 "runtime": self.rt.name, "error_type": type(e).__name__})
@@ -107,7 +109,8 @@ class WorkloadWatch:
             try:
                 for event in w.stream(core.list_namespaced_pod, self.rt.namespace,
                                       label_selector=self.selector, resource_version=version,
-                                      timeout_seconds=WATCH_SECONDS):
+                                      timeout_seconds=WATCH_SECONDS,
+                                      _request_timeout=WATCH_SECONDS + REQUEST_SECONDS):
                     if self._stop.is_set():
                         break
                     pod = event["raw_object"]
