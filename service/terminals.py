@@ -16,7 +16,9 @@ from proxy.tickets import mint_ticket
 from service.problems import Problem
 from service.store import User
 
-DEFAULT_COMMAND = ["/bin/bash", "-l"]
+# A terminal's default: a login bash where the image has one, else the
+# POSIX /bin/sh every image has (BusyBox, Alpine, distroless debug images).
+DEFAULT_COMMAND = ["/bin/sh", "-c", "[ -x /bin/bash ] && exec /bin/bash -l; exec /bin/sh -l"]
 
 
 def session_claim(value: Any) -> dict[str, str]:

@@ -6,8 +6,11 @@ such an image fails clearly, and a PATCHed image makes the retry clone."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 
+import pexpect
 import pytest
 
 from tests.api.conftest import custom_service
@@ -31,6 +34,17 @@ def test_a_busybox_only_workspace_runs_init_and_terminals(tmp_path, docker_host,
             r = stackspace_exec(svc, name, "sh", "-c",
                                 'id -u; pwd; echo "$GREETING"; cat .config/app.toml; exit 3')
             assert (r.returncode, r.stdout) == (3, b"1000\n/workspace\nhi\ndebug = true\n")
+            # An interactive terminal: the default shell is /bin/sh here (no bash).
+            term = pexpect.spawn(sys.executable, ["-m", "service.cli", "term", name],
+                                 env={**os.environ, "STACKSPACE_URL": svc.url,
+                                      "STACKSPACE_TOKEN": svc.alice},
+                                 timeout=60, dimensions=(24, 80))
+            term.sendline("echo term-$((40+2)) $GREETING")
+            term.expect_exact("term-42 hi")
+            term.sendline("exit 5")
+            term.expect(pexpect.EOF)
+            term.close()
+            assert term.exitstatus == 5
         finally:
             assert operate(svc, "DELETE", f"/{name}")["status"] == "succeeded"
     assert labelled(docker_client, "alice", name) == ([], [])
