@@ -432,34 +432,50 @@ def show(name: str, url: str, token: str, as_json: bool) -> None:
     _emit(data, as_json, json.dumps(data, indent=2))
 
 
-def _lifecycle(kind: str, method: str, suffix: str) -> Any:
+def _queue_option(default: bool) -> Any:
+    return click.option("--queue/--no-queue", default=default, show_default=True,
+                        help="run after the operations in flight instead of answering 409")
+
+
+def _queue(queue: bool) -> dict[str, str] | None:
+    return {"queue": "true"} if queue else None
+
+
+def _lifecycle(kind: str, method: str, suffix: str, queue: bool = False) -> Any:
     @click.argument("name")
     @click.option("--wait", is_flag=True, help="block until the operation ends")
+    @_queue_option(queue)
     @client_options
-    def command(name: str, wait: bool, url: str, token: str, as_json: bool) -> None:
+    def command(name: str, wait: bool, queue: bool, url: str, token: str,
+                as_json: bool) -> None:
         client = Client(url, token)
-        _operation(client, client.call(method, f"/workspaces/{name}{suffix}"), wait, as_json)
+        _operation(client, client.call(method, f"/workspaces/{name}{suffix}",
+                                       params=_queue(queue)), wait, as_json)
     command.__doc__ = f"{kind.capitalize()} a workspace."
     return main.command(name=kind)(command)
 
 
 start = _lifecycle("start", "POST", "/start")
 stop = _lifecycle("stop", "POST", "/stop")
-delete = _lifecycle("delete", "DELETE", "")
+# Delete always goes through (SPEC §3): it waits its turn by default.
+delete = _lifecycle("delete", "DELETE", "", queue=True)
 
 
 @main.command()
 @click.argument("name")
 @click.argument("patch_file", type=click.File())
 @click.option("--wait", is_flag=True)
+@_queue_option(False)
 @client_options
-def update(name: str, patch_file: Any, wait: bool, url: str, token: str, as_json: bool) -> None:
+def update(name: str, patch_file: Any, wait: bool, queue: bool, url: str, token: str,
+           as_json: bool) -> None:
     """Update image/env/files/resources/command from a JSON/YAML patch file."""
     from service import spec_file
 
     client = Client(url, token)
     _operation(client, client.call("PATCH", f"/workspaces/{name}",
-                                   spec_file.read(patch_file, patch=True)), wait, as_json)
+                                   spec_file.read(patch_file, patch=True),
+                                   params=_queue(queue)), wait, as_json)
 
 
 def _grant(client: Client, name: str) -> Any:
