@@ -359,12 +359,15 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
 
     # --- service --------------------------------------------------------------
+    # Each at the root (probes, scrapers) and under the API's prefix (SPEC §4).
     @app.get("/healthz")
+    @app.get(f"{PREFIX}/healthz")
     def healthz() -> Response:
         store.db.execute("SELECT 1")
         return app.response_class(json.dumps({"status": "ok"}), mimetype="application/json")
 
     @app.get("/metrics")
+    @app.get(f"{PREFIX}/metrics")
     def metrics_endpoint() -> Response:
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
@@ -372,6 +375,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     fleet_api.register_fleet(app, store, runner, authed, streams)
 
     @app.get("/openapi.json")
+    @app.get(f"{PREFIX}/openapi.json")
     def openapi_json() -> Response:
         return app.response_class(json.dumps(openapi.document()), mimetype="application/json")
 

@@ -111,11 +111,14 @@ def document() -> dict[str, Any]:
                       auth=False),
                 "responses": {"204": {"description": "recorded"}, "400": PROBLEM,
                               "401": PROBLEM, "404": PROBLEM, "413": PROBLEM}}},
-            "/healthz": {"get": _op("Health", "200", auth=False)},
-            "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
-                                 "responses": {"200": {"description": "metrics", "content": {
-                                     "text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": _op("This document", "200", auth=False)},
+            # At the root (probes, scrapers) and under /api/v1 (SPEC §4 lists them there).
+            **{f"{root}{path}": op for root in ("", "/api/v1") for path, op in {
+                "/healthz": {"get": _op("Health", "200", auth=False)},
+                "/metrics": {"get": {**_op("Prometheus metrics", "200", auth=False),
+                                     "responses": {"200": {"description": "metrics", "content": {
+                                         "text/plain": {"schema": {"type": "string"}}}}}}},
+                "/openapi.json": {"get": _op("This document", "200", auth=False)},
+            }.items()},
             **token_api.paths(_op, PROBLEM),
         },
         "components": {

@@ -20,6 +20,11 @@ def test_openapi_matches_the_routes(offline_service):
         routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert routes == documented
+    # The service's own endpoints answer at the root and under /api/v1 alike.
+    for path in ("/healthz", "/openapi.json", "/metrics"):
+        root, prefixed = (offline_service.call("GET", p, None) for p in (path, f"/api/v1{path}"))
+        assert root.status_code == prefixed.status_code == 200, path
+        assert root.headers["Content-Type"] == prefixed.headers["Content-Type"], path
 
 
 def test_no_token_and_bad_token_are_401_problems(offline_service):
