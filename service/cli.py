@@ -8,9 +8,11 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -148,15 +150,26 @@ def serve(config: str | None, data_dir: str | None, listen: str | None,
 def run(config: str | None, data_dir: str | None, listen: str | None,
         retention: str | None) -> None:
     """Run the service and the exec proxy (a separate process) with embedded defaults."""
-    args = [sys.executable, "-m", "service.cli", "proxy"]  # the proxy is its own process
+    cfg = load_config(Path(config) if config else None, data_dir=data_dir, listen=listen)
+    # The proxy is its own process, on the address this service hands out.
+    args = [sys.executable, "-m", "service.cli", "proxy", "--listen", cfg.proxy_listen,
+            "--api", cfg.listen]
     if config:
         args += ["--config", config]
     if data_dir:
         args += ["--data-dir", data_dir]
-    if listen:
-        args += ["--api", listen]
     stop_on_signals()
-    proxy = subprocess.Popen(args, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+    proxy = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,  # noqa: S603
+                             preexec_fn=_die_with_parent)  # noqa: PLW1509
+    started = proxy.stdout.readline() if proxy.stdout else ""  # its "listening on" line
+    if not started:  # it exited: terminals would reach nothing (or another proxy)
+        proxy.wait()
+        raise click.ClickException(
+            f"the exec proxy did not start on {cfg.proxy_listen} (see its error above; "
+            "is the address in use? set proxy_listen or STACKSPACE_PROXY_LISTEN)")
+    click.echo(started, nl=False)
+    threading.Thread(target=shutil.copyfileobj, args=(proxy.stdout, sys.stdout),
+                     daemon=True, name="proxy-output").start()
     try:
         _serve(config, data_dir, listen, retention)
     except Stopped:
@@ -185,11 +198,15 @@ def proxy(config: str | None, data_dir: str | None, listen: str | None, api: str
     setup_logging()
     cfg = load_config(Path(config) if config else None, data_dir=data_dir, proxy_listen=listen)
     host, _, port = cfg.proxy_listen.rpartition(":")
-    run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
-                          activity_url=f"http://{api or cfg.listen}/internal/activity",
-                          database_url=database_url or cfg.database_url,
-                          session_idle_timeout=cfg.session_idle_timeout),
-              announce=lambda url: click.echo(f"exec proxy listening on {url}"))
+    try:
+        run_proxy(ProxyConfig(key=cfg.ticket_key, host=host, port=int(port),
+                              activity_url=f"http://{api or cfg.listen}/internal/activity",
+                              database_url=database_url or cfg.database_url,
+                              session_idle_timeout=cfg.session_idle_timeout),
+                  announce=lambda url: click.echo(f"exec proxy listening on {url}"))
+    except OSError as e:  # the address is taken or not ours
+        raise click.ClickException(f"cannot listen on {cfg.proxy_listen}: "
+                                   f"{e.strerror or e}") from e
 
 
 main.add_command(token_command)  # service.token_cli: create, list, revoke, rotate-admin

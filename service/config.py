@@ -8,7 +8,7 @@
                                            0600, only if missing and writable)
     replica_id    STACKSPACE_REPLICA_ID    <hostname>-<pid>-<random>, made at start
     listen        STACKSPACE_LISTEN        127.0.0.1:8080
-    proxy_listen  STACKSPACE_PROXY_LISTEN  127.0.0.1:8081
+    proxy_listen  STACKSPACE_PROXY_LISTEN  the next port after listen's: 127.0.0.1:8081
     backend_url   PULUMI_BACKEND_URL       file://<data_dir>/state (postgres://: DIY backend)
     passphrase    PULUMI_CONFIG_PASSPHRASE generated once into <secrets_dir>/passphrase
     proxy_url     STACKSPACE_PROXY_URL     ws://<proxy_listen>/exec: the proxy as clients reach it
@@ -159,8 +159,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
     cfg = ServiceConfig(
         data_dir=Path(env.get("STACKSPACE_DATA_DIR", data.get("data_dir", DEFAULT_DATA_DIR))),
         listen=env.get("STACKSPACE_LISTEN", data.get("listen", "127.0.0.1:8080")),
-        proxy_listen=env.get("STACKSPACE_PROXY_LISTEN",
-                             data.get("proxy_listen", "127.0.0.1:8081")),
+        proxy_listen=env.get("STACKSPACE_PROXY_LISTEN", data.get("proxy_listen", "")),
         backend_url=env.get("PULUMI_BACKEND_URL", data.get("backend_url")),
         pool_size=int(env["STACKSPACE_POOL_SIZE"]) if "STACKSPACE_POOL_SIZE" in env
         else data.get("pool_size"),
@@ -189,11 +188,20 @@ def load_config(path: Path | None = None, **overrides: Any) -> ServiceConfig:
             setattr(cfg, key, Path(value) if key in ("data_dir", "secrets_dir") else value)
     if secrets_dir is None and overrides.get("secrets_dir") is None:
         cfg.secrets_dir = cfg.data_dir  # the default follows a data_dir override
+    if not cfg.proxy_listen:  # the default follows the service's address
+        cfg.proxy_listen = next_port(cfg.listen)
     cfg.__post_init__()  # overrides are checked like the file and the environment
     if not cfg.runtimes:
         host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         cfg.runtimes = [parse_runtime({"name": "local", "type": "docker", "host": host})]
     return cfg
+
+
+def next_port(listen: str) -> str:
+    """HOST:PORT+1: the exec proxy's default address beside the service's, so
+    two services on one host (other --listen ports) never share a proxy port."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1}"
 
 
 def _path(value: str | None) -> Path | None:
