@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import requests
 
 from proxy.logs import setup_logging
 from service import files_cli, sdk
@@ -371,6 +372,9 @@ class Client(sdk.Client):
             return super().call(method, path, body, params=params)
         except sdk.ApiError as e:
             raise click.ClickException(str(e)) from e
+        except requests.ConnectionError as e:
+            raise click.ClickException(f"cannot reach the service at {self.url} "
+                                       "(STACKSPACE_URL, --url): is it running?") from e
 
     def follow(self, op: dict[str, Any], as_json: bool) -> dict[str, Any]:
         """Follow an operation to its end, with a live status line on a TTY."""
