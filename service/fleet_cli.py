@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from service.config import load_config
+from service.rollout_plan import Options
 
 
 @click.group()
@@ -77,8 +78,10 @@ def fail(message: str) -> NoReturn:
 @click.option("--batch", default="10%", show_default=True, help="N workspaces, or P%")
 @click.option("--max-failures", type=click.IntRange(min=1), default=1, show_default=True,
               help="stop after K failed updates")
-@click.option("--skip-active", "skip_active", type=click.FloatRange(min=0), default=0,
-              help="a workspace with terminal activity in the last MINUTES waits")
+@click.option("--skip-active", "skip_active", type=click.FloatRange(min=0),
+              default=Options.skip_active_minutes, show_default=True,
+              help="a workspace in use waits: terminal activity in the last MINUTES, or a "
+              "kept session running (0: none waits)")
 @click.option("--stopped-too", is_flag=True, help="update stopped workspaces now (they stay "
               "stopped); else they get the code at their next start")
 @click.option("--plans", type=click.Path(exists=True, file_okay=False),

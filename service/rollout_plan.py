@@ -27,7 +27,9 @@ MAX_ATTEMPTS = 3
 class Options:
     batch: str = "10%"  # N workspaces, or P% of the rollout's
     max_failures: int = 1
-    skip_active_minutes: float = 0.0  # 0: no workspace waits for its users
+    # A workspace in use waits (SPEC §10): terminal activity in the last this
+    # many minutes, or a kept session still running. 0: no workspace waits.
+    skip_active_minutes: float = 15.0
     stopped_too: bool = False
 
     def to_dict(self) -> dict[str, Any]:

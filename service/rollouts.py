@@ -226,8 +226,7 @@ class Rollouts:
             else:
                 ready.append(item)
         busy = {f"{i['owner']}/{i['name']}" for i in ready
-                if in_use((workspaces[(i["owner"], i["name"])] or {}).get("last_activity"),
-                          now, options.skip_active_minutes)}
+                if self._in_use(workspaces[(i["owner"], i["name"])], now, options)}
         refs = next_batch((f"{i['owner']}/{i['name']}" for i in ready),
                           batch_size(options.batch, len(items)), busy)
         by_ref = {f"{i['owner']}/{i['name']}": i for i in ready}
@@ -239,6 +238,16 @@ class Rollouts:
             return self._end(rid, rollout_state(
                 (i["status"] for i in self._items(rid)), options.max_failures))
         return RUNNING
+
+    def _in_use(self, ws: dict[str, Any] | None, now: float, options: Options) -> bool:
+        """Recent terminal activity, or a kept session still running (the
+        runner's check, as idle auto-stop asks it)."""
+        if ws is None or options.skip_active_minutes <= 0:
+            return False
+        if in_use(ws.get("last_activity"), now, options.skip_active_minutes):
+            return True
+        sessions = self.runner.in_use
+        return sessions is not None and sessions(ws["owner"], ws["name"])
 
     def _request(self, rid: str, item: dict[str, Any]) -> None:
         owner, name = item["owner"], item["name"]

@@ -58,3 +58,45 @@ def test_cancel_stops_a_rollout_and_leaves_requested_updates_queued(idle_service
     assert cancelled.json()["status"] == "cancelled"
     assert items == {"alice/r1": "queued", "bob/r2": "cancelled"}
     assert svc.call("POST", f"/api/v1/rollouts/{rid}/cancel", svc.admin).status_code == 409
+
+
+def test_a_rollout_defers_workspaces_in_use_by_default(idle_service):
+    """SPEC §10: recent terminal activity, or a kept session still running
+    (asked as idle auto-stop asks it), makes a workspace wait its turn."""
+    svc = idle_service  # no dispatcher: every operation stays queued
+    for name in ("idle", "typing", "detached"):
+        assert svc.call("POST", "/api/v1/workspaces", svc.alice,
+                        json={"name": name}).status_code == 202
+    svc.store.touch_workspace("alice", "typing", time.time())
+    svc.runner.in_use = lambda owner, name: name == "detached"
+    try:
+        r = svc.call("POST", "/api/v1/rollouts", svc.admin, json={"batch": "100%"})
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        deadline = time.monotonic() + 30
+        waiting = ("pending", "in use: waits for its users")
+        expected = {"alice/idle": ("queued", None), "alice/typing": waiting,
+                    "alice/detached": waiting}
+        while True:  # until the batch's step has been taken
+            rollout = svc.call("GET", f"/api/v1/rollouts/{rid}", svc.admin).json()
+            items = {i["workspace"]: (i["status"], i["detail"]) for i in rollout["items"]}
+            if items == expected:
+                break
+            assert time.monotonic() < deadline and items["alice/typing"][0] == "pending" \
+                and items["alice/detached"][0] == "pending", items
+            time.sleep(0.2)
+        assert rollout["status"] == "running"
+        svc.call("POST", f"/api/v1/rollouts/{rid}/cancel", svc.admin)
+
+        # Asked not to wait: every one gets its update.
+        r = svc.call("POST", "/api/v1/rollouts", svc.admin,
+                     json={"batch": "100%", "skip_active_minutes": 0})
+        rid = r.json()["id"]
+        while True:
+            rollout = svc.call("GET", f"/api/v1/rollouts/{rid}", svc.admin).json()
+            if all(i["operation"] for i in rollout["items"]):
+                break
+            assert time.monotonic() < deadline + 30, rollout
+            time.sleep(0.2)
+    finally:
+        svc.runner.in_use = None
