@@ -62,7 +62,7 @@ if [ ! -e "$marker" ] && [ -n "${STACKSPACE_REPO_URL:-}" ]; then
   export GIT_ASKPASS="$askpass" GIT_TERMINAL_PROMPT=0 STACKSPACE_INPUT
   tmp="$state/clone.tmp"
   rm -rf "$tmp"
-  echo "stackspace-init: cloning repository (ref ${STACKSPACE_REPO_REF})"
+  echo "stackspace-init: cloning repository (ref ${STACKSPACE_REPO_REF:-the default branch})"
   if ! err=$(git clone --quiet --no-checkout -- "$STACKSPACE_REPO_URL" "$tmp" 2>&1); then
     rm -f "$askpass"
     # The cause, in our words: git's own text is not echoed (it quotes URLs).
@@ -82,9 +82,11 @@ if [ ! -e "$marker" ] && [ -n "${STACKSPACE_REPO_URL:-}" ]; then
     exit 12
   fi
   rm -f "$askpass"
-  if ! git -C "$tmp" checkout --quiet "$STACKSPACE_REPO_REF" -- 2>/dev/null &&
-     ! git -C "$tmp" checkout --quiet "origin/$STACKSPACE_REPO_REF" -- 2>/dev/null; then
-    echo "stackspace-init: ref not found: ${STACKSPACE_REPO_REF}" >&2
+  # No ref given: the branch the repository's HEAD names.
+  ref=${STACKSPACE_REPO_REF:-$(git -C "$tmp" symbolic-ref --short HEAD 2>/dev/null || echo HEAD)}
+  if ! git -C "$tmp" checkout --quiet "$ref" -- 2>/dev/null &&
+     ! git -C "$tmp" checkout --quiet "origin/$ref" -- 2>/dev/null; then
+    echo "stackspace-init: ref not found: $ref" >&2
     exit 13
   fi
   # Move the checkout into the root without touching anything already there.
@@ -168,7 +170,8 @@ def init_inputs(spec: WorkspaceSpec, input_prefix: str, remove_inputs: bool) -> 
     secret: set[str] = set()
     if spec.repository is not None:
         env["STACKSPACE_REPO_URL"] = spec.repository.url
-        env["STACKSPACE_REPO_REF"] = spec.repository.ref
+        if spec.repository.ref is not None:  # unset: the repository's default branch
+            env["STACKSPACE_REPO_REF"] = spec.repository.ref
         if spec.repository.username is not None:
             env["STACKSPACE_REPO_USERNAME"] = spec.repository.username
         if spec.repository.credential is not None:

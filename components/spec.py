@@ -174,8 +174,10 @@ class Repository(_Model):
         description="must be an https://, ssh://, user@host:path or file:// URL, without "
         "embedded credentials (use repository.credential)",
         examples=["https://git.example.test/team/app.git", "git@git.example.test:team/app.git"])
-    ref: Annotated[StrictStr, Pattern(GIT_REF)] = Field(
-        "main", description="must be a branch, tag or commit name", examples=["main", "v1.2"])
+    # None: the branch the repository's HEAD names (its default branch).
+    ref: Annotated[StrictStr, Pattern(GIT_REF)] | None = Field(
+        None, description="must be a branch, tag or commit name (left out: the "
+        "repository's default branch)", examples=["main", "v1.2"])
     credential: SecretText | None = _secret(
         "must be a non-empty string: a token (https) or password; write-only",
         default=None, examples=["ghp-example-token"])

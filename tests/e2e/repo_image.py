@@ -15,13 +15,14 @@ BASE_IMAGE = "stackspace/workspace:bookworm"
 REPO_URL = "file:///srv/app.git"
 
 
-def make_repo(tmp: Path, files: dict[str, str]) -> Path:
+def make_repo(tmp: Path, files: dict[str, str], branch: str = "main") -> Path:
+    """A bare repository holding `files` in one commit on `branch` (its HEAD)."""
     work = tmp / "src"
     work.mkdir()
     for name, text in files.items():
         (work / name).write_text(text)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work)]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "init", "-q", "-b", branch], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
     bare = tmp / "app.git"
