@@ -21,6 +21,7 @@ from service.config import ServiceConfig
 from service.metrics import metrics_for
 from service.notify import feed_for
 from service.problems import Problem
+from service.replays import Replays
 from service.runner import OperationRunner
 from service.storage_usage import StorageUsage
 from service.store import Conflict, QuotaExceeded, Store
@@ -356,7 +357,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             return out, True
         return out, False
 
-    token_api.register(app, store, authed, PREFIX)  # /tokens: list, mint, revoke
+    # Idempotency-Key for the POSTs that make no operation (tokens, rollouts).
+    replays = Replays(store)
+    token_api.register(app, store, authed, PREFIX, replays)  # /tokens: list, mint, revoke
 
     # --- service --------------------------------------------------------------
     # Each at the root (probes, scrapers) and under the API's prefix (SPEC §4).
@@ -372,7 +375,7 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
         data, content_type = metrics.exposition(request.headers.get("Accept"))
         return Response(data, content_type=content_type)
 
-    fleet_api.register_fleet(app, store, runner, authed, streams)
+    fleet_api.register_fleet(app, store, runner, authed, streams, replays)
 
     @app.get("/openapi.json")
     @app.get(f"{PREFIX}/openapi.json")

@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 
 from service.notify import ROLLOUTS, feed_for
 from service.problems import Problem
+from service.replays import Replays
 from service.rollout_plan import OptionsError, parse_options, parse_reviews
 from service.rollouts import Rollouts
 from service.streams import StreamGate, event, follow, open_stream
@@ -31,7 +32,7 @@ def code_state(outputs: dict[str, Any]) -> dict[str, Any]:
 
 def register_fleet(app: Flask, store: Any, runner: Any,
                    authed: Callable[[Callable[..., Any]], Callable[..., Any]],
-                   streams: StreamGate) -> Rollouts:
+                   streams: StreamGate, replays: Replays) -> Rollouts:
     """Rollout routes on the service's app. The service's own code version is
     computed here, once, at start; rollouts a restart interrupted resume."""
     code_version.current()
@@ -67,7 +68,11 @@ def register_fleet(app: Flask, store: Any, runner: Any,
             options = parse_options(data)
         except OptionsError as e:
             raise Problem("validation", "the rollout options are not valid", e.errors) from e
-        return answer(rollouts.create(options, parse_reviews(data.get("reviews"))), 201)
+        reviews = parse_reviews(data.get("reviews"))
+        status, created = replays.answer(
+            g.user.name, f"POST {request.path}", request.headers.get("Idempotency-Key"), data,
+            lambda: (201, rollouts.create(options, reviews)))
+        return answer(created, status)
 
     @app.get(f"{PREFIX}/rollouts/<rid>")
     @authed

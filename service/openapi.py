@@ -11,8 +11,13 @@ from service.pagination import DEFAULT_LIMIT, MAX_LIMIT
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": 200}}
+
+
 def _op(summary: str, ok: str, schema: str | None = None, body: str | None = None,
-        params: list[str] | None = None, auth: bool = True) -> dict[str, Any]:
+        params: list[str] | None = None, auth: bool = True,
+        idempotent: bool = False) -> dict[str, Any]:
     content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}} \
         if schema else None
     op: dict[str, Any] = {"summary": summary,
@@ -26,12 +31,13 @@ def _op(summary: str, ok: str, schema: str | None = None, body: str | None = Non
         op["responses"].update({"400": PROBLEM, "415": PROBLEM, "422": PROBLEM})
     if ok == "202":
         op["responses"].update({"400": PROBLEM, "409": PROBLEM})
-        op["parameters"] = [{"name": "Idempotency-Key", "in": "header", "required": False,
-                             "schema": {"type": "string", "maxLength": 200}},
+        op["parameters"] = [IDEMPOTENCY_KEY,
                             {"name": "queue", "in": "query", "required": False,
                              "schema": {"type": "string", "enum": ["true", "false"]}}]
     if ok == "201":
         op["responses"]["409"] = PROBLEM
+    if idempotent:  # answered at once; a retry with the key gets the first answer
+        op["parameters"] = [IDEMPOTENCY_KEY]
     for p in params or []:
         op.setdefault("parameters", []).append(
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}})
@@ -95,7 +101,7 @@ def document() -> dict[str, Any]:
                             "503": PROBLEM}}},
             "/api/v1/rollouts": {"post": _op("Roll the service's code out to outdated "
                                              "workspaces (admin)", "201", "Rollout",
-                                             "RolloutOptions")},
+                                             "RolloutOptions", idempotent=True)},
             "/api/v1/rollouts/{rid}": {"get": _op("Show a rollout (admin)", "200", "Rollout",
                                                   params=["rid"])},
             "/api/v1/rollouts/{rid}/cancel": {"post": _op("Cancel a rollout (admin)", "200",

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service import tokens
+from service import replays, tokens
 
 if TYPE_CHECKING:
     from service.store import Store
@@ -78,6 +78,7 @@ class Pruner:
                 break
         if not full:
             tokens.prune_expired(self.store, time.time() - self.max_age)
+            replays.prune(self.store)  # Idempotency-Key answers older than a day
         self._next = self.clock() + (0 if full else self.every)
         if done:
             log.info("retention: deleted %d operations older than %.0f s", done, self.max_age)

@@ -386,6 +386,13 @@ class Store:
         self._box  # noqa: B018 - the same key, and the same refusal without it
         return idempotency.body_digest(read_or_create(self.key_file, Fernet.generate_key), body)
 
+    def seal_json(self, value: Any) -> str:
+        """`value` as JSON, Fernet-encrypted with the store's key."""
+        return self._box.encrypt(json.dumps(value, sort_keys=True).encode()).decode()
+
+    def open_json(self, sealed: str) -> Any:
+        return json.loads(self._box.decrypt(sealed.encode()))
+
     def _seal(self, secrets: dict[str, str]) -> str:
         return self._box.encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
 

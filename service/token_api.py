@@ -20,6 +20,7 @@ from flask import Flask, Response, g, request
 from service import tokens
 from service.durations import MAX_SECONDS
 from service.problems import Problem
+from service.replays import Replays
 from service.store import Store
 from stacks.naming import validate_owner
 
@@ -71,7 +72,8 @@ def parse_mint_request(data: Any, now: float) -> MintRequest:
     return MintRequest(owner, name, expires_at)
 
 
-def register(app: Flask, store: Store, authed: Callable[..., Any], prefix: str) -> None:
+def register(app: Flask, store: Store, authed: Callable[..., Any], prefix: str,
+             replays: Replays) -> None:
     def answer(data: Any, status: int = 200) -> Response:
         return app.response_class(json.dumps(data), status=status, mimetype="application/json")
 
@@ -100,8 +102,14 @@ def register(app: Flask, store: Store, authed: Callable[..., Any], prefix: str) 
         owner = req.owner or g.user.name
         if owner != g.user.name and not g.user.admin:
             raise Problem("forbidden", "only admins mint tokens for other users")
-        value, info = tokens.mint(store, owner, name=req.name, expires_at=req.expires_at)
-        return answer({**info.view(), "token": value}, 201)
+
+        def mint() -> tuple[int, dict[str, Any]]:
+            value, info = tokens.mint(store, owner, name=req.name, expires_at=req.expires_at)
+            return 201, {**info.view(), "token": value}
+
+        status, minted = replays.answer(g.user.name, f"POST {request.path}",
+                                        request.headers.get("Idempotency-Key"), data, mint)
+        return answer(minted, status)
 
     @app.delete(f"{prefix}/tokens/<token_id>")
     @authed
@@ -138,7 +146,8 @@ SCHEMAS: dict[str, Any] = {
 
 def paths(op: Callable[..., dict[str, Any]], problem: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI paths of this module, built with service.openapi's helper."""
-    mint = op("Mint a token (the value is shown once)", "201", "NewToken", "TokenRequest")
+    mint = op("Mint a token (the value is shown once)", "201", "NewToken", "TokenRequest",
+              idempotent=True)
     return {
         "/api/v1/tokens": {
             "get": op("List tokens (own; admin: all, ?owner=)", "200", "TokenList"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import requests
+
 from service import tokens
 
 API = "/api/v1"
@@ -118,3 +120,41 @@ def test_bad_token_requests_name_the_field_and_change_nothing(idle_service):
         r = svc.call(method, f"{API}{path}?queue=true", svc.admin, json={})
         assert r.status_code == 400, (method, path)
     assert _ids(svc, svc.admin) == before
+
+
+def test_an_idempotency_key_makes_minting_and_starting_a_rollout_safe_to_retry(idle_service):
+    """SPEC §4: a retry with the same key gets the first answer (the same
+    token value) and makes nothing new; another body with that key is 422;
+    another key, or another user's same key, is a new request."""
+    svc = idle_service
+
+    def mint(token: str, key: str, body: dict) -> requests.Response:
+        return svc.call("POST", "/api/v1/tokens", token, json=body,
+                        headers={"Idempotency-Key": key})
+
+    def alice_tokens() -> list[str]:
+        return [t["id"] for t in svc.call("GET", "/api/v1/tokens", svc.alice).json()["items"]]
+
+    before = alice_tokens()
+    first = mint(svc.alice, "k1", {"name": "ci"})
+    assert first.status_code == 201, first.text
+    again = mint(svc.alice, "k1", {"name": "ci"})
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert alice_tokens() == [*before, first.json()["id"]]
+    reused = mint(svc.alice, "k1", {"name": "other"})
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.text
+    assert alice_tokens() == [*before, first.json()["id"]]
+    assert mint(svc.alice, "k2", {"name": "ci"}).json()["token"] != first.json()["token"]
+    assert mint(svc.bob, "k1", {"name": "ci"}).json()["owner"] == "bob"
+    # A refused request keeps nothing: its key is free for the corrected one.
+    assert mint(svc.alice, "k3", {"expires_in": -1}).status_code == 422
+    assert mint(svc.alice, "k3", {"expires_in": 60}).status_code == 201
+
+    def rollout(key: str) -> requests.Response:
+        return svc.call("POST", "/api/v1/rollouts", svc.admin, json={"batch": 1},
+                        headers={"Idempotency-Key": key})
+
+    started = rollout("r1")
+    assert started.status_code == 201, started.text
+    assert rollout("r1").json()["id"] == started.json()["id"]
+    assert rollout("r2").json()["id"] != started.json()["id"]
