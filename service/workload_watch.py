@@ -75,6 +75,9 @@ class WorkloadWatch:
         self.on_stuck = on_stuck
         self.reason: str | None = None
         self._stop = threading.Event()
+        # Held to fire and to stop: once stop() returns, on_stuck never runs
+        # (the worker's next run must not be interrupted by this one's watch).
+        self._firing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -98,7 +101,8 @@ class WorkloadWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._firing:
+            self._stop.set()
 
     def _watch(self, core: Any, before: set[str], version: str | None) -> None:
         from kubernetes import watch
@@ -121,10 +125,13 @@ class WorkloadWatch:
                         continue
                     reason = stuck_container(pod, pull_errors.setdefault(meta["uid"], {}))
                     if reason:
-                        self.reason = reason
-                        log.warning("workspace pod cannot start", extra={
-                            "runtime": self.rt.name, "pod": meta.get("name")})
-                        self.on_stuck(reason)
+                        with self._firing:
+                            if self._stop.is_set():
+                                return
+                            self.reason = reason
+                            log.warning("workspace pod cannot start", extra={
+                                "runtime": self.rt.name, "pod": meta.get("name")})
+                            self.on_stuck(reason)
                         return
             except Exception as e:  # noqa: BLE001 - watch again; a 410 restarts from now
                 log.info("pod watch ended", extra={"error_type": type(e).__name__})
