@@ -228,7 +228,13 @@ class StackspaceWorker(ThreadWorker):
             except OSError:
                 return False
             conn.parser.unreader.unread(bytes(head))
-        return super().handle(conn)
+        # At most `threads` requests run at once (the pool has more threads,
+        # for streams); the others wait here, costing no CPU.
+        self.gate.begin_request()
+        try:
+            return super().handle(conn)
+        finally:
+            self.gate.end_request()
 
     # --- stopping --------------------------------------------------------------
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -249,7 +255,7 @@ class _Application(BaseApplication):
     def __init__(self, listen: str, http: HttpSettings, build: Build,
                  announce: Callable[[], None]):
         self.listen, self.http, self.build, self.announce = listen, http, build, announce
-        self.gate = StreamGate(http.streams)
+        self.gate = StreamGate(http.streams, requests=http.threads)
         self._stop: Callable[[], None] | None = None
         super().__init__()
 

@@ -4,6 +4,8 @@ list cursors, SSE stream slots and the activity signature."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -71,6 +73,40 @@ def test_stream_slots_are_capped_and_given_back_once_even_if_never_iterated():
     assert list(second) == ["b"]
     second.close()
     assert gate.active == 0 and gate.enter()
+
+
+def test_at_most_n_requests_run_and_one_that_becomes_a_stream_gives_its_slot_back():
+    gate = StreamGate(limit=4, requests=2)
+    free = threading.Semaphore(0)
+    results: list[str] = []
+
+    def request(name: str, becomes_stream: bool) -> None:
+        gate.begin_request()
+        results.append(f"{name} runs")
+        if becomes_stream:
+            assert gate.enter()  # from here on it holds a stream slot, not a request's
+        free.acquire()  # the request's work
+        gate.end_request()
+        gate.end_request()  # twice: harmless
+
+    threads = [threading.Thread(target=request, args=(n, s)) for n, s in
+               (("stream", True), ("a", False), ("b", False))]
+    for t in threads:
+        t.start()
+    # The stream gave its slot back: a and b both run though 2 slots were taken by 3.
+    deadline = time.monotonic() + 10
+    while len(results) < 3:
+        assert time.monotonic() < deadline, results
+        time.sleep(0.01)
+    assert gate._slots is not None and not gate._slots.acquire(blocking=False)  # a, b hold both
+    free.release()
+    free.release()
+    free.release()
+    for t in threads:
+        t.join(timeout=10)
+    assert gate._slots.acquire(blocking=False) and gate._slots.acquire(blocking=False)
+    assert not gate._slots.acquire(blocking=False)  # never more than its 2 slots
+    assert gate.active == 1  # the stream's slot goes back with its body (Held.close)
 
 
 def test_activity_signature_is_checked_from_headers_then_the_body_by_digest():
