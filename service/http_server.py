@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import re
 import selectors
 import signal
 import socket
@@ -47,6 +48,13 @@ from service.streams import DEFAULT_LIMIT, StreamGate
 
 # The most a request's head (request line and headers) may take.
 MAX_HEAD_BYTES = 64 * 1024
+# An event stream's request line (service.streams: operations' and rollouts' events).
+STREAM_REQUEST = re.compile(rb"GET /[^ ?]*/events[ ?]")
+
+
+def is_stream_request(head: bytes | bytearray | None) -> bool:
+    """Whether a request (its head as read) asks for an event stream."""
+    return bool(head) and STREAM_REQUEST.match(bytes(head[:2048])) is not None
 
 
 @dataclass(frozen=True)
@@ -132,11 +140,18 @@ class StackspaceWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.http: HttpSettings = self.app.http
         self.gate: StreamGate = self.app.gate
-        self._inflight = 0  # connections handed to the thread pool, not yet finished
+        self._inflight = 0  # requests handed to the request pool, not yet finished
+        self._streams = 0  # ... and to the stream pool
         self._heading: deque[TConn] = deque()  # reading a head, oldest deadline first
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
-        return futures.ThreadPoolExecutor(max_workers=self.http.threads + self.http.streams)
+        # Ordinary requests: exactly `threads` long-lived threads (each keeps
+        # its warm database connection). Event streams: a pool of their own,
+        # picked by the request line before a thread is chosen.
+        self.stream_pool = futures.ThreadPoolExecutor(max_workers=self.http.streams,
+                                                      thread_name_prefix="stream")
+        return futures.ThreadPoolExecutor(max_workers=self.http.threads,
+                                          thread_name_prefix="request")
 
     # --- connections -----------------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
@@ -179,7 +194,9 @@ class StackspaceWorker(ThreadWorker):
             return
         self._unwatch(conn)
         conn.data_ready = True  # gthread's own wait-for-data step is done
-        if self._inflight - self.gate.active >= self.http.threads + self.http.backlog:
+        conn.stream = is_stream_request(conn.head)
+        if (self._streams >= self.http.streams if conn.stream
+                else self._inflight >= self.http.threads + self.http.backlog):
             self._refuse(conn)
         else:
             self.enqueue_req(conn)
@@ -212,11 +229,20 @@ class StackspaceWorker(ThreadWorker):
 
     # --- requests --------------------------------------------------------------
     def enqueue_req(self, conn: TConn) -> None:
-        self._inflight += 1
-        super().enqueue_req(conn)
+        if not getattr(conn, "stream", False):
+            self._inflight += 1
+            super().enqueue_req(conn)
+            return
+        self._streams += 1
+        fs = self.stream_pool.submit(self.handle, conn)
+        fs.add_done_callback(
+            lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
-        self._inflight -= 1
+        if getattr(conn, "stream", False):
+            self._streams -= 1
+        else:
+            self._inflight -= 1
         super().finish_request(conn, fs)
 
     def handle(self, conn: TConn) -> Any:
@@ -228,13 +254,7 @@ class StackspaceWorker(ThreadWorker):
             except OSError:
                 return False
             conn.parser.unreader.unread(bytes(head))
-        # At most `threads` requests run at once (the pool has more threads,
-        # for streams); the others wait here, costing no CPU.
-        self.gate.begin_request()
-        try:
-            return super().handle(conn)
-        finally:
-            self.gate.end_request()
+        return super().handle(conn)
 
     # --- stopping --------------------------------------------------------------
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -243,6 +263,7 @@ class StackspaceWorker(ThreadWorker):
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         self.gate.stopping.set()
+        self.stream_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
 
 
@@ -255,7 +276,7 @@ class _Application(BaseApplication):
     def __init__(self, listen: str, http: HttpSettings, build: Build,
                  announce: Callable[[], None]):
         self.listen, self.http, self.build, self.announce = listen, http, build, announce
-        self.gate = StreamGate(http.streams, requests=http.threads)
+        self.gate = StreamGate(http.streams)
         self._stop: Callable[[], None] | None = None
         super().__init__()
 

@@ -32,46 +32,23 @@ Read = Callable[[], tuple[list[str], bool]]
 
 
 class StreamGate:
-    """Streams' slots, and (given `requests`) the ordinary requests' slots: the
-    server runs every request on a thread of one pool, and a request holds
-    one of `requests` slots while it runs, so at most that many run at once
-    (the rest wait for one); a request that becomes a stream gives its slot
-    back (service.http_server)."""
-
-    def __init__(self, limit: int = DEFAULT_LIMIT, requests: int | None = None):
+    def __init__(self, limit: int = DEFAULT_LIMIT):
         self.limit = limit
         self.stopping = threading.Event()
         self._active = 0
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(requests) if requests else None
-        self._held = threading.local()
-
-    def begin_request(self) -> None:
-        """On a request's thread, before the app runs: wait for a request slot."""
-        if self._slots is not None:
-            self._slots.acquire()
-            self._held.slot = True
-
-    def end_request(self) -> None:
-        """The request's slot back, if it still holds one (idempotent)."""
-        if getattr(self._held, "slot", False):
-            self._held.slot = False
-            assert self._slots is not None
-            self._slots.release()
 
     @property
     def active(self) -> int:
         return self._active
 
     def enter(self) -> bool:
-        """Take a stream slot; False when all `limit` are in use. The request
-        becoming a stream gives its request slot back."""
+        """Take a stream slot; False when all `limit` are in use."""
         with self._lock:
             if self._active >= self.limit:
                 return False
             self._active += 1
-        self.end_request()
-        return True
+            return True
 
     def leave(self) -> None:
         with self._lock:

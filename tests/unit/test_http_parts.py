@@ -4,14 +4,12 @@ list cursors, SSE stream slots and the activity signature."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
 from proxy import activity
 from service import pagination
-from service.http_server import HttpSettings, refusal
+from service.http_server import HttpSettings, is_stream_request, refusal
 from service.streams import StreamGate
 
 KEY = b"k" * 32
@@ -75,38 +73,20 @@ def test_stream_slots_are_capped_and_given_back_once_even_if_never_iterated():
     assert gate.active == 0 and gate.enter()
 
 
-def test_at_most_n_requests_run_and_one_that_becomes_a_stream_gives_its_slot_back():
-    gate = StreamGate(limit=4, requests=2)
-    free = threading.Semaphore(0)
-    results: list[str] = []
-
-    def request(name: str, becomes_stream: bool) -> None:
-        gate.begin_request()
-        results.append(f"{name} runs")
-        if becomes_stream:
-            assert gate.enter()  # from here on it holds a stream slot, not a request's
-        free.acquire()  # the request's work
-        gate.end_request()
-        gate.end_request()  # twice: harmless
-
-    threads = [threading.Thread(target=request, args=(n, s)) for n, s in
-               (("stream", True), ("a", False), ("b", False))]
-    for t in threads:
-        t.start()
-    # The stream gave its slot back: a and b both run though 2 slots were taken by 3.
-    deadline = time.monotonic() + 10
-    while len(results) < 3:
-        assert time.monotonic() < deadline, results
-        time.sleep(0.01)
-    assert gate._slots is not None and not gate._slots.acquire(blocking=False)  # a, b hold both
-    free.release()
-    free.release()
-    free.release()
-    for t in threads:
-        t.join(timeout=10)
-    assert gate._slots.acquire(blocking=False) and gate._slots.acquire(blocking=False)
-    assert not gate._slots.acquire(blocking=False)  # never more than its 2 slots
-    assert gate.active == 1  # the stream's slot goes back with its body (Held.close)
+@pytest.mark.parametrize(("head", "stream"), [
+    (b"GET /api/v1/operations/abc/events HTTP/1.1\r\nHost: x\r\n\r\n", True),
+    (b"GET /api/v1/operations/abc/events?after=3 HTTP/1.1\r\n\r\n", True),
+    (b"GET /api/v1/rollouts/r1/events HTTP/1.1\r\n\r\n", True),
+    (b"GET /api/v1/operations/abc HTTP/1.1\r\n\r\n", False),
+    (b"GET /api/v1/workspaces/events HTTP/1.1\r\n\r\n", True),  # a workspace named so: harmless
+    (b"POST /api/v1/operations/abc/events HTTP/1.1\r\n\r\n", False),
+    (b"GET /api/v1/workspaces/ws/files/events.log HTTP/1.1\r\n\r\n", False),
+    (b"GET /healthz HTTP/1.1\r\nX-Path: /a/events \r\n\r\n", False),
+    (b"", False),
+])
+def test_event_streams_are_told_by_their_request_line(head, stream):
+    """They run on the stream pool; everything else on the request threads."""
+    assert is_stream_request(head) is stream
 
 
 def test_activity_signature_is_checked_from_headers_then_the_body_by_digest():
