@@ -337,8 +337,9 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             raise Problem("bad-request", "Last-Event-ID must be an event id (an integer)") from e
 
         # Streams have threads of their own, so many: beyond them, a retry later.
-        return open_stream(streams, lambda: follow(feed_for(store), op_id, streams.stopping,
-                                                   partial(op_events, op_id, [last])))
+        return open_stream(streams, lambda gone: follow(
+            feed_for(store), op_id, streams.stopping, partial(op_events, op_id, [last]),
+            gone=gone))
 
     def op_events(op_id: str, after: list[int]) -> tuple[list[str], bool]:
         """The operation's events after `after[0]` (moved on), and whether it is over."""

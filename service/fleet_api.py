@@ -93,8 +93,8 @@ def register_fleet(app: Flask, store: Any, runner: Any,
         """Server-Sent Events: `item` when a workspace's item changes, `end`
         with the rollout once it is over."""
         found(rid)
-        return open_stream(streams, lambda: follow(feed_for(store), ROLLOUTS, streams.stopping,
-                                                   partial(changes, rid, {})))
+        return open_stream(streams, lambda gone: follow(
+            feed_for(store), ROLLOUTS, streams.stopping, partial(changes, rid, {}), gone=gone))
 
     def changes(rid: str, seen: dict[str, tuple[str, str | None]]) -> tuple[list[str], bool]:
         """The rollout's items changed since `seen` (updated), and whether it is over."""

@@ -14,11 +14,13 @@ comment every KEEPALIVE seconds.
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from flask import Response
+from flask import Response, request
 
 from service.notify import EventFeed
 from service.problems import Problem
@@ -77,14 +79,17 @@ class Held:
 
 
 def follow(feed: EventFeed, topic: str, stop: threading.Event, read: Read,
-           keepalive: float = KEEPALIVE, longest: float = LONGEST) -> Iterator[str]:
+           keepalive: float = KEEPALIVE, longest: float = LONGEST,
+           gone: Callable[[], bool] = lambda: False) -> Iterator[str]:
     """An SSE body: what `read` returns, read again each time `feed` says
-    `topic` may have news, until `read` says it is over, `stop` is set, or
-    `longest` has passed. Something goes out at once (the response starts)."""
+    `topic` may have news, until `read` says it is over, `stop` is set,
+    `longest` has passed, or `gone()` says the client left (asked at each
+    wake-up, so a stream whose client left stops reading the store at once).
+    Something goes out at once (the response starts)."""
     feed.wake_on(stop)
     deadline = time.monotonic() + longest
     sent = float("-inf")
-    while time.monotonic() < deadline and not stop.is_set():
+    while time.monotonic() < deadline and not stop.is_set() and not gone():
         seen = feed.version(topic)  # before reading: news after the read wakes the wait
         chunks, over = read()
         for chunk in chunks:
@@ -98,13 +103,31 @@ def follow(feed: EventFeed, topic: str, stop: threading.Event, read: Read,
         feed.wait(topic, seen, keepalive, stop)
 
 
-def open_stream(gate: StreamGate, body: Callable[[], Iterator[str]]) -> Response:
-    """An SSE response on a stream slot of its own; 503 when all are taken."""
+def open_stream(gate: StreamGate, body: Callable[[Callable[[], bool]], Iterator[str]]
+                ) -> Response:
+    """An SSE response on a stream slot of its own; 503 when all are taken.
+    `body(gone)`: the stream, given a check of whether its client has left."""
     if not gate.enter():
         raise Problem("unavailable", "too many open event streams; retry shortly",
                       headers={"Retry-After": "5"})
-    return Response(gate.hold(body()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache"})
+    return Response(gate.hold(body(client_gone(request.environ.get("gunicorn.socket")))),
+                    mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def client_gone(sock: socket.socket | None) -> Callable[[], bool]:
+    """Whether the client closed its end of `sock` (an SSE client sends nothing
+    after its request: readable means closed, or reset). Without the socket
+    (another server): never known; a write to it fails in the end."""
+    def gone() -> bool:
+        if sock is None:
+            return False
+        try:
+            # Polled first: a recv on a socket with a timeout waits for data.
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # reset, or closed under us
+            return True
+    return gone
 
 
 def event(kind: str, data: str, event_id: int | None = None) -> str:

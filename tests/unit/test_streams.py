@@ -42,3 +42,30 @@ def test_a_stream_reads_on_news_keeps_alive_when_idle_and_ends(tmp_path: Path):
     assert next(idle) == ": keep-alive\n\n"
     threading.Timer(0.1, stopping.set).start()
     assert list(idle) == []
+
+
+def test_a_stream_whose_client_left_ends_at_its_next_wake_up(tmp_path: Path):
+    import socket
+    import sqlite3
+
+    from service.streams import client_gone
+
+    sqlite3.connect(tmp_path / "s.db").close()
+    feed = EventFeed(tmp_path / "s.db", threading.Event())
+    server, client = socket.socketpair()
+    server.settimeout(30)  # as the HTTP server's sockets: the check must not wait on it
+    gone = client_gone(server)
+    reads = []
+
+    def read() -> tuple[list[str], bool]:
+        reads.append(1)
+        return [], False
+
+    body = follow(feed, "topic", threading.Event(), read, keepalive=60, gone=gone)
+    assert next(body) == ": keep-alive\n\n" and not gone()
+    client.close()
+    assert gone()
+    feed.poke("topic")  # news: the stream wakes, sees the client gone, reads nothing
+    assert list(body) == [] and reads == [1]
+    assert client_gone(None)() is False  # no socket known (another server): never
+    server.close()
