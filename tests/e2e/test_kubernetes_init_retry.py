@@ -18,9 +18,9 @@ from kubernetes import client, config, watch
 
 from tests.api.conftest import custom_service
 from tests.e2e.remote_helpers import operate, stackspace_exec
-from tests.e2e.repo_image import REPO_URL, docker_repo_image, make_repo
+from tests.e2e.repo_image import REPO_URL
 from tests.e2e.stack_helpers import ensure_namespace
-from tests.e2e.test_kubernetes_workspace import import_into_cluster
+from tests.e2e.test_kubernetes_workspace import cluster_repo_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
 NAMESPACE = "stackspace-init-e2e"
@@ -69,9 +69,8 @@ def test_a_failed_init_on_kubernetes_runs_again_until_one_clone_lands(
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
     ensure_namespace(core, NAMESPACE)
     (tmp_path / "repo").mkdir()
-    bare = make_repo(tmp_path / "repo", {"README.md": "cloned at last\n"})
-    image = import_into_cluster(kube_cluster, docker_client, docker_repo_image(
-        docker_client, bare, f"stackspace-test/repo:{secrets.token_hex(4)}"))
+    image = cluster_repo_image(kube_cluster, docker_client, tmp_path / "repo",
+                               {"README.md": "cloned at last\n"})
     runtime = {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kube_cluster),
                "namespace": NAMESPACE}
     name = f"kinit-{secrets.token_hex(3)}"

@@ -18,9 +18,8 @@ from kubernetes import client, config
 
 from tests.api.conftest import custom_service
 from tests.e2e.remote_helpers import operate, stackspace_exec
-from tests.e2e.repo_image import docker_repo_image, make_repo
 from tests.e2e.stack_helpers import ensure_namespace
-from tests.e2e.test_kubernetes_workspace import import_into_cluster
+from tests.e2e.test_kubernetes_workspace import cluster_repo_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("kubernetes_provider")]
 NAMESPACE = "stackspace-stuck-e2e"
@@ -32,9 +31,8 @@ def test_a_pod_that_cannot_start_fails_the_run_at_once_and_a_patch_fixes_it(
     core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
     ensure_namespace(core, NAMESPACE)
     (tmp_path / "repo").mkdir()
-    bare = make_repo(tmp_path / "repo", {"README.md": "hello from git\n"})
-    image = import_into_cluster(kube_cluster, docker_client, docker_repo_image(
-        docker_client, bare, f"stackspace-test/repo:{secrets.token_hex(4)}"))
+    image = cluster_repo_image(kube_cluster, docker_client, tmp_path / "repo",
+                               {"README.md": "hello from git\n"})
     runtime = {"name": "cluster", "type": "kubernetes", "kubeconfig": str(kube_cluster),
                "namespace": NAMESPACE}
     name = f"stuck-{secrets.token_hex(3)}"

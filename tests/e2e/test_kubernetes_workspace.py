@@ -52,12 +52,20 @@ def import_into_cluster(kube_cluster: Path, docker_client, tag: str) -> str:
     return tag
 
 
+def cluster_repo_image(kube_cluster: Path, docker_client, tmp: Path, files: dict[str, str]
+                       ) -> str:
+    """An image with a repository of `files` baked in (tests.e2e.repo_image), made in
+    Docker under `tmp` and imported into the cluster's containerd."""
+    bare = make_repo(tmp, files)
+    tag = docker_repo_image(docker_client, bare, f"stackspace-test/repo:{secrets.token_hex(4)}")
+    return import_into_cluster(kube_cluster, docker_client, tag)
+
+
 @pytest.fixture(scope="module")
 def k8s_repo_image(kube_cluster: Path, docker_client, tmp_path_factory) -> str:
     """The repository image, made in Docker and imported into the cluster's containerd."""
-    bare = make_repo(tmp_path_factory.mktemp("repo"), {"README.md": "hello from git\n"})
-    tag = docker_repo_image(docker_client, bare, f"stackspace-test/repo:{secrets.token_hex(4)}")
-    return import_into_cluster(kube_cluster, docker_client, tag)
+    return cluster_repo_image(kube_cluster, docker_client, tmp_path_factory.mktemp("repo"),
+                              {"README.md": "hello from git\n"})
 
 
 def workspace_pod(core: client.CoreV1Api, owner: str, name: str, not_name: str = "") -> str:
