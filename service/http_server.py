@@ -135,10 +135,9 @@ class _TimedSocket(socket.socket):
 
 class ThreadPerTask:
     """Each task on a new thread that ends with it: event streams. A pool would
-    keep as many idle threads as streams were ever open at once, each with
-    its database connection, and a service with 1000 idle threads serves
-    ordinary requests at half its speed. (At most `streams` run: the worker
-    refuses more before submitting.)"""
+    keep as many idle threads as streams were ever open at once, each holding
+    its thread's database connection, for the life of the process. (At most
+    `streams` run: the worker refuses more before submitting.)"""
 
     def __init__(self, name: str):
         self.name = name
@@ -170,14 +169,15 @@ class StackspaceWorker(ThreadWorker):
         self.http: HttpSettings = self.app.http
         self.gate: StreamGate = self.app.gate
         self._inflight = 0  # requests handed to the request pool, not yet finished
-        self._streams = 0  # ... and to the stream pool
+        self._streams = 0  # ... and to the stream threads
+        # Event streams: threads of their own, picked by the request line
+        # before a thread is chosen (the request pool: get_thread_pool).
+        self.stream_pool = ThreadPerTask("stream")
         self._heading: deque[TConn] = deque()  # reading a head, oldest deadline first
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         # Ordinary requests: exactly `threads` long-lived threads (each keeps
-        # its warm database connection). Event streams: threads of their own,
-        # picked by the request line before a thread is chosen.
-        self.stream_pool = ThreadPerTask("stream")
+        # its warm database connection).
         return futures.ThreadPoolExecutor(max_workers=self.http.threads,
                                           thread_name_prefix="request")
 

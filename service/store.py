@@ -394,10 +394,10 @@ class Store:
         return json.loads(self._box.decrypt(sealed.encode()))
 
     def _seal(self, secrets: dict[str, str]) -> str:
-        return self._box.encrypt(json.dumps(secrets, sort_keys=True).encode()).decode()
+        return self.seal_json(secrets)
 
     def _open(self, token: str | None) -> dict[str, str]:
-        return json.loads(self._box.decrypt(token.encode())) if token else {}
+        return self.open_json(token) if token else {}
 
     def workspace(self, owner: str, name: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM workspaces WHERE owner=? AND name=?",

@@ -87,11 +87,15 @@ class Rendered:
                 last = {c: row[f"op_{c}"] for c in OP_COLUMNS}
                 last["timings"] = json.loads(last["timings"])
             found = json.dumps(ws_view(ws, last))
-            with self._lock:
-                if len(self._json) >= self.LIMIT:
-                    self._json.clear()
-                self._json[key] = found
+            self._keep(self._json, key, found)
         return found
+
+    def _keep(self, cache: dict[tuple[Any, ...], Any], key: tuple[Any, ...],
+              value: Any) -> None:
+        with self._lock:
+            if len(cache) >= self.LIMIT:  # bounded: emptied when full
+                cache.clear()
+            cache[key] = value
 
     def one(self, row: Any, storage: StorageUsage) -> str:
         """ws_view of a row of ONE_COLUMNS, with its storage use, as JSON."""
@@ -102,10 +106,7 @@ class Rendered:
                   "installation": row["installation"], "spec": json.loads(row["spec"]),
                   "runtime_config": json.loads(row["runtime_config"] or "null")}
             found = self.item(row)[:-1], storage.request_of(ws)
-            with self._lock:
-                if len(self._one) >= self.LIMIT:
-                    self._one.clear()
-                self._one[key] = found
+            self._keep(self._one, key, found)
         head, request = found
         return f'{head}, "storage": {json.dumps(storage.usage(request).to_dict())}}}'
 

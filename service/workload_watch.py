@@ -1,8 +1,8 @@
 """A Kubernetes workspace whose pod cannot start fails its run at once, saying
 why, instead of after the engine's await times out (5 to 10 minutes).
 
-pulumi-kubernetes awaits the init Job and the Deployment until they finish or
-their timeout runs out; a pod that can never start (an image that cannot be
+pulumi-kubernetes awaits the init Job and a new Deployment until they finish
+or their timeout runs out; a pod that can never start (an image that cannot be
 pulled, a bad image name, a command that keeps exiting) only shows up as a
 warning meanwhile, and the run then fails with a generic timeout. Docker
 fails such a run at once (the pull, or the container's start, fails). While a
