@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.faults.harness import REPO
+from tests.faults.harness import REPO, LiveService
 
 
 def two_free_ports() -> int:
@@ -71,3 +71,23 @@ def test_two_services_get_their_own_proxies_and_a_taken_proxy_port_stops_run(tmp
             assert "Traceback" not in err, err
         with pytest.raises(ConnectionRefusedError):  # the service never listened
             socket.create_connection(("127.0.0.1", taken), timeout=5).close()
+
+
+def test_the_test_harness_moves_a_proxy_whose_port_was_taken_meanwhile(tmp_path):
+    """LiveService picks free ports before `run` binds them; an outgoing
+    connection may take one meanwhile. `run` then stops (above), and the
+    harness starts it again with another proxy port."""
+    svc = LiveService(tmp_path, [{"name": "local", "type": "docker",
+                                  "host": "unix:///nonexistent.sock"}])
+    taken = svc.proxy_port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        try:
+            svc.start()
+            assert svc.proxy_port != taken
+            assert requests.get(f"{svc.url}/healthz", timeout=10).ok
+            with socket.create_connection(("127.0.0.1", svc.proxy_port), timeout=5):
+                pass  # the proxy listens on its new port
+        finally:
+            svc.stop()

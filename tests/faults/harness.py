@@ -118,6 +118,10 @@ def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
 
 # --- the service ----------------------------------------------------------------
 
+class ProxyPortTaken(Exception):
+    """`stackspace run` stopped: its proxy's port was taken before it bound it."""
+
+
 @dataclass
 class LiveService:
     """`stackspace run` in its own session on loopback, with a fixed data dir and ports."""
@@ -144,11 +148,14 @@ class LiveService:
                            or "faults-" + secrets.token_hex(8))
         self.data_dir = self.tmp / "data"
         self.config = self.tmp / "stackspace.yaml"
+        self._write_config()
+        self.log = self.tmp / "service.log"
+
+    def _write_config(self) -> None:
         self.config.write_text(yaml.safe_dump({
             "data_dir": str(self.data_dir), "listen": f"127.0.0.1:{self.port}",
             "proxy_listen": f"127.0.0.1:{self.proxy_port}", "quota": self.quota,
             "runtimes": self.runtimes, **self.settings}))
-        self.log = self.tmp / "service.log"
 
     @property
     def env(self) -> dict[str, str]:
@@ -173,12 +180,26 @@ class LiveService:
         return self.settings.get("backend_url") or f"file://{self.data_dir / 'state'}"
 
     def start(self, command: str = "run") -> None:
+        """Start the service; wait until it answers. Free ports are picked
+        before they are bound, and any outgoing connection on this machine
+        may take one as its source port meanwhile: `run` then refuses to
+        start (its proxy cannot listen), and the proxy gets another port."""
+        for _ in range(3):
+            try:
+                return self._start(command)
+            except ProxyPortTaken:
+                self.proxy_port = free_port()
+                self._write_config()
+        self._start(command)
+
+    def _start(self, command: str) -> None:
         argv = [sys.executable, "-m", "service.cli", command, "--config", str(self.config)]
         if self.sigint_ignored:  # what `nohup cmd &` from a script gives
             argv = ["/bin/sh", "-c", "trap '' INT; exec \"$@\"", "sh", *argv]
         with self.log.open("ab") as log:
             log.write(f"\n--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
+            started_at = log.tell()
             # No preexec_fn: Python code between fork and exec in a test process
             # that has gRPC threads (the Pulumi SDK, loaded by other tests on the
             # same xdist worker) can abort the child (SIGABRT, "epoll_wait error").
@@ -187,6 +208,9 @@ class LiveService:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                said = self.log.read_bytes()[started_at:].decode(errors="replace")
+                if f"cannot listen on 127.0.0.1:{self.proxy_port}:" in said:
+                    raise ProxyPortTaken(said)
                 raise AssertionError(f"service exited {self.proc.returncode}: {self.tail()}")
             try:
                 if requests.get(f"{self.url}/healthz", timeout=2).ok:
