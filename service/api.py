@@ -18,6 +18,7 @@ from components.runtime import runtime_dict
 from components.spec import SpecError, WorkspaceSpec
 from service import files_api, fleet_api, idempotency, lifecycle, openapi, pagination, token_api
 from service.config import ServiceConfig
+from service.http_server import MAX_BODY_BYTES
 from service.metrics import metrics_for
 from service.notify import feed_for
 from service.problems import Problem
@@ -33,11 +34,6 @@ from stacks.naming import stack_name
 
 log = logging.getLogger("stackspace.api")
 PREFIX = "/api/v1"
-
-
-# The largest request body: a spec's values fit 120 KiB as stored; JSON escaping
-# of the worst case stays well under this.
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,

@@ -69,11 +69,12 @@ def _serve(config: str | None, data_dir: str | None, listen: str | None,
     serve(cfg.listen, http, partial(_build_service, cfg), announce)
 
 
-def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
+def _build_service(cfg: Any, gate: Any) -> Any:
     """In the HTTP server's worker process: the store, the one operation runner
     and the app; and what stops them."""
     from service.api import create_app
     from service.config import default_replica_id
+    from service.http_server import Service
     from service.replica import is_default_id
     from service.runner import OperationRunner
     from service.session_activity import in_use_check
@@ -99,7 +100,8 @@ def _build_service(cfg: Any, gate: Any) -> tuple[Any, Any]:
         runner.shutdown()
         store.close()
 
-    return create_app(cfg, store, runner, terminals, streams=gate), stop
+    return Service(create_app(cfg, store, runner, terminals, streams=gate), stop,
+                   on_long_thread=store.db.share_this_thread)
 
 
 class Stopped(Exception):

@@ -91,6 +91,7 @@ class Database(Protocol):
 
     def execute(self, sql: str, params: Params = ()) -> Rows: ...
     def tx(self) -> contextlib.AbstractContextManager[Tx]: ...
+    def share_this_thread(self) -> None: ...
     def ensure_schema(self, script: str, added_columns: list[tuple[str, str, str]]) -> None: ...
     def close(self) -> None: ...
 
@@ -100,6 +101,22 @@ def connect(target: Path | str) -> Database:
     if is_postgres_url(target):
         return PostgresDatabase(str(target))
     return SqliteDatabase(Path(target))
+
+
+class _Result:
+    """A statement's rows, fetched before its connection goes back to the pool."""
+
+    def __init__(self, rows: list[Any], rowcount: int):
+        self._rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
 
 
 # --- SQLite ---------------------------------------------------------------------
@@ -116,41 +133,78 @@ class _SqliteTx:
 
 
 class SqliteDatabase:
-    """One connection per thread (WAL: readers never wait for the writer)."""
+    """One connection per thread (WAL: readers never wait for the writer);
+    threads that asked to share (share_this_thread) borrow one of a few
+    shared connections for each statement or transaction instead."""
 
     dialect = "sqlite"
     greatest = "MAX"
+    SHARED = 4  # connections shared by the sharing threads of a process
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._idle: list[sqlite3.Connection] = []  # shared connections not lent
+        self._lendable = threading.BoundedSemaphore(self.SHARED)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
 
     @property
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
         return conn
 
-    def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+    def share_this_thread(self) -> None:
+        """From now on this thread holds no connection of its own (one costs
+        about 150 KB): for the threads of long requests, which read rarely and
+        of which there may be a thousand (event streams)."""
+        conn = self._local.__dict__.pop("conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.sharing = True
+
+    @contextmanager
+    def _lent(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection: its own, or one lent for the duration."""
+        if not getattr(self._local, "sharing", False) or self._local.__dict__.get("conn"):
+            yield self.conn
+            return
+        with self._lendable:
+            conn = self._idle.pop() if self._idle else self._connect()
+            self._local.conn = conn  # a transaction's statements use it too
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
+                self._idle.append(conn)
+
+    def execute(self, sql: str, params: Params = ()) -> Rows:
+        if not getattr(self._local, "sharing", False) or self._local.__dict__.get("conn"):
+            return self.conn.execute(sql, params)
+        with self._lent() as conn:  # the rows are read before it goes back
+            cursor = conn.execute(sql, params)
+            return _Result(cursor.fetchall(), cursor.rowcount)
 
     @contextmanager
     def tx(self) -> Iterator[_SqliteTx]:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield _SqliteTx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._lent() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def ensure_schema(self, script: str, added_columns: list[tuple[str, str, str]]) -> None:
         # Replicas (or threads) opening a new file at once: a transaction that
@@ -175,10 +229,13 @@ class SqliteDatabase:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
+        """Close this thread's own connection (and the shared ones not lent)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        while self._idle:
+            self._idle.pop().close()
 
 
 # --- PostgreSQL -----------------------------------------------------------------
@@ -204,22 +261,6 @@ def _rows(cursor: Any) -> Any:
     """psycopg row factory making Row objects."""
     index = {d.name: i for i, d in enumerate(cursor.description or ())}
     return lambda values: Row(values, index)
-
-
-class _Result:
-    """A statement's rows, fetched before its connection goes back to the pool."""
-
-    def __init__(self, rows: list[Any], rowcount: int):
-        self._rows, self.rowcount = rows, rowcount
-
-    def fetchone(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-    def fetchall(self) -> list[Any]:
-        return list(self._rows)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows)
 
 
 @functools.lru_cache(maxsize=512)
@@ -276,6 +317,9 @@ class PostgresDatabase:
     def execute(self, sql: str, params: Params = ()) -> _Result:
         with self._pool.connection() as conn:
             return _run(conn, sql, params)
+
+    def share_this_thread(self) -> None:
+        """Every thread shares the pool already."""
 
     @contextmanager
     def tx(self) -> Iterator[_PostgresTx]:

@@ -17,9 +17,20 @@ What the worker class adds to gunicorn's gthread worker:
 - Bounded concurrency: `threads` request threads and `backlog` requests
   waiting for one; a request beyond that is answered 503 (problem+json,
   Retry-After) at once instead of queueing without bound.
-- SSE streams (service.streams) run on `streams` threads of their own, not
-  counted against the request threads; streams beyond that get 503. Every
-  stream ends when the server stops.
+- A JSON body (a Content-Length up to MAX_BODY_BYTES) is read by the event
+  loop too, within `io_timeout` of its head, so a slow uploader holds no
+  request thread either; a stalled head or body is answered 408.
+- Long requests, SSE streams (service.streams) and file transfers
+  (service.files_api, which wait on the workspace's engine and on the
+  client), run on threads of their own, at most `streams` of them, not
+  counted against the request threads; more get 503. Every stream ends when
+  the server stops.
+
+Why few request threads (`threads`, default 4): the worker runs Python under
+one GIL, and a request that reads the store hands the GIL over at every
+SQLite step. On 2 cores, 16 threads served a page of 50 rows at half the
+rate 4 did (bench/http_bench.py): more threads than cores only add GIL
+handoffs to requests that never wait on anything slower than the store.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, fields
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -49,24 +61,55 @@ from service.streams import DEFAULT_LIMIT, StreamGate
 
 # The most a request's head (request line and headers) may take.
 MAX_HEAD_BYTES = 64 * 1024
-# An event stream's request line (service.streams: operations' and rollouts' events).
-STREAM_REQUEST = re.compile(rb"GET /[^ ?]*/events[ ?]")
+# The largest request body the API reads (413 beyond: the app refuses it from
+# its Content-Length, before reading it). A spec's values fit 120 KiB as
+# stored; JSON escaping of the worst case stays well under this. File
+# transfers stream their bodies and are not bound by it (service.files_api).
+MAX_BODY_BYTES = 1024 * 1024
+# Long requests' request lines: operations' and rollouts' event streams, and
+# a workspace's files (read and written as streams, waiting on its engine).
+LONG_REQUEST = re.compile(rb"(GET /[^ ?]*/events[ ?])"
+                          rb"|((GET|PUT) /[^ ?]*/workspaces/[^/ ?]+/files[/ ?])")
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
+AUTHORIZATION = re.compile(rb"\r\nauthorization:", re.IGNORECASE)
+# The most body bytes the event loop holds at once, over all connections;
+# beyond it, bodies are read by the request threads as they come.
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 
 
-def is_stream_request(head: bytes | bytearray | None) -> bool:
-    """Whether a request (its head as read) asks for an event stream."""
-    return bool(head) and STREAM_REQUEST.match(bytes(head[:2048])) is not None
+def is_long_request(head: bytes | bytearray | None) -> bool:
+    """Whether a request (its head as read) is an event stream or a file transfer."""
+    return bool(head) and LONG_REQUEST.match(bytes(head[:2048])) is not None
+
+
+def buffered_body_length(head: bytes) -> int:
+    """How many body bytes the event loop reads before a thread takes the
+    request (`head` ends with its blank line): the Content-Length of a request
+    that carries credentials, when the app will read it. 0 leaves the body to
+    the request thread: none; one without credentials (judged by its headers
+    first: 401, or the exec proxy's signed reports); a chunked one; one too
+    large (the app answers 413 without reading it); or an unreadable length
+    (gunicorn answers 400)."""
+    if TRANSFER_ENCODING.search(head) or not AUTHORIZATION.search(head):
+        return 0
+    lengths = CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1 or int(lengths[0]) > MAX_BODY_BYTES:
+        return 0
+    return int(lengths[0])
 
 
 @dataclass(frozen=True)
 class HttpSettings:
     """The `http:` section of the service config."""
 
-    threads: int = 16  # request threads
+    threads: int = 4  # request threads (the module doc says why so few)
     backlog: int = 64  # requests waiting for a request thread before 503
-    streams: int = DEFAULT_LIMIT  # concurrent SSE streams, each on its own thread
+    streams: int = DEFAULT_LIMIT  # concurrent long requests, each on its own thread
     header_timeout: float = 10.0  # seconds for a request's whole head to arrive
-    io_timeout: float = 30.0  # seconds a body read or a response write may stall
+    # seconds a JSON body may take after its head, or a body read or a
+    # response write on a thread may stall
+    io_timeout: float = 30.0
     keepalive: int = 5  # seconds an idle kept-alive connection stays open
     max_connections: int = 2048  # open connections (idle ones included)
 
@@ -92,19 +135,21 @@ class HttpSettings:
         return cls(**values)
 
 
-def refusal(detail: str, retry_after: int = 1) -> bytes:
-    """A whole 503 problem response, written by the event loop itself."""
-    status, title = TITLES["unavailable"]
-    body = json.dumps({"type": BASE + "unavailable", "title": title, "status": status,
+def whole_response(kind: str, detail: str, retry_after: int | None = None) -> bytes:
+    """A whole problem response (SPEC §4) that closes the connection, written
+    by the event loop itself: no thread ever sees the request."""
+    status, title = TITLES[kind]
+    body = json.dumps({"type": BASE + kind, "title": title, "status": status,
                        "detail": detail}).encode()
-    head = (f"HTTP/1.1 {status} Service Unavailable\r\n"
-            "Content-Type: application/problem+json\r\n"
-            f"Retry-After: {retry_after}\r\nConnection: close\r\n"
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: application/problem+json\r\n{retry}Connection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
 
-BUSY = refusal("all request threads are busy; retry shortly")
+BUSY = whole_response("unavailable", "all request threads are busy; retry shortly", 1)
+LATE = whole_response("timeout", "the request did not arrive in time; nothing was done")
 
 
 class _TimedSocket(socket.socket):
@@ -134,7 +179,7 @@ class _TimedSocket(socket.socket):
 
 
 class ThreadPerTask:
-    """Each task on a new thread that ends with it: event streams. A pool would
+    """Each task on a new thread that ends with it: long requests. A pool would
     keep as many idle threads as streams were ever open at once, each holding
     its thread's database connection, for the life of the process. (At most
     `streams` run: the worker refuses more before submitting.)"""
@@ -169,11 +214,15 @@ class StackspaceWorker(ThreadWorker):
         self.http: HttpSettings = self.app.http
         self.gate: StreamGate = self.app.gate
         self._inflight = 0  # requests handed to the request pool, not yet finished
-        self._streams = 0  # ... and to the stream threads
-        # Event streams: threads of their own, picked by the request line
+        self._long = 0  # ... and to the long requests' threads
+        # Long requests: threads of their own, picked by the request line
         # before a thread is chosen (the request pool: get_thread_pool).
-        self.stream_pool = ThreadPerTask("stream")
-        self._heading: deque[TConn] = deque()  # reading a head, oldest deadline first
+        self.long_pool = ThreadPerTask("long")
+        # Connections whose request the event loop is reading, oldest deadline
+        # first: heads (header_timeout), then bodies (io_timeout after the head).
+        self._heading: deque[TConn] = deque()
+        self._bodies: deque[TConn] = deque()
+        self._buffered = 0  # body bytes announced by the connections in _bodies
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         # Ordinary requests: exactly `threads` long-lived threads (each keeps
@@ -203,7 +252,9 @@ class StackspaceWorker(ThreadWorker):
     def _read_head(self, conn: TConn) -> None:
         conn.sock.setblocking(False)
         conn.head = bytearray()
+        conn.needed = None  # the whole request's length, once its head is read
         conn.timeout = time.monotonic() + self.http.header_timeout
+        conn.waiting = self._heading
         self._heading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head, conn))
 
@@ -218,19 +269,36 @@ class StackspaceWorker(ThreadWorker):
             self._drop(conn)
             return
         conn.head += data
-        if b"\r\n\r\n" not in conn.head and len(conn.head) <= MAX_HEAD_BYTES:
+        if conn.needed is None:
+            end = conn.head.find(b"\r\n\r\n")
+            if end < 0 and len(conn.head) <= MAX_HEAD_BYTES:
+                return
+            conn.long = is_long_request(conn.head)
+            body = 0 if end < 0 or conn.long else buffered_body_length(bytes(conn.head[:end + 4]))
+            if self._buffered + body > MAX_BUFFERED_BYTES:
+                body = 0  # read by the request thread
+            conn.needed = end + 4 + body
+            if len(conn.head) < conn.needed:  # a body follows: now on its own deadline
+                self._buffered += body
+                conn.buffered = body
+                self._heading.remove(conn)
+                conn.timeout = time.monotonic() + self.http.io_timeout
+                conn.waiting = self._bodies
+                self._bodies.append(conn)
+        if len(conn.head) < conn.needed:
             return
         self._unwatch(conn)
         conn.data_ready = True  # gthread's own wait-for-data step is done
-        conn.stream = is_stream_request(conn.head)
-        if (self._streams >= self.http.streams if conn.stream
+        if (self._long >= self.http.streams if conn.long
                 else self._inflight >= self.http.threads + self.http.backlog):
-            self._refuse(conn)
+            self._answer(conn, BUSY)
         else:
             self.enqueue_req(conn)
 
     def _unwatch(self, conn: TConn) -> None:
-        self._heading.remove(conn)
+        conn.waiting.remove(conn)
+        self._buffered -= getattr(conn, "buffered", 0)
+        conn.buffered = 0
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
 
@@ -239,9 +307,10 @@ class StackspaceWorker(ThreadWorker):
         self.nr_conns -= 1
         conn.close()
 
-    def _refuse(self, conn: TConn) -> None:
+    def _answer(self, conn: TConn, response: bytes) -> None:
+        """Answer with a whole response written by the event loop, and close."""
         try:
-            conn.sock.send(BUSY)
+            conn.sock.send(response)
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
@@ -249,29 +318,40 @@ class StackspaceWorker(ThreadWorker):
         conn.close()
 
     def murder_pending(self) -> None:
-        """Also close connections whose head is late (all of them when stopping)."""
+        """Also answer 408 to requests that did not arrive in time (and close
+        those still arriving at once when stopping)."""
         super().murder_pending()
         now = time.monotonic()
-        while self._heading and (not self.alive or self._heading[0].timeout <= now):
-            self._drop(self._heading[0])
+        for waiting in (self._heading, self._bodies):
+            while waiting and (not self.alive or waiting[0].timeout <= now):
+                conn = waiting[0]
+                if not self.alive:
+                    self._drop(conn)
+                    continue
+                self._unwatch(conn)
+                self._answer(conn, LATE)
 
     # --- requests --------------------------------------------------------------
     def enqueue_req(self, conn: TConn) -> None:
-        if not getattr(conn, "stream", False):
+        if not getattr(conn, "long", False):
             self._inflight += 1
             super().enqueue_req(conn)
             return
-        self._streams += 1
-        fs = self.stream_pool.submit(self.handle, conn)
+        self._long += 1
+        fs = self.long_pool.submit(self._handle_long, conn)
         fs.add_done_callback(
             lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
 
     def finish_request(self, conn: TConn, fs: Any) -> None:
-        if getattr(conn, "stream", False):
-            self._streams -= 1
+        if getattr(conn, "long", False):
+            self._long -= 1
         else:
             self._inflight -= 1
         super().finish_request(conn, fs)
+
+    def _handle_long(self, conn: TConn) -> Any:
+        self.app.on_long_thread()
+        return self.handle(conn)
 
     def handle(self, conn: TConn) -> Any:
         head, conn.head = getattr(conn, "head", None), None
@@ -291,13 +371,25 @@ class StackspaceWorker(ThreadWorker):
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         self.gate.stopping.set()
-        self.stream_pool.shutdown(wait=False)
+        self.long_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
 
 
 WsgiApp = Callable[..., Any]
-# Builds the service in the worker process: the WSGI app, and what stops it.
-Build = Callable[[StreamGate], tuple[WsgiApp, Callable[[], None]]]
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the worker process serves, built after the fork."""
+
+    app: WsgiApp
+    stop: Callable[[], None]  # run when the worker exits
+    # run first on each long request's thread (service.db: share_this_thread)
+    on_long_thread: Callable[[], None] = lambda: None
+
+
+# Builds the service in the worker process.
+Build = Callable[[StreamGate], Service]
 
 
 class _Application(BaseApplication):
@@ -305,8 +397,12 @@ class _Application(BaseApplication):
                  announce: Callable[[], None]):
         self.listen, self.http, self.build, self.announce = listen, http, build, announce
         self.gate = StreamGate(http.streams)
-        self._stop: Callable[[], None] | None = None
+        self.service: Service | None = None
         super().__init__()
+
+    def on_long_thread(self) -> None:
+        if self.service is not None:
+            self.service.on_long_thread()
 
     def load_config(self) -> None:
         assert self.cfg is not None
@@ -328,14 +424,14 @@ class _Application(BaseApplication):
             "loglevel": "warning",
             "when_ready": lambda arbiter: self.announce(),
             "post_fork": lambda arbiter, worker: _die_with_parent(),
-            "worker_exit": lambda arbiter, worker: self._stop and self._stop(),
+            "worker_exit": lambda arbiter, worker: self.service and self.service.stop(),
         }
         for key, value in options.items():
             self.cfg.set(key, value)
 
     def load(self) -> WsgiApp:
-        app, self._stop = self.build(self.gate)
-        return app
+        self.service = self.build(self.gate)
+        return self.service.app
 
 
 def serve(listen: str, http: HttpSettings, build: Build, announce: Callable[[], None]) -> None:

@@ -28,7 +28,9 @@ def _op(summary: str, ok: str, schema: str | None = None, body: str | None = Non
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-        op["responses"].update({"400": PROBLEM, "415": PROBLEM, "422": PROBLEM})
+        # 413: over the 1 MiB limit (service.http_server), refused unread
+        op["responses"].update({"400": PROBLEM, "413": PROBLEM, "415": PROBLEM,
+                                "422": PROBLEM})
     if ok == "202":
         op["responses"].update({"400": PROBLEM, "409": PROBLEM})
         op["parameters"] = [IDEMPOTENCY_KEY,

@@ -20,6 +20,7 @@ TITLES = {
     "method-not-allowed": (405, "Method not allowed"),
     "unsupported-media-type": (415, "Send application/json"),
     "too-large": (413, "Request body too large"),
+    "timeout": (408, "The request did not arrive in time"),
     "internal": (500, "Internal error"),
     "proxy-unavailable": (503, "The exec proxy or the workspace is unavailable"),
     "unavailable": (503, "Service unavailable"),  # saturated: retry after Retry-After

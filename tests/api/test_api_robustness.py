@@ -111,7 +111,7 @@ def test_an_oversized_body_is_refused_with_413_and_changes_nothing(idle_service)
     """A documented request-size limit (SPEC §4): bigger bodies get a 413
     problem, before any handler runs; the unauthenticated activity endpoint
     too. Nothing is created."""
-    from service.api import MAX_BODY_BYTES
+    from service.http_server import MAX_BODY_BYTES
 
     svc = idle_service
     big = {"name": "huge", "env": {"PAD": "x" * MAX_BODY_BYTES}}

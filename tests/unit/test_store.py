@@ -526,3 +526,46 @@ def test_requests_between_a_runs_read_and_its_end_are_kept(open_store):
 
     run_state_machine_as_test(Model, settings=settings(max_examples=40, stateful_step_count=25,
                                                        deadline=None))
+
+
+def test_threads_that_share_hold_no_connection_of_their_own(tmp_path: Path):
+    """Long requests' threads (a thousand event streams) borrow one of a few
+    shared SQLite connections per statement or transaction: their reads and
+    writes are as usual, and the process holds SHARED connections, not one
+    per thread (each costs about 150 KB)."""
+    from service.db import SqliteDatabase
+
+    store = Store(tmp_path / "s.db", key_file=tmp_path / "store.key")
+    op, _ = create(store, "alice", "one")
+    threads, started, done = 48, threading.Barrier(48 + 1), threading.Event()
+    errors: list[BaseException] = []
+
+    def stream(i: int) -> None:
+        try:
+            store.db.share_this_thread()
+            store.add_event(op["id"], {"writer": i})  # a transaction
+            assert store.workspace("alice", "one")["name"] == "one"  # a statement
+            with store.tx() as db:  # a statement inside a transaction sees its writes
+                db.execute("UPDATE workspaces SET last_error=? WHERE name='one'", (f"w{i}",))
+                assert store.workspace("alice", "one")["last_error"] == f"w{i}"
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        started.wait()
+        done.wait()
+
+    running = [threading.Thread(target=stream, args=(i,)) for i in range(threads)]
+    for t in running:
+        t.start()
+    started.wait()
+    try:
+        assert errors == []
+        fds = [p for p in Path("/proc/self/fd").iterdir()
+               if str(p.resolve()).endswith("/s.db")]
+        # this thread's own connection, and the shared ones
+        assert len(fds) <= 1 + SqliteDatabase.SHARED, len(fds)
+        assert sorted(e["writer"] for _, e in store.events(op["id"])) == list(range(threads))
+    finally:
+        done.set()
+        for t in running:
+            t.join()
+        store.close()
