@@ -5,13 +5,15 @@ was served before; kept here only) against the embedded gunicorn of
 ApacheBench (`ab`, no keep-alive) on loopback, for /healthz, one workspace and
 a page of 50, at 16 and 64 concurrent clients; then the same with 256 slow
 clients holding connections open (each sends half a request head and stalls,
-and reconnects when cut off). Prints req/s, p50 and p99 for each.
+and reconnects when cut off). Prints req/s, p50 and p99 for each: the servers
+run side by side, each measurement runs on each in turn, and the median of
+`--rounds` runs counts (this shared machine drifts by a third within minutes).
 
 `--baseline REF` also serves the same data dir with the code of git ref REF
 (e.g. main) under gunicorn, in the same run: before and after a change.
 
 Run: scripts/setup && source ~/.cache/stackspace/toolchain.env && \
-     .venv/bin/python bench/http_bench.py [--seconds 5] [--baseline main]
+     .venv/bin/python bench/http_bench.py [--seconds 3] [--rounds 3] [--baseline main]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -78,6 +81,19 @@ def seed(config: Path, count: int) -> str:
     token = store.add_user(OWNER)
     store.close()
     return token, op["id"]
+
+
+@dataclass(frozen=True)
+class Live:
+    """A server being measured."""
+
+    kind: str
+    port: int
+    url: str
+    config: Path
+    token: str
+    running_op: str
+    pid: int
 
 
 def werkzeug_main(config: str) -> None:
@@ -285,7 +301,8 @@ def ab(url: str, token: str | None, concurrency: int, seconds: float) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--streams", type=int, default=1000, help="open SSE streams")
     parser.add_argument("--baseline", help="also serve with the code of this git ref (before)")
     parser.add_argument("--werkzeug-server", help=argparse.SUPPRESS)
@@ -296,40 +313,66 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="http-bench-"))
-    port = free_port()
-    config = tmp / "stackspace.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(tmp / "data"), "listen": f"127.0.0.1:{port}",
-        "proxy_listen": f"127.0.0.1:{free_port()}", "runtimes": [RUNTIME], "pool_size": 1,
-        "quota": 1000, "http": {"streams": args.streams}}))
     os.environ.setdefault("PULUMI_CONFIG_PASSPHRASE", secrets.token_hex(8))
-    token, running_op = seed(config, 200)
-    url = f"http://127.0.0.1:{port}"
-    targets = [("/healthz", "/healthz", None),
-               ("one workspace", "/api/v1/workspaces/ws-123", token),
-               ("page of 50", "/api/v1/workspaces?limit=50", token)]
-    rows: list[tuple[str, str, str, int, dict[str, float]]] = []
-    fanout: dict[str, dict[str, float]] = {}
     # (label, server, code): the baseline is gunicorn with the ref's code.
     servers = [("werkzeug", "werkzeug", REPO), ("gunicorn", "gunicorn", REPO)]
     if args.baseline:
         servers.append((args.baseline[:9], "gunicorn", checkout(args.baseline,
                                                                 tmp / "baseline")))
-    for kind, program, code in servers:
-        with server(program, config, url, tmp / f"{kind}.log", code) as pid:
-            fanout[kind] = streams(port, config, running_op, token, args.streams, pid)
-            print(f"{kind:<9} streams {fanout[kind]}", file=sys.stderr, flush=True)
-            for load in ("", "256 slow"):
-                with slow_clients(port, 256) if load else contextlib.nullcontext():
-                    for label, path, auth in targets:
-                        for concurrency in (16, 64):
-                            r = ab(url + path, auth, concurrency, args.seconds)
-                            rows.append((kind, load, label, concurrency, r))
-                            print(f"{kind:<9} {load:<9} {label:<14} c={concurrency:<3} "
-                                  f"{r['rps']:8.0f} req/s", file=sys.stderr, flush=True)
+    rows: list[tuple[str, str, str, int, dict[str, float]]] = []
+    fanout: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as running:
+        # All servers at once, each on its own data dir with the same 200
+        # workspaces; each measurement runs on every server in turn, `rounds`
+        # times, and the median counts: a shared machine's drift weighs on
+        # all of them alike.
+        live: list[Live] = []
+        for kind, program, code in servers:
+            port = free_port()
+            config = tmp / kind / "stackspace.yaml"
+            config.parent.mkdir(parents=True)
+            config.write_text(yaml.safe_dump({
+                "data_dir": str(tmp / kind / "data"), "listen": f"127.0.0.1:{port}",
+                "proxy_listen": f"127.0.0.1:{free_port()}", "runtimes": [RUNTIME],
+                "pool_size": 1, "quota": 1000, "http": {"streams": args.streams}}))
+            token, running_op = seed(config, 200)
+            url = f"http://127.0.0.1:{port}"
+            pid = running.enter_context(server(program, config, url, tmp / f"{kind}.log", code))
+            live.append(Live(kind, port, url, config, token, running_op, pid))
+        targets = [("/healthz", "/healthz", False),
+                   ("one workspace", "/api/v1/workspaces/ws-123", True),
+                   ("page of 50", "/api/v1/workspaces?limit=50", True)]
+        for srv in live:  # warm: caches filled, threads made
+            for _, path, auth in targets:
+                ab(srv.url + path, srv.token if auth else None, 16, 1)
+        for load in ("", "256 slow"):
+            with contextlib.ExitStack() as slow:
+                for srv in live if load else []:
+                    slow.enter_context(slow_clients(srv.port, 256))
+                for label, path, auth in targets:
+                    for concurrency in (16, 64):
+                        runs: dict[str, list[dict[str, float]]] = {srv.kind: [] for srv in live}
+                        for _ in range(args.rounds):
+                            for srv in live:
+                                runs[srv.kind].append(ab(srv.url + path, srv.token if auth
+                                                         else None, concurrency, args.seconds))
+                        for srv in live:
+                            r = sorted(runs[srv.kind], key=lambda x: x["rps"])[args.rounds // 2]
+                            rows.append((srv.kind, load, label, concurrency, r))
+                            print(f"{srv.kind:<9} {load:<9} {label:<14} c={concurrency:<3} "
+                                  f"{r['rps']:8.0f} req/s (median of "
+                                  f"{[round(x['rps']) for x in runs[srv.kind]]})",
+                                  file=sys.stderr, flush=True)
+        # Last, one server at a time: 1,000 streams leave a process busier for
+        # a while after they end (their threads unwinding).
+        for srv in live:
+            fanout[srv.kind] = streams(srv.port, srv.config, srv.running_op, srv.token,
+                                       args.streams, srv.pid)
+            print(f"{srv.kind:<9} streams {fanout[srv.kind]}", file=sys.stderr, flush=True)
 
     print(f"\nHTTP serving, 200 workspaces stored, ab without keep-alive, "
-          f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs; load average "
+          f"median of {args.rounds} runs of {args.seconds:.0f} s, servers in turn, "
+          f"{os.cpu_count()} CPUs; load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine)\n")
     print(f"{'server':<9} {'load':<9} {'endpoint':<14} {'c':>3} {'req/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'failed':>7} {'non-2xx':>8}")

@@ -227,11 +227,16 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
             after = pagination.decode_cursor(request.args.get("cursor"))
         except pagination.PageError as e:
             raise Problem("bad-request", f"bad {e.field}", {e.field: str(e)}) from e
-        rows = store.page_rows(PAGE_COLUMNS, owner or None, after, limit)
-        cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
-            if len(rows) == limit else None
-        resp = app.response_class(rendered.page(rows, cursor),
-                                  mimetype="application/json")
+
+        def read_page() -> tuple[str, str | None]:
+            rows = store.page_rows(PAGE_COLUMNS, owner or None, after, limit)
+            cursor = pagination.encode_cursor((rows[-1]["owner"], rows[-1]["name"])) \
+                if len(rows) == limit else None
+            return rendered.page(rows, cursor), cursor
+
+        body, cursor = rendered.at_version(("page", owner or None, after, limit),
+                                           store.listing_version(), read_page)
+        resp = app.response_class(body, mimetype="application/json")
         if cursor:
             query = {k: v for k, v in request.args.items() if k != "cursor"}
             resp.headers["Link"] = f'<{request.path}?{urlencode({**query, "cursor": cursor})}>' \
@@ -241,11 +246,17 @@ def create_app(cfg: ServiceConfig, store: Store, runner: OperationRunner,
     @app.get(f"{PREFIX}/workspaces/<name>")
     @authed
     def get_workspace(name: str) -> Response:
-        rows = store.page_rows(ONE_COLUMNS, owner_scope(), None, 1, name=name)
-        if not rows:  # another user's workspace looks exactly like a missing one
+        owner = owner_scope()
+
+        def read_one() -> Any:
+            rows = store.page_rows(ONE_COLUMNS, owner, None, 1, name=name)
+            return rendered.one(rows[0], storage) if rows else None
+
+        one = rendered.at_version(("one", owner, name), store.listing_version(), read_one)
+        if one is None:  # another user's workspace looks exactly like a missing one
             raise Problem("not-found", f"no workspace named {name!r}")
-        view = rendered.one(rows[0], storage)
-        return app.response_class(view, mimetype="application/json")
+        return app.response_class(rendered.with_storage(one, storage),
+                                  mimetype="application/json")
 
     @app.patch(f"{PREFIX}/workspaces/<name>")
     @authed

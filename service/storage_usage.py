@@ -138,14 +138,18 @@ class StorageUsage:
     def _fresh(self, rt: DockerRuntime) -> _Measurement | None:
         """The last measurement; starts a new one in the background when the
         last attempt (a failed one too) is older than max_age."""
-        with self._lock:
-            now = time.monotonic()
-            if rt.name not in self._busy and now - self._tried.get(rt.name, -1e18) > self.max_age:
-                self._busy.add(rt.name)
-                self._tried[rt.name] = now
-                threading.Thread(target=self._refresh, args=(rt,), daemon=True,
-                                 name=f"storage-usage-{rt.name}").start()
-            return self._cache.get(rt.name)
+        if time.monotonic() - self._tried.get(rt.name, -1e18) > self.max_age:
+            # Due (checked again under the lock): requests in between take
+            # no lock, which four request threads would queue on.
+            with self._lock:
+                now = time.monotonic()
+                if rt.name not in self._busy and \
+                        now - self._tried.get(rt.name, -1e18) > self.max_age:
+                    self._busy.add(rt.name)
+                    self._tried[rt.name] = now
+                    threading.Thread(target=self._refresh, args=(rt,), daemon=True,
+                                     name=f"storage-usage-{rt.name}").start()
+        return self._cache.get(rt.name)
 
     def _refresh(self, rt: DockerRuntime) -> None:
         sizes = None

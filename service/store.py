@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.fernet import Fernet
 
 from components.spec import SPEC_VERSION
-from service import idempotency, lifecycle, op_counts, tokens
+from service import idempotency, lifecycle, listing_version, op_counts, tokens
 from service.db import Database, Tx, connect, is_postgres_url
 from service.notify import WORK, announce
 from service.secret_files import read_or_create
@@ -218,6 +218,7 @@ class Store:
         self.db.ensure_schema(SCHEMA, ADDED_COLUMNS)
         tokens.migrate(self.db)
         op_counts.install(self.db)
+        listing_version.install(self.db)
         self.installation_id: str = self._installation_id()
         if key_file is not None:
             self._box  # noqa: B018 - the service: a missing, unmakeable key fails at start
@@ -436,6 +437,11 @@ class Store:
             " FROM operations m WHERE m.owner = w.owner AND m.workspace = w.name)"
             f" WHERE {' AND '.join(where)} ORDER BY w.owner, w.name LIMIT ?",
             (*params, limit)).fetchall()
+
+    def listing_version(self) -> int | None:
+        """A number that changes with anything a workspace view shows; None
+        where there is none (service.listing_version)."""
+        return listing_version.read(self.db)
 
     def last_operations(self, owner: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest operation of every workspace (of `owner`), in one query:

@@ -6,12 +6,16 @@ parsed, its spec rebuilt and redacted, and the whole encoded again. `Rendered`
 keeps each row's JSON keyed by exactly the columns its view reads (the
 workspace's and its newest operation's), so an unchanged row costs one
 dictionary look-up; a changed row has a new key and is rendered afresh.
+On SQLite it also keeps whole pages and single views with the listing
+version they were read at (service.listing_version): while that number
+stands, they are served without reading a row.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from components.spec import WorkspaceSpec
@@ -73,6 +77,9 @@ class Rendered:
         # One workspace's rows (ONE_COLUMNS): its JSON without the closing
         # brace, and the facts its storage use is looked up by.
         self._one: dict[tuple[Any, ...], tuple[str, StorageRequest]] = {}
+        # By request, with the listing version they were read at: pages
+        # (body, next cursor) and single views (as in _one).
+        self._at: dict[Hashable, tuple[int, Any]] = {}
         self._lock = threading.Lock()
 
     def item(self, row: Any) -> str:
@@ -97,8 +104,23 @@ class Rendered:
                 cache.clear()
             cache[key] = value
 
-    def one(self, row: Any, storage: StorageUsage) -> str:
-        """ws_view of a row of ONE_COLUMNS, with its storage use, as JSON."""
+    def at_version(self, key: Hashable, version: int | None, read: Callable[[], Any]) -> Any:
+        """What `read()` returns, kept for `key` while the listing version is
+        `version` (read before `read()` runs: a change in between makes the
+        next request read again). None as `version` (PostgreSQL): always read.
+        A None from `read()` (nothing found) is not kept."""
+        if version is not None:
+            hit = self._at.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        value = read()
+        if version is not None and value is not None:
+            self._keep(self._at, key, (version, value))
+        return value
+
+    def one(self, row: Any, storage: StorageUsage) -> tuple[str, StorageRequest]:
+        """ws_view of a row of ONE_COLUMNS, as JSON without its closing brace,
+        and what its storage use is looked up by (`with_storage`)."""
         key = tuple(row)
         found = self._one.get(key)
         if found is None:
@@ -107,7 +129,12 @@ class Rendered:
                   "runtime_config": json.loads(row["runtime_config"] or "null")}
             found = self.item(row)[:-1], storage.request_of(ws)
             self._keep(self._one, key, found)
-        head, request = found
+        return found
+
+    @staticmethod
+    def with_storage(one: tuple[str, StorageRequest], storage: StorageUsage) -> str:
+        """A view from `one` with the storage use as last measured, as JSON."""
+        head, request = one
         return f'{head}, "storage": {json.dumps(storage.usage(request).to_dict())}}}'
 
     def page(self, rows: list[Any], cursor: str | None) -> str:

@@ -37,10 +37,14 @@ def test_rendered_rows_match_the_view_and_follow_every_change(store_target, tmp_
         with store.tx() as db:
             db.execute("DELETE FROM operations WHERE owner='carol'")
         rendered = Rendered()
+        # Pages are kept by version on SQLite only (service.listing_version).
+        assert (store.listing_version() is None) == (store.db.dialect == "postgresql")
 
-        def page(owner=None, after=None, limit=10):
-            return json.loads(rendered.page(store.page_rows(PAGE_COLUMNS, owner, after, limit),
-                                            "next-cursor"))
+        def page(owner=None, after=None, limit=10):  # as the API reads one
+            return json.loads(rendered.at_version(
+                ("page", owner, after, limit), store.listing_version(),
+                lambda: rendered.page(store.page_rows(PAGE_COLUMNS, owner, after, limit),
+                                      "next-cursor")))
 
         body = page()
         assert [(i["owner"], i["name"]) for i in body["items"]] == [
@@ -63,9 +67,12 @@ def test_rendered_rows_match_the_view_and_follow_every_change(store_target, tmp_
         # One workspace: its view and its storage, following a changed request.
         storage = StorageUsage([parse_runtime(RUNTIME)], max_age=3600)
 
-        def one(name):
-            rows = store.page_rows(ONE_COLUMNS, "alice", None, 1, name=name)
-            return json.loads(rendered.one(rows[0], storage))
+        def one(name):  # as the API reads one
+            def read():
+                rows = store.page_rows(ONE_COLUMNS, "alice", None, 1, name=name)
+                return rendered.one(rows[0], storage) if rows else None
+            found = rendered.at_version(("one", name), store.listing_version(), read)
+            return found and json.loads(rendered.with_storage(found, storage))
 
         def requested(size):
             return {"requested_bytes": size, "used_bytes": None, "over": False,
@@ -77,5 +84,50 @@ def test_rendered_rows_match_the_view_and_follow_every_change(store_target, tmp_
             **spec["resources"], "storage": "2Gi"}})
         assert one("a2") == {**expected(store, "alice", "a2"), "storage": requested(2 * 2**30)}
         assert store.page_rows(ONE_COLUMNS, "bob", None, 1, name="a2") == []
+
+        # Written by another client (another process: the runner's workers,
+        # or a raw statement): seen at once too.
+        other = Store(store_target, key_file=tmp_path / "store.key")
+        try:
+            with other.tx() as db:
+                db.execute("UPDATE operations SET status='failed', error='boom' WHERE"
+                           " owner='alice' AND workspace='a2'")
+                db.execute("UPDATE workspaces SET last_error='boom' WHERE name='a2'")
+        finally:
+            other.close()
+        assert one("a2")["last_error"] == "boom"
+        assert one("a2")["last_operation"]["error"] == "boom"
+        assert page()["items"][1] == expected(store, "alice", "a2")
+        store.delete_workspace("alice", "a2")
+        assert one("a2") is None
+        assert [i["name"] for i in page(owner="alice")["items"]] == ["a1"]
+    finally:
+        store.close()
+
+
+def test_the_listing_version_moves_with_every_change_a_view_shows(tmp_path):
+    """SQLite's (PostgreSQL has none: its rows come in one round trip)."""
+    store = Store(tmp_path / "s.db", key_file=tmp_path / "store.key")
+    try:
+        seen = [store.listing_version()]
+
+        def moved() -> bool:
+            seen.append(store.listing_version())
+            return seen[-1] != seen[-2]
+
+        create(store, "alice", "a1")
+        assert moved()
+        store.add_event(store.last_operation("alice", "a1")["id"], {"type": "x"})
+        assert not moved()  # events are not in any view
+        store.update_workspace("alice", "a1", state="running")
+        assert moved()
+        store.request_operation("alice", "a1", "stop", queue=True)
+        assert moved()
+        store.db.execute("DELETE FROM operations")
+        assert moved()
+        # Reopened (a restart, another replica): installed once, kept.
+        again = Store(tmp_path / "s.db", key_file=tmp_path / "store.key")
+        assert again.listing_version() == seen[-1]
+        again.close()
     finally:
         store.close()
