@@ -26,11 +26,12 @@ What the worker class adds to gunicorn's gthread worker:
   counted against the request threads; more get 503. Every stream ends when
   the server stops.
 
-Why few request threads (`threads`, default 4): the worker runs Python under
-one GIL, and a request that reads the store hands the GIL over at every
-SQLite step. On 2 cores, 16 threads served a page of 50 rows at half the
-rate 4 did (bench/http_bench.py): more threads than cores only add GIL
-handoffs to requests that never wait on anything slower than the store.
+Why few request threads (`threads`, default 2): the worker runs Python under
+one GIL, and a request hands the GIL over at every system call and SQLite
+step; each handover to a waiting thread costs more than the call. Measured
+on 2 cores (bench/http_bench.py): 16 threads served a page of 50 rows at
+half the rate 4 did, and 2 served /healthz about 10% faster than 4. The
+requests left on these threads wait on nothing slower than the store.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from service.problems import BASE, TITLES
 from service.streams import DEFAULT_LIMIT, StreamGate
 
+# Seconds a closing connection waits for the client's FIN (_linger).
+LINGER = 2.0
 # The most a request's head (request line and headers) may take.
 MAX_HEAD_BYTES = 64 * 1024
 # The largest request body the API reads (413 beyond: the app refuses it from
@@ -103,7 +106,7 @@ def buffered_body_length(head: bytes) -> int:
 class HttpSettings:
     """The `http:` section of the service config."""
 
-    threads: int = 4  # request threads (the module doc says why so few)
+    threads: int = 2  # request threads (the module doc says why so few)
     backlog: int = 64  # requests waiting for a request thread before 503
     streams: int = DEFAULT_LIMIT  # concurrent long requests, each on its own thread
     header_timeout: float = 10.0  # seconds for a request's whole head to arrive
@@ -215,6 +218,7 @@ class StackspaceWorker(ThreadWorker):
         self.gate: StreamGate = self.app.gate
         self._inflight = 0  # requests handed to the request pool, not yet finished
         self._long = 0  # ... and to the long requests' threads
+        self._lingering: deque[TConn] = deque()  # closing (_linger), oldest first
         # Long requests: threads of their own, picked by the request line
         # before a thread is chosen (the request pool: get_thread_pool).
         self.long_pool = ThreadPerTask("long")
@@ -249,22 +253,36 @@ class StackspaceWorker(ThreadWorker):
         self.keepalived_conns.remove(conn)
         self._read_head(conn)
 
+    def _watch(self, conn: TConn, waiting: deque[TConn], seconds: float,
+               on_readable: Callable[[TConn, Any], None]) -> None:
+        """Wait in the event loop for `conn` to be readable, at most `seconds`
+        (murder_pending: `waiting` is kept oldest deadline first)."""
+        conn.timeout = time.monotonic() + seconds
+        conn.waiting = waiting
+        waiting.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(on_readable, conn))
+
+    @staticmethod
+    def _received(conn: TConn) -> bytes | None:
+        """What arrived on a non-blocking connection: None if nothing yet, b""
+        if it closed or failed."""
+        try:
+            return conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
     def _read_head(self, conn: TConn) -> None:
         conn.sock.setblocking(False)
         conn.head = bytearray()
         conn.needed = None  # the whole request's length, once its head is read
-        conn.timeout = time.monotonic() + self.http.header_timeout
-        conn.waiting = self._heading
-        self._heading.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head, conn))
+        self._watch(conn, self._heading, self.http.header_timeout, self._on_head)
 
     def _on_head(self, conn: TConn, _sock: Any) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = self._received(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop(conn)
             return
@@ -308,20 +326,19 @@ class StackspaceWorker(ThreadWorker):
         conn.close()
 
     def _answer(self, conn: TConn, response: bytes) -> None:
-        """Answer with a whole response written by the event loop, and close."""
-        try:
+        """Answer with a whole response written by the event loop (a small
+        one: the socket's buffer takes it whole), and close."""
+        with contextlib.suppress(OSError):
             conn.sock.send(response)
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.nr_conns -= 1
-        conn.close()
+        self._linger(conn)
 
     def murder_pending(self) -> None:
         """Also answer 408 to requests that did not arrive in time (and close
         those still arriving at once when stopping)."""
         super().murder_pending()
         now = time.monotonic()
+        while self._lingering and self._lingering[0].timeout <= now:
+            self._drop(self._lingering[0])
         for waiting in (self._heading, self._bodies):
             while waiting and (not self.alive or waiting[0].timeout <= now):
                 conn = waiting[0]
@@ -333,21 +350,60 @@ class StackspaceWorker(ThreadWorker):
 
     # --- requests --------------------------------------------------------------
     def enqueue_req(self, conn: TConn) -> None:
-        if not getattr(conn, "long", False):
+        conn.long = getattr(conn, "long", False)
+        if conn.long:
+            self._long += 1
+            self.long_pool.submit(self._run, conn, self._handle_long)
+        else:
             self._inflight += 1
-            super().enqueue_req(conn)
-            return
-        self._long += 1
-        fs = self.long_pool.submit(self._handle_long, conn)
-        fs.add_done_callback(
-            lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+            self.tpool.submit(self._run, conn, self.handle)
 
-    def finish_request(self, conn: TConn, fs: Any) -> None:
-        if getattr(conn, "long", False):
+    def _run(self, conn: TConn, handle: Callable[[TConn], Any]) -> None:
+        """On a request's thread: the request; then back to the event loop."""
+        try:
+            result = handle(conn)
+        except BaseException:  # noqa: BLE001 - handle() answers what it can
+            result = False
+        self.method_queue.defer(self.finish_request, conn, result)
+
+    def finish_request(self, conn: TConn, result: Any) -> None:
+        """In the event loop: keep the connection alive, or linger to close it."""
+        if conn.long:
             self._long -= 1
         else:
             self._inflight -= 1
-        super().finish_request(conn, fs)
+        if result is False:
+            self._linger(conn)
+            return
+        kept: futures.Future = futures.Future()
+        kept.set_result(result)
+        super().finish_request(conn, kept)
+
+    def _linger(self, conn: TConn) -> None:
+        """Close a connection whose answer is written (RFC 9112 9.6): send
+        FIN, then drop what the client still sends until it closes too (so
+        the close is no reset that could cut the answer short), for at most
+        LINGER seconds. In the event loop, never waiting on the client:
+        gunicorn's own graceful close waits for it there, so a client that
+        never closed its end held up every other one for 2 s."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.drained = 0
+        self._watch(conn, self._lingering, LINGER, self._on_linger)
+
+    def _on_linger(self, conn: TConn, _sock: Any) -> None:
+        data = self._received(conn)
+        if data is None:
+            return
+        conn.drained += len(data)
+        if data and conn.drained < MAX_HEAD_BYTES:
+            return
+        self._drop(conn)
 
     def _handle_long(self, conn: TConn) -> Any:
         self.app.on_long_thread()
@@ -357,8 +413,7 @@ class StackspaceWorker(ThreadWorker):
         head, conn.head = getattr(conn, "head", None), None
         if head:
             try:
-                conn.sock.setblocking(True)
-                conn.init()
+                conn.init()  # the socket blocking again, and its parser
             except OSError:
                 return False
             conn.parser.unreader.unread(bytes(head))

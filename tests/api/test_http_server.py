@@ -117,6 +117,27 @@ def test_slow_clients_hold_no_thread_and_are_answered_408(served):
     assert served.call("GET", "/workspaces").json()["items"] == []  # nothing half-created
 
 
+def test_clients_that_never_close_hold_up_no_one(served):
+    """A client that reads its answer and keeps its end open (or never reads
+    it) does not make others wait: the server closes without lingering for
+    its FIN (gunicorn's graceful close waited up to 2 s each, on the loop)."""
+    held = []
+    for _ in range(HTTP["threads"] + HTTP["backlog"]):  # as many as are served at once
+        s = connect(served)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        held.append(s)
+    try:
+        assert response(held[0])[0] == 200  # one reads its answer; the rest never do
+        healthy_fast(served)
+        for s in held:  # every one was answered and closed by the server
+            status, _, _ = response(s) if s is not held[0] else (200, {}, b"")
+            assert status == 200
+            assert closed_within(s, 2) < 2
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_saturation_is_answered_503_at_once_not_a_hang(served):
     # Chunked bodies are read by the request threads: these stall every
     # thread and backlog place.

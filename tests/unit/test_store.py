@@ -559,8 +559,8 @@ def test_threads_that_share_hold_no_connection_of_their_own(tmp_path: Path):
     started.wait()
     try:
         assert errors == []
-        fds = [p for p in Path("/proc/self/fd").iterdir()
-               if str(p.resolve()).endswith("/s.db")]
+        db_file = (tmp_path / "s.db").resolve()
+        fds = [p for p in Path("/proc/self/fd").iterdir() if p.resolve() == db_file]
         # this thread's own connection, and the shared ones
         assert len(fds) <= 1 + SqliteDatabase.SHARED, len(fds)
         assert sorted(e["writer"] for _, e in store.events(op["id"])) == list(range(threads))
