@@ -226,7 +226,9 @@ def remote_runtime(details: dict[str, str], kind: str, name: str | None = None
 def postgres_url() -> Iterator[str]:
     """URL of the test PostgreSQL server (Debian's package on 127.0.0.1:25432),
     started if it is not running; stopped at the end only if this session
-    started it, unless STACKSPACE_KEEP_TEST_POSTGRES=1."""
+    started it, unless STACKSPACE_KEEP_TEST_POSTGRES=1. Under pytest-xdist it
+    is left running: each worker is a session of its own, and the first to
+    finish would stop it under the others."""
     script = REPO / "scripts" / "test-postgres"
     running = subprocess.run([str(script), "status"], capture_output=True,
                              check=False).returncode == 0
@@ -235,7 +237,8 @@ def postgres_url() -> Iterator[str]:
     if proc.returncode != 0:
         unavailable(f"no test PostgreSQL: {proc.stderr.strip().splitlines()[-3:]}")
     yield proc.stdout.strip().splitlines()[-1]
-    if not running and os.environ.get("STACKSPACE_KEEP_TEST_POSTGRES") != "1":
+    if not running and os.environ.get("STACKSPACE_KEEP_TEST_POSTGRES") != "1" and \
+            not os.environ.get("PYTEST_XDIST_WORKER"):
         subprocess.run([str(script), "down"], capture_output=True, check=False, timeout=120)
 
 
