@@ -173,10 +173,15 @@ class SqliteDatabase:
             conn.close()
         self._local.sharing = True
 
+    def _borrows(self) -> bool:
+        """Whether this thread shares and holds no connection just now."""
+        return getattr(self._local, "sharing", False) and \
+            self._local.__dict__.get("conn") is None
+
     @contextmanager
     def _lent(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection: its own, or one lent for the duration."""
-        if not getattr(self._local, "sharing", False) or self._local.__dict__.get("conn"):
+        if not self._borrows():
             yield self.conn
             return
         with self._lendable:
@@ -189,7 +194,7 @@ class SqliteDatabase:
                 self._idle.append(conn)
 
     def execute(self, sql: str, params: Params = ()) -> Rows:
-        if not getattr(self._local, "sharing", False) or self._local.__dict__.get("conn"):
+        if not self._borrows():
             return self.conn.execute(sql, params)
         with self._lent() as conn:  # the rows are read before it goes back
             cursor = conn.execute(sql, params)

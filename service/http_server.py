@@ -183,26 +183,15 @@ class _TimedSocket(socket.socket):
 
 class ThreadPerTask:
     """Each task on a new thread that ends with it: long requests. A pool would
-    keep as many idle threads as streams were ever open at once, each holding
-    its thread's database connection, for the life of the process. (At most
-    `streams` run: the worker refuses more before submitting.)"""
+    keep as many idle threads as streams were ever open at once, for the life
+    of the process. (At most `streams` run: the worker refuses more before
+    submitting.)"""
 
     def __init__(self, name: str):
         self.name = name
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> futures.Future:
-        future: futures.Future = futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:  # noqa: BLE001 - the future carries it
-                future.set_exception(e)
-
-        threading.Thread(target=run, name=self.name, daemon=True).start()
-        return future
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        threading.Thread(target=fn, args=args, name=self.name, daemon=True).start()
 
     def shutdown(self, wait: bool = False) -> None:
         """Nothing to stop: streams end when the server stops (StreamGate.stopping)."""
@@ -257,10 +246,14 @@ class StackspaceWorker(ThreadWorker):
                on_readable: Callable[[TConn, Any], None]) -> None:
         """Wait in the event loop for `conn` to be readable, at most `seconds`
         (murder_pending: `waiting` is kept oldest deadline first)."""
+        self._wait_in(conn, waiting, seconds)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(on_readable, conn))
+
+    @staticmethod
+    def _wait_in(conn: TConn, waiting: deque[TConn], seconds: float) -> None:
         conn.timeout = time.monotonic() + seconds
         conn.waiting = waiting
         waiting.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(on_readable, conn))
 
     @staticmethod
     def _received(conn: TConn) -> bytes | None:
@@ -300,9 +293,7 @@ class StackspaceWorker(ThreadWorker):
                 self._buffered += body
                 conn.buffered = body
                 self._heading.remove(conn)
-                conn.timeout = time.monotonic() + self.http.io_timeout
-                conn.waiting = self._bodies
-                self._bodies.append(conn)
+                self._wait_in(conn, self._bodies, self.http.io_timeout)
         if len(conn.head) < conn.needed:
             return
         self._unwatch(conn)
