@@ -140,7 +140,7 @@ class StorageUsage:
         last attempt (a failed one too) is older than max_age."""
         if time.monotonic() - self._tried.get(rt.name, -1e18) > self.max_age:
             # Due (checked again under the lock): requests in between take
-            # no lock, which four request threads would queue on.
+            # no lock, which the request threads would queue on.
             with self._lock:
                 now = time.monotonic()
                 if rt.name not in self._busy and \
